@@ -1,0 +1,174 @@
+"""Microsoft Entra ID for one tenant: discovery documents, keys and client-credential tokens.
+
+Served for `login.microsoftonline.com` and `login.windows.net`. Error bodies follow contract §8.1.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from .responses import json_response, read_form, set_caller
+from .state import Cloud
+from .tokens import KNOWN_RESOURCES, TokenIssuer, audience_for_scope
+
+TOKEN_LIFETIME = 3599
+
+
+def _aad_error(status: int, error: str, code: int, text: str, host: str) -> object:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    trace, corr = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {
+        "error": error,
+        "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {trace}\r\n"
+                             f"Correlation ID: {corr}\r\nTimestamp: {now}",
+        "error_codes": [code],
+        "timestamp": now,
+        "trace_id": trace,
+        "correlation_id": corr,
+        "error_uri": f"https://{host}/error?code={code}",
+    }
+    return json_response(body, status, {"Cache-Control": "no-store, no-cache"})
+
+
+def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
+    def known_tenant(tenant: str) -> bool:
+        return tenant.lower() in (cloud.tenant_id.lower(), "organizations", "common")
+
+    def base(request: Request) -> str:
+        return f"https://{request.headers.get('host', 'login.microsoftonline.com').split(':')[0]}"
+
+    async def openid_v2(request: Request):
+        tenant = request.path_params["tenant"]
+        if not known_tenant(tenant):
+            return _aad_error(400, "invalid_tenant", 90002,
+                              f"Tenant '{tenant}' not found.", request.url.hostname)
+        b, tid = base(request), cloud.tenant_id
+        return json_response({
+            "token_endpoint": f"{b}/{tid}/oauth2/v2.0/token",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
+                                                      "client_secret_basic"],
+            "jwks_uri": f"{b}/{tid}/discovery/v2.0/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": f"{b}/{tid}/v2.0",
+            "request_uri_parameter_supported": False,
+            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+            "authorization_endpoint": f"{b}/{tid}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{b}/{tid}/oauth2/v2.0/devicecode",
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "end_session_endpoint": f"{b}/{tid}/oauth2/v2.0/logout",
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "oid", "ver"],
+            "kerberos_endpoint": f"{b}/{tid}/kerberos",
+            "tenant_region_scope": "WW",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+            "rbac_url": "https://pas.windows.net",
+        })
+
+    async def openid_v1(request: Request):
+        tenant = request.path_params["tenant"]
+        if not known_tenant(tenant):
+            return _aad_error(400, "invalid_tenant", 90002,
+                              f"Tenant '{tenant}' not found.", request.url.hostname)
+        b, tid = base(request), cloud.tenant_id
+        return json_response({
+            "token_endpoint": f"{b}/{tid}/oauth2/token",
+            "jwks_uri": f"{b}/common/discovery/keys",
+            "issuer": tokens.issuer,
+            "authorization_endpoint": f"{b}/{tid}/oauth2/authorize",
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+            "tenant_region_scope": "WW",
+            "cloud_instance_name": "microsoftonline.com",
+        })
+
+    async def instance_discovery(request: Request):
+        b = base(request)
+        return json_response({
+            "tenant_discovery_endpoint": f"{b}/{cloud.tenant_id}/v2.0/.well-known/openid-configuration",
+            "api-version": "1.1",
+            "metadata": [{
+                "preferred_network": "login.microsoftonline.com",
+                "preferred_cache": "login.windows.net",
+                "aliases": ["login.microsoftonline.com", "login.windows.net",
+                            "login.microsoft.com", "sts.windows.net"],
+            }],
+        })
+
+    async def keys(request: Request):
+        return json_response(tokens.jwks())
+
+    async def token(request: Request):
+        tenant = request.path_params["tenant"]
+        host = request.url.hostname or "login.microsoftonline.com"
+        v2 = request.url.path.endswith("/v2.0/token")
+        form = await read_form(request)
+        if not known_tenant(tenant) or tenant.lower() in ("common", "organizations"):
+            return _aad_error(400, "invalid_request", 90002,
+                              f"Tenant '{tenant}' not found. Check to make sure you have the "
+                              "correct tenant ID and are signing into the correct cloud.", host)
+        grant = form.get("grant_type")
+        if grant != "client_credentials":
+            return _aad_error(400, "unsupported_grant_type", 70003,
+                              "The app requested an unsupported grant type "
+                              f"'{grant or ''}'.", host)
+        client_id = form.get("client_id") or ""
+        secret = form.get("client_secret")
+        app = cloud.application_by_app_id(client_id) if client_id else None
+        sp = cloud.sp_by_app_id(client_id) if client_id else None
+        if app is None or sp is None:
+            return _aad_error(400, "unauthorized_client", 700016,
+                              f"Application with identifier '{client_id}' was not found in the "
+                              f"directory '{cloud.tenant_id}'. This can happen if the application "
+                              "has not been installed by the administrator of the tenant or "
+                              "consented to by any user in the tenant. You may have sent your "
+                              "authentication request to the wrong tenant.", host)
+        if not secret or not any(p["secretText"] == secret for p in app.passwords):
+            return _aad_error(401, "invalid_client", 7000215,
+                              "Invalid client secret provided. Ensure the secret being sent in "
+                              "the request is the client secret value, not the client secret "
+                              f"ID, for a secret added to app '{client_id}'.", host)
+        resource = (audience_for_scope(form.get("scope") or "") if v2
+                    else (form.get("resource") or ""))
+        if resource.rstrip("/") not in {r.rstrip("/") for r in KNOWN_RESOURCES}:
+            return _aad_error(400, "invalid_resource", 500011,
+                              f"The resource principal named {resource} was not found in the "
+                              f"tenant named {cloud.tenant_id}. This can happen if the "
+                              "application has not been installed by the administrator of the "
+                              "tenant or consented to by any user in the tenant. You might have "
+                              "sent your authentication request to the wrong tenant.", host)
+        issued = tokens.issue(aud=resource, oid=sp.object_id, appid=sp.app_id, appidacr="1",
+                              lifetime=TOKEN_LIFETIME)
+        set_caller(request, sp.object_id)
+        headers = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+        if v2:
+            return json_response({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME,
+                                  "ext_expires_in": TOKEN_LIFETIME,
+                                  "access_token": issued.value}, 200, headers)
+        c = issued.claims
+        return json_response({
+            "token_type": "Bearer", "expires_in": str(TOKEN_LIFETIME),
+            "ext_expires_in": str(TOKEN_LIFETIME), "expires_on": str(c["exp"]),
+            "not_before": str(c["nbf"]), "resource": resource, "access_token": issued.value,
+        }, 200, headers)
+
+    return Starlette(routes=[
+        Route("/common/discovery/instance", instance_discovery),
+        Route("/common/discovery/keys", keys),
+        Route("/{tenant}/discovery/v2.0/keys", keys),
+        Route("/{tenant}/discovery/keys", keys),
+        Route("/{tenant}/v2.0/.well-known/openid-configuration", openid_v2),
+        Route("/{tenant}/.well-known/openid-configuration", openid_v1),
+        Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
+        Route("/{tenant}/oauth2/token", token, methods=["POST"]),
+    ])

@@ -1,0 +1,222 @@
+"""`LocalAzure`: start the local Azure in a background thread and hand out what reaches it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import arm, entra, graph, keyvault, rbac
+from .frontdoor import FrontDoor
+from .network import EMULATED_HOSTS, CertificateAuthority, ForwardProxy, HttpListener
+from .state import Cloud, Knobs
+from .tokens import TokenIssuer
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A service principal of the local tenant, with the secret that signs it in."""
+
+    tenant_id: str
+    client_id: str
+    client_secret: str
+    object_id: str
+
+
+class LocalAzure:
+    """A local Azure for tests and demos.
+
+    >>> with LocalAzure() as azure:
+    ...     os.environ.update(azure.env)   # or run a subprocess with env=azure.env
+    """
+
+    def __init__(self, *, propagation_delay: float = 0.0, workdir: str | Path | None = None,
+                 az_cli: str | Path | None = None, ssh_port: int | None = None,
+                 tenant_id: str | None = None) -> None:
+        self.knobs = Knobs(propagation_delay=propagation_delay)
+        self.cloud = Cloud(tenant_id=tenant_id, knobs=self.knobs)
+        self.az_cli = Path(az_cli) if az_cli else (
+            Path(os.environ["MILAB_AZ_CLI"]) if os.environ.get("MILAB_AZ_CLI") else None)
+        self.ssh_port = ssh_port
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="milab-azure-"))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closers: list = []
+        self.started_in: float | None = None
+
+    # -- public handles -------------------------------------------------------------------------
+    @property
+    def audit(self):
+        return self.cloud.audit
+
+    @property
+    def tenant_id(self) -> str:
+        return self.cloud.tenant_id
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca.ca_path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variables that reach this local Azure."""
+        proxy = f"http://127.0.0.1:{self.proxy.port}"
+        ca = str(self.ca.ca_path)
+        env = {
+            "HTTPS_PROXY": proxy, "https_proxy": proxy,
+            "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1",
+            "REQUESTS_CA_BUNDLE": ca, "CURL_CA_BUNDLE": ca, "SSL_CERT_FILE": ca,
+            "AZURE_TENANT_ID": self.tenant_id,
+            "AZURE_CLIENT_ID": self.operator.client_id,
+            "AZURE_CLIENT_SECRET": self.operator.client_secret,
+            "AZURE_SUBSCRIPTION_ID": self.subscription_id,
+            "MILAB_GRADER_CLIENT_ID": self.grader.client_id,
+            "MILAB_GRADER_CLIENT_SECRET": self.grader.client_secret,
+        }
+        env.update(self._extra_env())
+        return env
+
+    def _extra_env(self) -> dict[str, str]:
+        return {}
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[dict[str, str]]:
+        """Apply `env` to this process for the duration of the block."""
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield self.env
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def write_env_file(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
+        os.replace(tmp, path)
+
+    def run(self, coro, timeout: float = 30):
+        """Run a coroutine on the emulator's loop from another thread."""
+        assert self._loop is not None, "LocalAzure is not started"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def add_service_principal(self, display_name: str, *, role: str | None = None,
+                              scope: str | None = None) -> Identity:
+        """A new app registration + service principal with a secret, optionally given a role."""
+        secret = secrets.token_urlsafe(30)
+        app = self.cloud.add_application(display_name, secret=secret)
+        sp = self.cloud.add_service_principal(app.app_id, display_name)
+        if role:
+            definition = rbac.role_by_name(role)
+            if definition is None:
+                raise ValueError(f"unknown built-in role {role!r}")
+            self.cloud.assign_role(
+                scope=scope or f"/subscriptions/{self.subscription_id}",
+                role_definition_id=f"/subscriptions/{self.subscription_id}/providers/"
+                                   f"Microsoft.Authorization/roleDefinitions/{definition.guid}",
+                principal_id=sp.object_id, immediate=True)
+        return Identity(self.tenant_id, app.app_id, secret, sp.object_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> LocalAzure:
+        t0 = time.perf_counter()
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.call_soon(ready.set)
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="milab-local-azure", daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self.run(self._astart())
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.perf_counter() - t0
+        return self
+
+    async def _astart(self) -> None:
+        self.tokens = TokenIssuer(self.cloud.tenant_id, clock=self.cloud.now)
+        self.ca = CertificateAuthority(self.workdir)
+        self._seed()
+        routes = {
+            "login.microsoftonline.com": ("entra", entra.build_app(self.cloud, self.tokens)),
+            "login.windows.net": ("entra", entra.build_app(self.cloud, self.tokens)),
+            "management.azure.com": ("arm", arm.build_app(self.cloud, self.tokens)),
+            "graph.microsoft.com": ("graph", graph.build_app(self.cloud, self.tokens)),
+            "*.vault.azure.net": ("keyvault", keyvault.build_app(self.cloud, self.tokens)),
+        }
+        routes.update(self._extra_routes())
+        self.tls = HttpListener(FrontDoor(self.cloud, routes), cert=self.ca)
+        await self.tls.start()
+        self._closers.append(self.tls.stop)
+        self.proxy = ForwardProxy(tls_port=self.tls.port, allowed=EMULATED_HOSTS)
+        await self.proxy.start()
+        self._closers.append(self.proxy.stop)
+        await self._start_extensions()
+
+    def _extra_routes(self) -> dict:
+        return {}
+
+    async def _start_extensions(self) -> None:
+        """Hook for the parts that come alive after the network (VMs, IMDS)."""
+
+    def _seed(self) -> None:
+        sub = self.cloud.add_subscription("Local Azure subscription")
+        self.subscription_id = sub.subscription_id
+        op_secret, gr_secret = secrets.token_urlsafe(30), secrets.token_urlsafe(30)
+        op_app = self.cloud.add_application("milab-operator", secret=op_secret)
+        op_sp = self.cloud.add_service_principal(op_app.app_id, "milab-operator",
+                                                 graph_write=True)
+        gr_app = self.cloud.add_application("milab-grader", secret=gr_secret)
+        gr_sp = self.cloud.add_service_principal(gr_app.app_id, "milab-grader")
+        scope = f"/subscriptions/{sub.subscription_id}"
+        role_id = scope + "/providers/Microsoft.Authorization/roleDefinitions/"
+        self.cloud.assign_role(scope=scope, role_definition_id=role_id + rbac.OWNER,
+                               principal_id=op_sp.object_id, immediate=True)
+        self.cloud.assign_role(scope=scope, role_definition_id=role_id + rbac.READER,
+                               principal_id=gr_sp.object_id, immediate=True)
+        self.operator = Identity(self.tenant_id, op_app.app_id, op_secret, op_sp.object_id)
+        self.grader = Identity(self.tenant_id, gr_app.app_id, gr_secret, gr_sp.object_id)
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        if self._loop.is_running():
+            async def close_all():
+                for closer in reversed(self._closers):
+                    with contextlib.suppress(Exception):
+                        await closer()
+            with contextlib.suppress(Exception):
+                self.run(close_all(), timeout=15)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        with contextlib.suppress(Exception):
+            self._loop.close()
+        self._loop = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalAzure:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,228 @@
+"""The wire: a CA made per run, the TLS listener that serves every emulated host, and forward
+proxies that tunnel to it only for those hosts.
+
+Clients reach the local Azure with Azure's real hostnames: `HTTPS_PROXY` points at a
+`ForwardProxy`, which answers `CONNECT management.azure.com:443` (and the other emulated names) by
+tunnelling to one TLS listener whose certificate names them all, and refuses every other host
+with 403. No byte leaves the machine. A VM's egress proxy also carries plain-HTTP requests for
+169.254.169.254 to IMDS, stamped with that VM's key so IMDS knows who is asking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import trustme
+import uvicorn
+
+EMULATED_HOSTS = (
+    "login.microsoftonline.com",
+    "login.windows.net",
+    "management.azure.com",
+    "graph.microsoft.com",
+    "*.vault.azure.net",
+)
+# Hosts a VM's shell may also reach: the Azure CLI installer's short link.
+VM_EXTRA_HOSTS = ("aka.ms",)
+IMDS_HOST = "169.254.169.254"
+VM_KEY_HEADER = "x-milab-vm-key"
+
+
+def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            suffix = pattern[1:]
+            if host.endswith(suffix) and host.count(".") == pattern.count("."):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+class CertificateAuthority:
+    """A CA made for this run, and one server certificate naming every emulated host."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._ca = trustme.CA(organization_name="pytest-milab local Azure")
+        self.ca_path = directory / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(self.ca_path))
+        cert = self._ca.issue_cert(*EMULATED_HOSTS, *VM_EXTRA_HOSTS, "localhost", "127.0.0.1")
+        self.cert_path = directory / "server.pem"
+        self.key_path = directory / "server.key"
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_path))
+        for extra in cert.cert_chain_pems[1:]:
+            extra.write_to_path(str(self.cert_path), append=True)
+        cert.private_key_pem.write_to_path(str(self.key_path))
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class HttpListener:
+    """An ASGI app served by uvicorn on a loopback socket, with TLS when given a certificate."""
+
+    def __init__(self, app, *, cert: CertificateAuthority | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.sock = bind_socket(host)
+        self.port = self.sock.getsockname()[1]
+        kwargs = {}
+        if cert is not None:
+            kwargs = {"ssl_certfile": str(cert.cert_path), "ssl_keyfile": str(cert.key_path)}
+        config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off",
+                                timeout_keep_alive=75, **kwargs)
+        self.server = uvicorn.Server(config)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def _refusal(status: str, message: str) -> bytes:
+    body = (message + "\n").encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on loopback that only knows the local Azure.
+
+    `allowed` names the hosts CONNECT may reach (all tunnel to the TLS listener on port 443).
+    `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests.
+    """
+
+    def __init__(self, *, tls_port: int, allowed: tuple[str, ...],
+                 plain_http: Callable[[str], tuple[int, dict[str, str]] | None] | None = None,
+                 on_refused: Callable[[str], None] | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.tls_port = tls_port
+        self.allowed = allowed
+        self.plain_http = plain_http
+        self.on_refused = on_refused
+        self.host = host
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._handle, self.host, port, limit=1 << 16)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._serve_one(reader, writer)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.CancelledError):
+            # Cancelled at shutdown: end quietly so asyncio does not report the task.
+            pass
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve_one(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_line, _, rest = head.partition(b"\r\n")
+        try:
+            method, target, version = request_line.decode("latin-1").split(" ", 2)
+        except ValueError:
+            writer.write(_refusal("400 Bad Request", "milab proxy: malformed request line"))
+            return
+        if method.upper() == "CONNECT":
+            host, _, port = target.rpartition(":")
+            host = host.strip("[]")
+            if port == "443" and host_matches(host, self.allowed):
+                upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.tls_port)
+                writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                await writer.drain()
+                await asyncio.gather(_pipe(reader, upstream_w), _pipe(upstream_r, writer))
+                return
+            self._refuse(writer, host)
+            return
+        await self._forward_plain(method, target, version, rest, reader, writer)
+
+    def _refuse(self, writer, host: str) -> None:
+        if self.on_refused:
+            self.on_refused(host)
+        writer.write(_refusal("403 Forbidden",
+                              f"milab proxy: the local Azure does not answer for {host}; "
+                              "no other host is reachable"))
+
+    async def _forward_plain(self, method, target, version, rest, reader, writer) -> None:
+        if not target.lower().startswith("http://"):
+            writer.write(_refusal("400 Bad Request", "milab proxy: expected an absolute URL"))
+            return
+        hostport, _, path = target[len("http://"):].partition("/")
+        host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
+        route = self.plain_http(host) if self.plain_http else None
+        if route is None:
+            self._refuse(writer, host)
+            return
+        port, extra = route
+        lines = []
+        for raw in rest.decode("latin-1").split("\r\n"):
+            if not raw:
+                continue
+            name = raw.split(":", 1)[0].strip().lower()
+            if name in ("connection", "proxy-connection", "keep-alive") or name in extra:
+                continue
+            lines.append(raw)
+        lines += [f"{k}: {v}" for k, v in extra.items()]
+        lines.append("Connection: close")
+        out = f"{method} /{path} {version}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", port)
+        upstream_w.write(out.encode("latin-1"))
+        await upstream_w.drain()
+        await asyncio.gather(_pipe(reader, upstream_w), _pipe(upstream_r, writer))
