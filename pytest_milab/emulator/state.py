@@ -122,7 +122,11 @@ class Cloud:
         self.deleted_vaults: dict[str, dict] = {}  # vault name (lower) -> deletedVault JSON
         self.vault_data: dict[str, Any] = {}  # vault name (lower) -> data-plane store (keyvault.py)
         self.access_policies: dict[str, Timed] = {}  # vault name (lower) -> Timed(list of policies)
-        self.listeners: list = []  # callables(event: str, resource: dict) for lifecycle (VMs)
+        self.vm_power: dict[str, str] = {}  # arm_key(vm id) -> running | stopped | deallocated
+        self.next_public_ip = 0  # public IPs are loopback addresses 127.10.x.y, see allocate_ip
+        # Callables(event, resource) told of lifecycle changes: "vm.changed", "vm.deleted",
+        # "network.changed" (an NSG, NIC or public IP changed).
+        self.listeners: list = []
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -208,6 +212,13 @@ class Cloud:
         """Assignments ARM lists: created and not deleted (listing is immediate, enforcement is not)."""
         with self.lock:
             return [ra for ra in self.role_assignments.values() if ra.removed_at is None]
+
+    def allocate_ip(self) -> str:
+        """A fresh loopback address for a public IP: the VM's SSH server binds to it."""
+        with self.lock:
+            self.next_public_ip += 1
+            n = self.next_public_ip
+        return f"127.10.{n // 250}.{n % 250 + 1}"
 
     # -- lifecycle events (VMs start and stop) --------------------------------------------------
     def emit(self, event: str, resource: dict) -> None:

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def local_azure():
+    """One local Azure for the whole test session; tests use their own resource groups."""
+    from pytest_milab.emulator import LocalAzure
+
+    with LocalAzure() as azure:
+        yield azure
+
+
+@pytest.fixture
+def azure_env(local_azure, monkeypatch):
+    """The local Azure's environment applied to this process (proxy, CA bundle, operator)."""
+    for key, value in local_azure.env.items():
+        monkeypatch.setenv(key, value)
+    yield local_azure
+    local_azure.knobs.propagation_delay = 0.0
+
+
+@pytest.fixture
+def operator_credential(azure_env):
+    from azure.identity import ClientSecretCredential
+
+    op = azure_env.operator
+    return ClientSecretCredential(op.tenant_id, op.client_id, op.client_secret)
+
+
+@pytest.fixture
+def grader_credential(azure_env):
+    from azure.identity import ClientSecretCredential
+
+    gr = azure_env.grader
+    return ClientSecretCredential(gr.tenant_id, gr.client_id, gr.client_secret)
+
+
+@pytest.fixture
+def unique_group():
+    return f"rg-{uuid.uuid4().hex[:10]}"
