@@ -1,0 +1,73 @@
+"""The exceptions pytest-milab raises, each saying in one line what to fix.
+
+    MilabError
+    ├── ConfigError             an option, ini value or environment variable is wrong
+    │   └── RosterError         a roster line is malformed (carries its line number)
+    ├── CredentialError         no Azure credential could be obtained
+    ├── AzureError              an Azure call failed after retries (throttled, 5xx, refused)
+    ├── SshError                the VM could not be reached or the probe failed to run
+    └── StepOutcome             raised by checks to end a step other than passed/failed
+        ├── CouldNotDecide      outcome `error`: the check could not decide (never costs points)
+        └── NotPropagated       outcome `not-propagated`: a change exists but is not yet in force
+"""
+
+from __future__ import annotations
+
+
+class MilabError(Exception):
+    """Base of every pytest-milab error."""
+
+
+class ConfigError(MilabError):
+    """An option, ini value or environment variable is wrong."""
+
+
+class RosterError(ConfigError):
+    """A roster line is malformed."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"roster {path}, line {line}: {message}")
+        self.path = path
+        self.line = line
+
+
+class CredentialError(MilabError):
+    """No Azure credential could be obtained."""
+
+
+class AzureError(MilabError):
+    """An Azure call failed after retries."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 throttled: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.throttled = throttled
+
+
+class SshError(MilabError):
+    """The VM could not be reached over SSH, or the probe did not run."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        # refused: the VM does not answer (the student's lab); otherwise the grader's side failed
+        self.refused = refused
+
+
+class StepOutcome(MilabError):
+    """A check ends its step with an outcome other than passed or failed."""
+
+    outcome = "error"
+
+
+class CouldNotDecide(StepOutcome):
+    """The check could not decide (Azure throttled or failed, SSH broke)."""
+
+    outcome = "error"
+
+
+class NotPropagated(StepOutcome):
+    """The change exists but had not taken effect within the deadline."""
+
+    outcome = "not-propagated"

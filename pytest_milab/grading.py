@@ -1,0 +1,157 @@
+"""Outcomes, step prerequisites and points. Pure functions of check results: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+PASSED, FAILED, ERROR, NOT_PROPAGATED, SKIPPED = (
+    "passed", "failed", "error", "not-propagated", "skipped")
+OUTCOMES = (PASSED, FAILED, ERROR, NOT_PROPAGATED, SKIPPED)
+# When several checks of one step disagree, the first of these wins.
+_PRECEDENCE = (FAILED, ERROR, NOT_PROPAGATED, PASSED, SKIPPED)
+COUNTED = (PASSED, FAILED)  # outcomes that count in max_score
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    id: str
+    title: str = ""
+    points: float = 1
+    needs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one test case for one lab."""
+
+    lab: str
+    step: str
+    outcome: str
+    reason: str = ""
+    nodeid: str = ""
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    label: str
+    group: str
+    subscription: str | None = None
+    student: str | None = None
+    problem: str | None = None
+
+
+@dataclass
+class StepResult:
+    id: str
+    title: str
+    outcome: str
+    points: float
+    max_points: float
+    reason: str = ""
+
+
+@dataclass
+class LabResult:
+    label: str
+    group: str
+    subscription: str | None
+    student: str | None
+    steps: list[StepResult] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def score(self) -> float:
+        return sum(s.points for s in self.steps)
+
+    @property
+    def max_score(self) -> float:
+        return sum(s.max_points for s in self.steps)
+
+    @property
+    def to_rerun(self) -> list[StepResult]:
+        return [s for s in self.steps if s.outcome in (ERROR, NOT_PROPAGATED)]
+
+
+def combine(results: Iterable[CheckResult]) -> tuple[str, str]:
+    """One step's outcome from its checks: it passes when all its checks pass."""
+    results = list(results)
+    if not results:
+        return SKIPPED, "no check ran"
+    for outcome in _PRECEDENCE:
+        matching = [r for r in results if r.outcome == outcome]
+        if matching:
+            return outcome, matching[0].reason
+    return ERROR, f"unknown outcome {results[0].outcome!r}"
+
+
+def prerequisite_outcome(step: StepInfo, outcomes: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """The outcome a step inherits from its first prerequisite that did not pass, if any."""
+    for need in step.needs:
+        if need not in outcomes:
+            continue
+        outcome, _ = outcomes[need]
+        if outcome == PASSED:
+            continue
+        if outcome == FAILED:
+            return FAILED, f"needs {need}"
+        if outcome == SKIPPED:
+            return SKIPPED, f"needs {need}, which was skipped"
+        return outcome, f"needs {need}, which could not be decided" if outcome == ERROR \
+            else f"needs {need}, which has not propagated yet"
+    return None
+
+
+def grade_lab(lab: LabInfo, steps: list[StepInfo], checks: list[CheckResult]) -> LabResult:
+    """Grade one lab: `steps` in catalogue order (prerequisites first)."""
+    result = LabResult(lab.label, lab.group, lab.subscription, lab.student, problem=lab.problem)
+    by_step: dict[str, list[CheckResult]] = {}
+    for check in checks:
+        by_step.setdefault(check.step, []).append(check)
+    outcomes: dict[str, tuple[str, str]] = {}
+    for step in steps:
+        if lab.problem:
+            outcome, reason = ERROR, lab.problem
+        elif step.id not in by_step:
+            continue
+        else:
+            outcome, reason = combine(by_step[step.id])
+            inherited = prerequisite_outcome(step, outcomes)
+            if inherited is not None:
+                outcome, reason = inherited
+        outcomes[step.id] = (outcome, reason)
+        result.steps.append(StepResult(
+            id=step.id, title=step.title, outcome=outcome,
+            points=step.points if outcome == PASSED else 0,
+            max_points=step.points if outcome in COUNTED else 0,
+            reason="" if outcome == PASSED else reason))
+    return result
+
+
+def grade(labs: list[LabInfo], steps: list[StepInfo], checks: list[CheckResult]) -> list[LabResult]:
+    by_lab: dict[str, list[CheckResult]] = {}
+    for check in checks:
+        by_lab.setdefault(check.lab, []).append(check)
+    return [grade_lab(lab, steps, by_lab.get(lab.label, [])) for lab in labs]
+
+
+def order_steps(steps: list[StepInfo]) -> list[StepInfo]:
+    """Steps in their given order, except that each comes after the steps it needs."""
+    by_id = {s.id: s for s in steps}
+    out: list[StepInfo] = []
+    placed: set[str] = set()
+
+    def place(step: StepInfo, trail: tuple[str, ...]) -> None:
+        if step.id in placed:
+            return
+        if step.id in trail:
+            raise ValueError("steps need each other in a cycle: " + " -> ".join(trail + (step.id,)))
+        for need in step.needs:
+            if need in by_id:
+                place(by_id[need], trail + (step.id,))
+        placed.add(step.id)
+        out.append(step)
+
+    for step in steps:
+        place(step, ())
+    return out

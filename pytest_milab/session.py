@@ -1,0 +1,215 @@
+"""`MilabSession`: the state of one pytest run — settings, the local Azure when asked for,
+evidence per lab, SSH connections, and the check results that become grades."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from . import grading
+from .errors import CouldNotDecide, MilabError
+from .evidence import Connections, Gatherer, LabEvidence, dump, load
+from .grading import CheckResult, LabInfo, StepInfo
+from .lab import NeedsStep
+from .settings import LabTarget, Settings, resolve
+from .spec import LabSpec
+from .vm.probe import Vm
+
+EMULATOR_GROUP = "managed_identity_lab"
+
+
+class MilabSession:
+    """Registered as a plugin, so it also receives the reports of every test (and of xdist
+    workers, on the controller)."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.steps: list[StepInfo] = []
+        self._ranks: dict[str, int] = {}
+        self._local: dict[tuple[str, str], list[CheckResult]] = {}
+        self._checks: list[CheckResult] = []
+        self._step_infos: dict[str, tuple[int, StepInfo]] = {}
+        self._lab_infos: dict[str, LabInfo] = {}
+        self._evidence: dict[str, LabEvidence] | None = None
+        self._evidence_lock = threading.Lock()
+        self._saved_env: dict[str, str | None] = {}
+        self.azure = None  # the in-process local Azure (--milab-emulator)
+        self.gatherer: Gatherer | None = None
+        self.connections = Connections()
+        self.results: list[grading.LabResult] | None = None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> MilabSession:
+        from .settings import OPTIONS
+
+        cli = {o.name: config.getoption(o.dest) for o in OPTIONS}
+        ini = {}
+        for o in OPTIONS:
+            value = config.getini(f"milab_{o.name.replace('-', '_')}")
+            ini[o.name] = value if value not in ("", []) else None
+        return cls(config, resolve(cli, ini, rootdir=Path(str(config.rootpath))))
+
+    # -- start and stop ----------------------------------------------------------------------
+    def start(self) -> None:
+        worker = getattr(self.config, "workerinput", None)
+        if worker is not None and worker.get("milab"):
+            self._apply_env(worker["milab"]["env"])
+            self.settings = replace(self.settings, **worker["milab"]["settings"])
+        elif self.settings.emulator:
+            self._start_emulator()
+        from .azure.clients import (
+            ClientPool,
+            check_credential,
+            default_subscription,
+            make_credential,
+        )
+
+        credential = make_credential()
+        if worker is None:
+            check_credential(credential)
+        pool = ClientPool(credential, self.settings.timeout)
+        self.gatherer = Gatherer(self.settings, LabSpec(), pool, self.connections,
+                                 lambda: default_subscription(credential, self.settings.timeout))
+
+    def _start_emulator(self) -> None:
+        try:
+            from .emulator import LocalAzure
+        except ImportError as exc:
+            raise MilabError(f"--milab-emulator needs the emulator extra ({exc.name} is "
+                             "missing): pip install 'pytest-milab[emulator]'") from None
+        from .azure.provision import build_demo_lab
+
+        self.azure = LocalAzure().start()
+        groups = self.settings.groups or (EMULATOR_GROUP,)
+        key_path = build_demo_lab(self.azure, groups)
+        env = dict(self.azure.env)
+        env.update({"AZURE_CLIENT_ID": self.azure.grader.client_id,
+                    "AZURE_CLIENT_SECRET": self.azure.grader.client_secret})
+        self._apply_env(env)
+        port = int(env.get("MILAB_SSH_PORT", "22"))
+        targets = [LabTarget(group=g, label=g) for g in groups]
+        self.settings = replace(self.settings, targets=tuple(targets), ssh_key=str(key_path),
+                                ssh_port=port, subscription=self.azure.subscription_id)
+
+    def _apply_env(self, env: dict[str, str]) -> None:
+        for key, value in env.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def worker_input(self) -> dict:
+        if self.azure is None:
+            return {}
+        s = self.settings
+        return {"env": {k: os.environ[k] for k in self._saved_env},
+                "settings": {"targets": s.targets, "ssh_key": s.ssh_key, "ssh_port": s.ssh_port,
+                             "subscription": s.subscription}}
+
+    def stop(self) -> None:
+        self.connections.close_all()
+        if self.azure is not None:
+            self.azure.stop()
+            self.azure = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+
+    # -- evidence -------------------------------------------------------------------------------
+    def evidence_for(self, target: LabTarget, spec: LabSpec,
+                     request: pytest.FixtureRequest) -> LabEvidence:
+        with self._evidence_lock:
+            if self._evidence is None:
+                self._evidence = self._gather_once(spec, request)
+        return self._evidence[target.label]
+
+    def _gather_once(self, spec: LabSpec, request: pytest.FixtureRequest):
+        assert self.gatherer is not None
+        self.gatherer.spec = spec
+        targets = [t for t in self.settings.targets if not t.problem]
+        worker = getattr(self.config, "workerinput", None)
+        if worker is None:
+            return self.gatherer.gather_all(targets)
+        # Under xdist the first worker gathers for everyone; the others read its file.
+        from filelock import FileLock
+
+        shared = request.getfixturevalue("tmp_path_factory").getbasetemp().parent
+        path = shared / f"milab-evidence-{worker['testrunuid']}.json"
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                return load(path.read_text())
+            evidence = self.gatherer.gather_all(targets)
+            path.write_text(dump(evidence))
+            return evidence
+
+    def vm_for(self, target: LabTarget, evidence: LabEvidence) -> Vm:
+        from .errors import SshError
+        from .evidence import ssh_target_for
+
+        if evidence.problem:
+            raise CouldNotDecide(evidence.problem)
+        if not evidence.control.get("vm"):
+            raise NeedsStep("needs vm: " + (evidence.ssh.get("error") or "no VM"))
+        try:
+            ssh_target = ssh_target_for(evidence, target, self.settings)
+        except SshError as exc:
+            if exc.refused:
+                raise NeedsStep(f"needs ssh: {exc}") from None
+            raise CouldNotDecide(str(exc)) from None
+        if evidence.ssh.get("refused"):
+            raise NeedsStep(f"needs ssh: {evidence.ssh.get('error')}")
+        return Vm(self.connections.get(target.label, ssh_target))
+
+    def subscription_of(self, label: str) -> str:
+        if self._evidence and label in self._evidence:
+            return self._evidence[label].subscription or ""
+        return ""
+
+    # -- steps and results -----------------------------------------------------------------------
+    def set_steps(self, steps: list[StepInfo]) -> None:
+        self.steps = steps
+        self._ranks = {s.id: i for i, s in enumerate(steps)}
+
+    def step_rank(self, step_id: str) -> int:
+        return self._ranks.get(step_id, len(self._ranks))
+
+    def record_local(self, label: str, step_id: str, outcome: str) -> None:
+        self._local.setdefault((label, step_id), []).append(
+            CheckResult(label, step_id, outcome))
+
+    def prerequisite(self, label: str, info: StepInfo) -> tuple[str, str] | None:
+        """What this process already knows of the step's prerequisites for this lab."""
+        known = {need: grading.combine(self._local[(label, need)])
+                 for need in info.needs if (label, need) in self._local}
+        return grading.prerequisite_outcome(info, known)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties or ())
+        if "milab_outcome" not in props:
+            return
+        step = StepInfo(props["milab_step"], props["milab_title"], props["milab_points"],
+                        tuple(n for n in props["milab_needs"].split(",") if n))
+        self._step_infos.setdefault(step.id, (int(props["milab_step_rank"]), step))
+        self._lab_infos.setdefault(props["milab_lab"], LabInfo(
+            props["milab_lab"], props["milab_group"], props["milab_subscription"] or None,
+            props["milab_student"] or None))
+        self._checks.append(CheckResult(props["milab_lab"], step.id, props["milab_outcome"],
+                                        props["milab_reason"], report.nodeid))
+
+    def grade(self) -> tuple[list[grading.LabResult], list[StepInfo]]:
+        steps = [s for _, s in sorted(self._step_infos.values(), key=lambda x: x[0])]
+        labs = []
+        for target in self.settings.targets:
+            if target.problem:
+                labs.append(LabInfo(target.label, target.group, target.subscription,
+                                    target.student, target.problem))
+            elif target.label in self._lab_infos:
+                labs.append(self._lab_infos[target.label])
+        self.results = grading.grade(labs, steps, self._checks)
+        return self.results, steps

@@ -1,0 +1,256 @@
+"""One `Settings` object from the command line, the environment and the ini file.
+
+Every option `--milab-NAME` is also the environment variable `MILAB_NAME` and the ini setting
+`milab_NAME` (dashes become underscores). The command line wins, then the environment, then the
+ini file. Repeatable options are comma-separated in the environment and the ini file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError, RosterError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    kind: str = "str"  # str | int | float | flag | list
+    default: object = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return f"--milab-{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return "milab_" + self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "MILAB_" + self.name.replace("-", "_").upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("group", "resource group of a lab to grade (repeatable)", "list", metavar="NAME"),
+    Option("roster", "CSV of labs: header with `group` and optionally subscription, student, "
+           "ssh_user, ssh_key, ssh_host", metavar="FILE"),
+    Option("subscription", "subscription of the labs (default: AZURE_SUBSCRIPTION_ID, else the "
+           "credential's only subscription)", metavar="ID"),
+    Option("ssh-user", "SSH user for the VMs (default: the VM's admin user read from ARM)",
+           metavar="USER"),
+    Option("ssh-key", "private key for SSH (default: the keys and agent Fabric would use)",
+           metavar="FILE"),
+    Option("ssh-port", "SSH port of the VMs", "int", 22, metavar="PORT"),
+    Option("report", "write a report; .json or .csv by suffix (repeatable)", "list",
+           metavar="PATH"),
+    Option("emulator", "start the local Azure in-process, build a complete lab in it and grade "
+           "it (the demo)", "flag", False),
+    Option("mode", "discover grades finished labs read-only; provision builds a lab step by step",
+           "str", "discover", choices=("discover", "provision")),
+    Option("keep", "provision mode: keep what the run created", "flag", False),
+    Option("concurrency", "labs gathered at once", "int", 16, metavar="N"),
+    Option("timeout", "seconds an Azure or SSH call may take, retries included", "float", 60.0,
+           metavar="SECONDS"),
+    Option("propagation-deadline", "seconds to wait for a change to take effect", "float",
+           120.0, metavar="SECONDS"),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Azure resource group names: 1-90 of letters, digits, _ - . ( ), not ending in a period.
+_GROUP = re.compile(r"^[-\w.()]{1,90}$")
+
+
+@dataclass(frozen=True)
+class LabTarget:
+    """One lab to grade: a resource group in a subscription, maybe a student's."""
+
+    group: str
+    subscription: str | None = None
+    student: str | None = None
+    ssh_user: str | None = None
+    ssh_key: str | None = None
+    ssh_host: str | None = None
+    line: int | None = None
+    problem: str | None = None  # why this lab cannot be graded (bad roster line)
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{(self.subscription or '').lower()}/{self.group.lower()}|{self.label}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    groups: tuple[str, ...] = ()
+    roster: str | None = None
+    subscription: str | None = None
+    ssh_user: str | None = None
+    ssh_key: str | None = None
+    ssh_port: int = 22
+    reports: tuple[str, ...] = ()
+    emulator: bool = False
+    mode: str = "discover"
+    keep: bool = False
+    concurrency: int = 16
+    timeout: float = 60.0
+    propagation_deadline: float = 120.0
+    targets: tuple[LabTarget, ...] = field(default_factory=tuple)
+
+    @property
+    def active(self) -> bool:
+        """Whether any lab is to be graded in this run."""
+        return bool(self.targets) or self.emulator
+
+
+def _convert(option: Option, raw: object, source: str):
+    if option.kind == "flag":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("", "0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: expected true or false, got {raw!r}")
+    if option.kind == "list":
+        if isinstance(raw, (list, tuple)):
+            items = [str(i) for i in raw]
+        else:
+            items = str(raw).split(",")
+        return tuple(i.strip() for i in items if i.strip())
+    text = str(raw).strip()
+    try:
+        if option.kind == "int":
+            return int(text)
+        if option.kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{source}: expected a number, got {raw!r}") from None
+    if option.choices and text not in option.choices:
+        raise ConfigError(f"{source}: expected one of {', '.join(option.choices)}, got {raw!r}")
+    return text
+
+
+def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] | None = None,
+            *, rootdir: Path | None = None) -> Settings:
+    """Resolve every option: `cli` and `ini` map option names to raw values (None when unset)."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for option in OPTIONS:
+        raw, source = cli.get(option.name), option.flag
+        if raw in (None, [], ()) or (option.kind == "flag" and raw is False):
+            raw, source = env.get(option.env), option.env
+        if raw in (None, ""):
+            raw, source = ini.get(option.name), f"ini milab_{option.dest[6:]}"
+        if raw in (None, "", [], ()):
+            values[option.name] = option.default
+            continue
+        values[option.name] = _convert(option, raw, source)
+    settings = Settings(
+        groups=values["group"] or (),
+        roster=values["roster"],
+        subscription=values["subscription"],
+        ssh_user=values["ssh-user"],
+        ssh_key=values["ssh-key"],
+        ssh_port=values["ssh-port"],
+        reports=values["report"] or (),
+        emulator=values["emulator"],
+        mode=values["mode"],
+        keep=values["keep"],
+        concurrency=max(1, values["concurrency"]),
+        timeout=values["timeout"],
+        propagation_deadline=values["propagation-deadline"],
+    )
+    for report in settings.reports:
+        if Path(report).suffix.lower() not in (".json", ".csv"):
+            raise ConfigError(f"--milab-report {report}: the name must end in .json or .csv")
+    targets = [LabTarget(group=g) for g in settings.groups]
+    for g in settings.groups:
+        if not _GROUP.match(g):
+            raise ConfigError(f"--milab-group {g!r}: not a valid resource group name")
+    if settings.roster:
+        path = Path(settings.roster)
+        if rootdir is not None and not path.is_absolute() and not path.exists():
+            path = rootdir / path
+        targets += parse_roster(path)
+    return replace(settings, targets=tuple(label_targets(targets)))
+
+
+def parse_roster(path: Path) -> list[LabTarget]:
+    """Read a roster; a malformed line becomes a target carrying its `problem`, so the rest of
+    the class is still graded and the line is reported, not lost."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"--milab-roster {path}: cannot read it ({exc.strerror})") from None
+    rows = list(csv.reader(text.splitlines()))
+    header_index = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
+    if header_index is None:
+        raise ConfigError(f"--milab-roster {path}: the file is empty; it needs a header line "
+                          f"with a `group` column")
+    header = [c.strip().lower() for c in rows[header_index]]
+    if "group" not in header:
+        raise RosterError(str(path), header_index + 1,
+                          f"the header needs a `group` column (found: {', '.join(header)})")
+    unknown = [c for c in header if c not in ROSTER_COLUMNS]
+    if unknown:
+        raise RosterError(str(path), header_index + 1,
+                          f"unknown column {unknown[0]!r}; columns are {', '.join(ROSTER_COLUMNS)}")
+    targets: list[LabTarget] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index in range(header_index + 1, len(rows)):
+        row, line = rows[index], index + 1
+        if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        fields = dict(zip(header, (c.strip() for c in row), strict=False))
+        group = fields.get("group", "")
+        problem = None
+        if len(row) != len(header):
+            problem = f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}"
+        elif not group:
+            problem = "the group is empty"
+        elif not _GROUP.match(group):
+            problem = f"{group!r} is not a valid resource group name"
+        elif fields.get("subscription") and not _GUID.match(fields["subscription"]):
+            problem = f"subscription {fields['subscription']!r} is not a subscription id"
+        else:
+            pair = ((fields.get("subscription") or "").lower(), group.lower())
+            if pair in seen:
+                problem = f"the same lab as line {seen[pair]} (group {group!r})"
+            seen.setdefault(pair, line)
+        if problem:
+            problem = f"roster {path.name}, line {line}: {problem}"
+        targets.append(LabTarget(
+            group=group or f"line-{line}", subscription=fields.get("subscription") or None,
+            student=fields.get("student") or None, ssh_user=fields.get("ssh_user") or None,
+            ssh_key=fields.get("ssh_key") or None, ssh_host=fields.get("ssh_host") or None,
+            line=line, problem=problem))
+    return targets
+
+
+def label_targets(targets: list[LabTarget]) -> list[LabTarget]:
+    """Give each target a unique label for test ids and report rows (the student, if named)."""
+    base = [t.student or t.group for t in targets]
+    counts: dict[str, int] = {}
+    for b in base:
+        counts[b] = counts.get(b, 0) + 1
+    out, used = [], set()
+    for target, b in zip(targets, base, strict=True):
+        label = b
+        if counts[b] > 1:
+            label = f"{b}@{(target.subscription or '')[:8] or target.line or len(used)}"
+        while label in used:
+            label += "'"
+        used.add(label)
+        out.append(replace(target, label=label))
+    return out

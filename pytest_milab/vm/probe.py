@@ -1,0 +1,80 @@
+"""Running the in-VM probe: one SSH round trip returns statuses, error codes, token claims and
+hashes. The probe's source travels on stdin, so nothing of it stays on the student's VM."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from importlib import resources
+
+from ..errors import CouldNotDecide, SshError
+from .ssh import CommandResult, VmConnection
+
+MARK = "MILAB-PROBE-RESULT "
+
+
+def probe_source() -> str:
+    return resources.files(__package__).joinpath("probe_script.py").read_text()
+
+
+def _invoke(conn: VmConnection, params: dict, timeout: float | None = None) -> dict:
+    command = "python3 - " + shlex.quote(json.dumps(params, separators=(",", ":")))
+    result = conn.run(command, stdin=probe_source(), timeout=timeout)
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    detail = (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    if result.exit_code == 127 or "python3: not found" in result.stderr:
+        raise SshError("the VM has no python3, which the probe needs")
+    raise SshError(f"the probe did not report (exit {result.exit_code}: {detail})")
+
+
+def run_probe(conn: VmConnection, params: dict, timeout: float | None = None) -> dict:
+    """The whole standard probe of a lab: one command, one JSON result."""
+    return _invoke(conn, params, timeout)
+
+
+class Vm:
+    """The `vm` fixture: commands and HTTP calls inside a lab's VM, acting as its identity.
+
+    Tokens never leave the VM: `token()` returns claims, `http()` sends the token from inside the
+    VM and returns status, headers and JSON with secret-bearing fields replaced by their SHA-256
+    and length.
+    """
+
+    def __init__(self, conn: VmConnection) -> None:
+        self._conn = conn
+
+    @property
+    def target(self):
+        return self._conn.target
+
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        """Run a shell command in the VM; its output is the student's, returned as is."""
+        try:
+            return self._conn.run(command, timeout=timeout)
+        except SshError as exc:
+            raise CouldNotDecide(str(exc)) from None
+
+    def _single(self, **params) -> dict:
+        try:
+            result = _invoke(self._conn, params)
+        except SshError as exc:
+            raise CouldNotDecide(str(exc)) from None
+        if "error" in result and len(result) == 1:
+            raise CouldNotDecide(f"in the VM: {result['error']}")
+        return result
+
+    def imds(self, path: str) -> dict:
+        """GET an IMDS path (with `Metadata: true`): {"status", "json", "text"}."""
+        return self._single(op="imds", path=path)
+
+    def token(self, resource: str) -> dict:
+        """Ask IMDS for a token: {"status", "claims", "code", "message"}; never the token."""
+        return self._single(op="token", resource=resource)
+
+    def http(self, method: str, url: str, *, resource: str | None = None,
+             body=None, headers: dict | None = None) -> dict:
+        """An HTTP call from inside the VM, with a token for `resource` if given."""
+        return self._single(op="http", method=method, url=url, resource=resource, body=body,
+                            headers=headers)
