@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import arm, entra, graph, keyvault, rbac
+from . import arm, entra, graph, keyvault, rbac, userland
 from .frontdoor import FrontDoor
 from .network import EMULATED_HOSTS, CertificateAuthority, ForwardProxy, HttpListener
 from .state import Cloud, Knobs
 from .tokens import TokenIssuer
+from .vms import VmFleet
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class LocalAzure:
         return env
 
     def _extra_env(self) -> dict[str, str]:
-        return {}
+        # The port every VM answers SSH on (22 unless this process may not bind it).
+        return {"MILAB_SSH_PORT": str(self.vms.ssh_port)}
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[dict[str, str]]:
@@ -173,10 +175,16 @@ class LocalAzure:
         await self._start_extensions()
 
     def _extra_routes(self) -> dict:
-        return {}
+        # aka.ms serves the Azure CLI installer to VMs (their proxies allow it; the host's not).
+        return {"aka.ms": ("aka.ms", userland.build_aka_ms_app(self.az_cli))}
 
     async def _start_extensions(self) -> None:
-        """Hook for the parts that come alive after the network (VMs, IMDS)."""
+        """The parts that come alive after the network: IMDS and the live VMs."""
+        self.vms = VmFleet(self.cloud, self.tokens, workdir=self.workdir / "vms",
+                           ca_path=self.ca.ca_path, tls_port=self.tls.port,
+                           ssh_port=self.ssh_port, az_cli=self.az_cli)
+        await self.vms.start()
+        self._closers.append(self.vms.stop)
 
     def _seed(self) -> None:
         sub = self.cloud.add_subscription("Local Azure subscription")

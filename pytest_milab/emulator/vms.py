@@ -1,0 +1,472 @@
+"""Live VMs: every running VM in the ARM model answers SSH on its public IP and has its own
+egress to the local Azure and to IMDS.
+
+The fleet follows ARM's lifecycle events (`vm.changed`, `vm.deleted`, `network.changed`) and
+reconciles: a running VM gets a home directory, an Ubuntu-like bin folder, an egress proxy that
+stamps IMDS requests with the VM's key, and an asyncssh server on its public address while the
+NSGs on its path allow inbound TCP 22. Stopping, deallocating or deleting the VM closes them.
+Commands run as the emulator's own user in `bash -c`, with the VM's environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pty
+import re
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import termios
+from pathlib import Path
+
+import asyncssh
+
+from . import topology, userland
+from .frontdoor import FrontDoor
+from .imds import Imds
+from .network import (
+    EMULATED_HOSTS,
+    IMDS_HOST,
+    VM_EXTRA_HOSTS,
+    VM_KEY_HEADER,
+    ForwardProxy,
+    HttpListener,
+)
+from .state import Cloud, arm_key
+from .tokens import TokenIssuer
+
+log = logging.getLogger(__name__)
+
+FALLBACK_SSH_PORT = 2222
+PROBE_ADDRESS = "127.10.255.254"  # never handed out by Cloud.allocate_ip in practice
+ACCEPTED_CLIENT_ENV = re.compile(r"^(LANG|LC_[A-Z]+|TZ)$")  # what Ubuntu's sshd AcceptEnv takes
+
+
+def can_bind(port: int, host: str = PROBE_ADDRESS) -> bool:
+    """Whether this process may listen on that port of a 127.10.x.y address."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def _safe_name(vm: dict) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", str(vm.get("name", "vm")))
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+class LiveVm:
+    """One VM's running parts: home, bin folder, egress proxy, SSH server, processes."""
+
+    def __init__(self, fleet: VmFleet, vm_key: str, vm: dict) -> None:
+        self.fleet = fleet
+        self.vm_key = vm_key  # arm_key of the VM id
+        self.vm_id = topology.props(vm).get("vmId")
+        self.root = fleet.workdir / _safe_name(vm)
+        self.bin = self.root / "bin"
+        self.imds_key = secrets.token_urlsafe(24)
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.proxy: ForwardProxy | None = None
+        self.address: str | None = None
+        self._acceptor = None
+        self._connections: set = set()
+        self._processes: set[asyncio.subprocess.Process] = set()
+
+    # -- what the VM is now, read from ARM each time ------------------------------------------
+    def arm(self) -> dict | None:
+        with self.fleet.cloud.lock:
+            return self.fleet.cloud.resources.get(self.vm_key)
+
+    @property
+    def admin_username(self) -> str:
+        return str((topology.props(self.arm()).get("osProfile") or {}).get("adminUsername", ""))
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home" / (self.admin_username or "azureuser")
+
+    def authorized_keys(self) -> list[str]:
+        linux = (topology.props(self.arm()).get("osProfile") or {}).get("linuxConfiguration") or {}
+        return [str(k.get("keyData", "")).strip()
+                for k in (linux.get("ssh") or {}).get("publicKeys") or [] if k.get("keyData")]
+
+    def environment(self) -> dict[str, str]:
+        """What a command in this VM sees: its own PATH, proxy and CA; nothing of the host's."""
+        proxy = f"http://127.0.0.1:{self.proxy.port}" if self.proxy else ""
+        ca = str(self.fleet.ca_path)
+        user = self.admin_username
+        return {
+            "HOME": str(self.home), "USER": user, "LOGNAME": user,
+            "PATH": str(self.bin), "SHELL": userland.host_tool("bash") or "/bin/bash",
+            "LANG": "C.UTF-8",
+            "http_proxy": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy,
+            "no_proxy": "", "NO_PROXY": "",
+            "REQUESTS_CA_BUNDLE": ca, "CURL_CA_BUNDLE": ca, "SSL_CERT_FILE": ca,
+            "AZURE_CONFIG_DIR": str(self.home / ".azure"),
+        }
+
+    # -- power ----------------------------------------------------------------------------------
+    async def power_on(self) -> None:
+        vm = self.arm() or {}
+        computer = (topology.props(vm).get("osProfile") or {}).get("computerName") or vm.get("name")
+        self.home.mkdir(parents=True, exist_ok=True)
+        userland.provision(self.bin, computer_name=str(computer or "vm"),
+                           az_cli=self.fleet.az_cli)
+        self._write_authorized_keys()
+        if self.proxy is None:
+            self.proxy = ForwardProxy(tls_port=self.fleet.tls_port,
+                                      allowed=EMULATED_HOSTS + VM_EXTRA_HOSTS,
+                                      plain_http=self._plain_http)
+            await self.proxy.start()
+
+    def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
+        # The proxy drops a client-sent key header and adds the real one, so no VM can pose as
+        # another.
+        if host == IMDS_HOST:
+            return self.fleet.imds_port, {VM_KEY_HEADER: self.imds_key}
+        return None
+
+    def _write_authorized_keys(self) -> None:
+        ssh_dir = self.home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text("".join(k + "\n" for k in self.authorized_keys()))
+
+    async def power_off(self) -> None:
+        await self.set_listening(None)
+        for conn in list(self._connections):
+            conn.close()
+        for proc in list(self._processes):
+            _kill(proc)
+        if self.proxy is not None:
+            await self.proxy.stop()
+            self.proxy = None
+
+    # -- SSH ----------------------------------------------------------------------------------
+    async def set_listening(self, address: str | None) -> None:
+        """Listen for SSH on this address (None: do not listen, so connections are refused)."""
+        if address == self.address and (address is None) == (self._acceptor is None):
+            return
+        if self._acceptor is not None:
+            self._acceptor.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._acceptor.wait_closed(), 2)
+            self._acceptor = None
+            self.address = None
+        if address is None:
+            return
+        self._acceptor = await asyncssh.listen(
+            address, self.fleet.ssh_port, reuse_address=True,
+            server_factory=lambda: _SshServer(self), server_host_keys=[self.host_key],
+            process_factory=self._serve, encoding=None, line_editor=False,
+            agent_forwarding=False, x11_forwarding=False, allow_scp=False)
+        self.address = address
+
+    async def _serve(self, process: asyncssh.SSHServerProcess) -> None:
+        if process.subsystem:
+            process.stderr.write(f"subsystem {process.subsystem} is not available\n".encode())
+            process.exit(1)
+            return
+        env = self.environment()
+        for name, value in (process.env or {}).items():
+            name = name.decode() if isinstance(name, bytes) else name
+            if ACCEPTED_CLIENT_ENV.match(name):
+                env[name] = value.decode() if isinstance(value, bytes) else value
+        peer = process.get_extra_info("peername") or ("", 0)
+        env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {self.address} {self.fleet.ssh_port}"
+        bash = userland.host_tool("bash") or "/bin/bash"
+        command = process.command
+        term = process.get_terminal_type()
+        if term:
+            env["TERM"] = term
+            argv = [bash, "-c", command] if command is not None else [bash, "-i"]
+            rc = await self._run_pty(process, argv, env)
+        else:
+            argv = [bash, "-c", command] if command is not None else [bash]
+            rc = await self._run_pipes(process, argv, env)
+        with contextlib.suppress(Exception):
+            process.exit(rc)
+
+    async def _run_pipes(self, process, argv: list[str], env: dict[str, str]) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True)
+        self._processes.add(proc)
+        feeder = asyncio.ensure_future(_feed_stdin(process, proc))
+        watcher = asyncio.ensure_future(_kill_when_closed(process, proc))
+        try:
+            await asyncio.gather(_pump(proc.stdout, process.stdout),
+                                 _pump(proc.stderr, process.stderr))
+            return _exit_code(await proc.wait())
+        finally:
+            feeder.cancel()
+            watcher.cancel()
+            _kill(proc)
+            self._processes.discard(proc)
+
+    async def _run_pty(self, process, argv: list[str], env: dict[str, str]) -> int:
+        master, slave = pty.openpty()
+        width, height, _, _ = process.get_terminal_size()
+        if width and height:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
+            start_new_session=True, preexec_fn=_take_controlling_tty)
+        os.close(slave)
+        self._processes.add(proc)
+        loop = asyncio.get_running_loop()
+        output_done = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            if data:
+                process.stdout.write(data)
+            else:
+                loop.remove_reader(master)
+                if not output_done.done():
+                    output_done.set_result(None)
+
+        loop.add_reader(master, readable)
+
+        async def feed() -> None:
+            with contextlib.suppress(Exception):
+                while data := await process.stdin.read(65536):
+                    os.write(master, data)
+
+        feeder = asyncio.ensure_future(feed())
+        watcher = asyncio.ensure_future(_kill_when_closed(process, proc))
+        try:
+            rc = _exit_code(await proc.wait())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(output_done, 1)
+            return rc
+        finally:
+            loop.remove_reader(master)
+            feeder.cancel()
+            watcher.cancel()
+            _kill(proc)
+            os.close(master)
+            self._processes.discard(proc)
+
+
+def _take_controlling_tty() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _exit_code(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode  # killed by a signal, as bash says
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _pump(reader: asyncio.StreamReader, writer) -> None:
+    while data := await reader.read(65536):
+        try:
+            writer.write(data)
+            await writer.drain()
+        except (BrokenPipeError, ConnectionError, asyncssh.Error):
+            # The client went away; keep draining so the command is not blocked on a full pipe.
+            continue
+
+
+async def _feed_stdin(process, proc: asyncio.subprocess.Process) -> None:
+    try:
+        while data := await process.stdin.read(65536):
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionError, asyncssh.Error):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+
+
+async def _kill_when_closed(process, proc: asyncio.subprocess.Process) -> None:
+    """A client that drops the channel takes its command down with it, as sshd does."""
+    await process.wait_closed()
+    _kill(proc)
+
+
+class _SshServer(asyncssh.SSHServer):
+    """Public-key login only, for the VM's admin user with a key from its osProfile."""
+
+    def __init__(self, vm: LiveVm) -> None:
+        self.vm = vm
+        self.conn = None
+
+    def connection_made(self, conn) -> None:
+        self.conn = conn
+        self.vm._connections.add(conn)
+
+    def connection_lost(self, exc) -> None:
+        self.vm._connections.discard(self.conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key) -> bool:
+        if username != self.vm.admin_username:
+            return False
+        offered = key.public_data
+        for text in self.vm.authorized_keys():
+            with contextlib.suppress(Exception):
+                if asyncssh.import_public_key(text).public_data == offered:
+                    return True
+        return False
+
+
+class VmFleet:
+    """Every live VM of one local Azure, and the IMDS they share."""
+
+    def __init__(self, cloud: Cloud, tokens: TokenIssuer, *, workdir: Path, ca_path: Path,
+                 tls_port: int, ssh_port: int | None = None,
+                 az_cli: Path | None = None) -> None:
+        self.cloud = cloud
+        self.tokens = tokens
+        self.workdir = workdir
+        self.ca_path = ca_path
+        self.tls_port = tls_port
+        self.az_cli = az_cli
+        # Port 22 on each VM's own address when this process may bind it; otherwise one fixed
+        # unprivileged port (MILAB_SSH_PORT) shared by all VMs, each on its own address.
+        self.ssh_port = ssh_port or (22 if can_bind(22) else FALLBACK_SSH_PORT)
+        self.imds = Imds(cloud, tokens, self.vm_for_imds_key)
+        self.imds_port = 0
+        self._listener: HttpListener | None = None
+        self._live: dict[str, LiveVm] = {}
+        self.errors: list[str] = []  # VMs that failed to come alive, for tests and diagnostics
+        self._deleted: set[str] = set()
+        self._dirty = False
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
+        await self._listener.start()
+        self.imds_port = self._listener.port
+        self.cloud.listeners.append(self.on_event)
+        self._schedule()
+        await self.settled()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.cloud.listeners.remove(self.on_event)
+        if self._task is not None:
+            self._task.cancel()
+        for live in list(self._live.values()):
+            with contextlib.suppress(Exception):
+                await live.power_off()
+        self._live.clear()
+        if self._listener is not None:
+            await self._listener.stop()
+
+    # -- lookups --------------------------------------------------------------------------------
+    def vm_for_imds_key(self, key: str) -> str | None:
+        for vm_key, live in self._live.items():
+            if live.proxy is not None and secrets.compare_digest(live.imds_key, key):
+                return vm_key
+        return None
+
+    def live(self, vm_id: str) -> LiveVm | None:
+        """The running parts of a VM (by ARM id), if it is running."""
+        return self._live.get(arm_key(vm_id))
+
+    # -- following ARM --------------------------------------------------------------------------
+    def on_event(self, event: str, resource: dict) -> None:
+        """A Cloud listener: called in the emulator's loop thread by ARM's handlers."""
+        rid = arm_key(str((resource or {}).get("id", "")))
+        if event == "vm.deleted":
+            self._deleted.add(rid)
+        elif event == "vm.changed":
+            self._deleted.discard(rid)
+        elif event != "network.changed":
+            return
+        try:
+            asyncio.get_running_loop()
+            self._schedule()
+        except RuntimeError:  # called from another thread after all
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        self._dirty = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+
+    async def settled(self) -> None:
+        """Wait until the fleet matches the ARM model as of now."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _reconcile_loop(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            await self._reconcile()
+
+    def _running_vms(self) -> dict[str, dict]:
+        with self.cloud.lock:
+            return {key: vm for key, vm in self.cloud.resources.items()
+                    if topology.is_vm(vm) and key not in self._deleted
+                    and self.cloud.vm_power.get(key, "running") == "running"}
+
+    async def _reconcile(self) -> None:
+        running = self._running_vms()
+        for key in list(self._live):
+            live = self._live[key]
+            vm = running.get(key)
+            if vm is None or topology.props(vm).get("vmId") != live.vm_id:
+                await live.power_off()
+                if vm is not None or key in self._deleted or self._gone(key):
+                    # Deleted (or recreated under the same name): its disk goes with it.
+                    shutil.rmtree(live.root, ignore_errors=True)
+                    del self._live[key]
+                    continue
+        for key, vm in running.items():
+            live = self._live.get(key)
+            if live is None:
+                live = self._live[key] = LiveVm(self, key, vm)
+            try:
+                await live.power_on()
+                await live.set_listening(self._ssh_target(vm))
+            except Exception as exc:  # one broken VM must not stop the fleet following ARM
+                log.warning("local Azure: VM %s could not start: %r", vm.get("name"), exc)
+                self.errors.append(f"{vm.get('name')}: {exc!r}")
+
+    def _gone(self, key: str) -> bool:
+        with self.cloud.lock:
+            return key not in self.cloud.resources
+
+    def _ssh_target(self, vm: dict) -> str | None:
+        found = topology.ssh_address(self.cloud, vm)
+        if found is None:
+            return None
+        address, nic = found
+        return address if topology.ssh_allowed(self.cloud, nic, 22) else None

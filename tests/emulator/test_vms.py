@@ -1,0 +1,249 @@
+"""Live VMs over real SSH (Fabric): login, NSGs, power, the userland, and the lab's in-VM commands
+verbatim (contract §0 steps 6-7, 10 and 14, §1, §2, §4.1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+
+import jwt
+import paramiko
+import pytest
+from vmkit import client_key, make_vm, wait_until
+
+INSTANCE_CMD = ('curl -s -H Metadata:true '
+                '"http://169.254.169.254/metadata/instance?api-version=2020-09-01"')
+TOKEN_CMD = ("curl -s 'http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01"
+             "&resource=https%3A%2F%2Fmanagement.azure.com%2F' -H Metadata:true")
+
+
+@pytest.fixture(scope="module")
+def vm(local_azure):
+    made = make_vm(local_azure)
+    yield made
+    made.delete()
+
+
+def refused(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((address, port)) != 0
+
+
+# -- SSH --------------------------------------------------------------------------------------
+def test_commands_return_exit_codes_stdout_and_stderr(vm):
+    r = vm.run("echo out; echo err >&2; exit 7")
+    assert (r.exited, r.stdout, r.stderr) == (7, "out\n", "err\n")
+    assert vm.run("true").exited == 0
+    assert vm.run("no-such-command").exited == 127
+
+
+def test_stdin_is_piped_and_commands_run_in_home(vm):
+    with vm.connect() as conn:
+        r = conn.run("cat | wc -c", in_stream=io.StringIO("hello vm"), hide=True, warn=True)
+        assert r.stdout.strip() == "8"
+        assert conn.run("pwd", hide=True, in_stream=False).stdout.strip() == \
+            conn.run("echo $HOME", hide=True, in_stream=False).stdout.strip()
+
+
+def test_a_pty_session_works(vm):
+    with vm.connect() as conn:
+        r = conn.run("tty; exit 3", pty=True, hide=True, warn=True, in_stream=False)
+    assert r.exited == 3 and r.stdout.startswith("/dev/pts/")
+
+
+def test_an_unlisted_key_or_another_user_is_refused(vm):
+    other, _ = client_key()
+    with pytest.raises(paramiko.AuthenticationException):
+        vm.connect(pkey=other).open()
+    with pytest.raises(paramiko.AuthenticationException):
+        vm.connect(user="root").open()
+
+
+def test_ssh_port_is_advertised(local_azure, vm):
+    assert local_azure.env["MILAB_SSH_PORT"] == str(vm.port)
+
+
+def test_fallback_port_when_one_is_configured(tmp_path):
+    from pytest_milab.emulator import LocalAzure
+
+    with LocalAzure(ssh_port=2299, workdir=tmp_path) as azure:
+        assert azure.env["MILAB_SSH_PORT"] == "2299"
+        other = make_vm(azure)
+        assert other.run("echo hi").stdout == "hi\n"
+
+
+# -- NSGs and power ---------------------------------------------------------------------------
+def test_nsg_without_a_rule_for_22_refuses_until_one_is_added(local_azure):
+    closed = make_vm(local_azure, name="closed", nsg_rules=())
+    try:
+        assert refused(closed.address, closed.port)
+        closed.set_ssh_rules([{"name": "ssh", "properties": {
+            "direction": "Inbound", "access": "Allow", "protocol": "Tcp", "priority": 300,
+            "sourceAddressPrefix": "Internet", "destinationPortRanges": ["22", "443"]}}])
+        assert closed.run("echo open").stdout == "open\n"
+        # A deny with a lower priority number wins over the allow.
+        closed.set_ssh_rules([
+            {"properties": {"direction": "Inbound", "access": "Allow", "protocol": "*",
+                            "priority": 300, "sourceAddressPrefix": "*",
+                            "destinationPortRange": "*"}},
+            {"properties": {"direction": "Inbound", "access": "Deny", "protocol": "Tcp",
+                            "priority": 200, "sourceAddressPrefix": "*",
+                            "destinationPortRange": "20-30"}}])
+        assert refused(closed.address, closed.port)
+    finally:
+        closed.delete()
+
+
+def test_vm_without_any_nsg_is_reachable(local_azure):
+    open_vm = make_vm(local_azure, name="open", with_nsg=False)
+    try:
+        assert open_vm.run("echo ok").stdout == "ok\n"
+    finally:
+        open_vm.delete()
+
+
+def test_stopping_closes_ssh_and_starting_restores_it_with_the_disk(local_azure):
+    box = make_vm(local_azure, name="box")
+    try:
+        conn = box.connect()
+        conn.run("echo kept > note.txt", hide=True, in_stream=False)
+        box.set_power("deallocated")
+        assert refused(box.address, box.port)
+        assert wait_until(lambda: not conn.is_connected, 5)  # the open session was closed too
+        box.set_power("running")
+        assert box.run("cat note.txt").stdout == "kept\n"
+        box.set_power("stopped")
+        assert refused(box.address, box.port)
+    finally:
+        box.delete()
+    assert refused(box.address, box.port)
+    assert local_azure.vms.live(box.id) is None
+
+
+# -- the VM's environment and userland --------------------------------------------------------
+def test_environment_is_the_vms_own(local_azure, vm):
+    env = dict(line.split("=", 1) for line in vm.run("env").stdout.splitlines() if "=" in line)
+    live = local_azure.vms.live(vm.id)
+    assert env["PATH"] == str(live.bin)
+    assert env["USER"] == env["LOGNAME"] == "azureuser"
+    assert env["http_proxy"] == env["https_proxy"] == f"http://127.0.0.1:{live.proxy.port}"
+    assert env["no_proxy"] == ""
+    assert env["REQUESTS_CA_BUNDLE"] == env["CURL_CA_BUNDLE"] == str(local_azure.ca_path)
+    assert env["AZURE_CONFIG_DIR"] == env["HOME"] + "/.azure"
+    for name in env:
+        assert not name.startswith(("AZURE_CLIENT", "AZURE_TENANT", "AZURE_POD", "IDENTITY_",
+                                    "MSI_", "MILAB_"))
+    assert vm.run("hostname").stdout == "ubuntu\n"
+    assert vm.run("command -v ssh || command -v az || command -v pip").exited == 1
+
+
+def test_sudo_gives_no_privilege(vm):
+    assert vm.run("sudo id -u").stdout == vm.run("id -u").stdout
+    assert vm.run("sudo sh -c 'echo $SUDO_USER'").stdout == "azureuser\n"
+
+
+def test_jq_arrives_only_through_apt(local_azure):
+    fresh = make_vm(local_azure, name="fresh")
+    try:
+        assert fresh.run("command -v jq").exited == 1
+        r = fresh.run("apt install jq -y")
+        assert r.exited == 100 and "are you root?" in r.stderr
+        r = fresh.run("sudo apt update && sudo apt install jq -y")
+        assert r.exited == 0, r.stderr
+        assert fresh.run("echo '{\"a\": 5}' | jq .a").stdout == "5\n"
+        r = fresh.run("sudo apt install nosuchtool -y")
+        assert r.exited == 100 and "E: Unable to locate package nosuchtool" in r.stderr
+        assert fresh.run("sudo apt-get install -y ../../bin/sh").exited == 100
+    finally:
+        fresh.delete()
+
+
+def test_azure_cli_installer_without_a_configured_cli_fails_clearly(local_azure, vm):
+    if local_azure.az_cli is not None:
+        pytest.skip("an Azure CLI is configured (MILAB_AZ_CLI); see test_azure_cli_in_the_vm")
+    r = vm.run("curl -sL https://aka.ms/InstallAzureCLIDeb | sudo bash")
+    assert r.exited != 0 and "no Azure CLI to install" in r.stderr
+    assert vm.run("command -v az").exited == 1
+
+
+def test_other_hosts_are_unreachable_from_the_vm(vm):
+    r = vm.run("curl -sS https://example.com")
+    assert r.exited != 0
+
+
+# -- the lab's commands verbatim (contract §0) --------------------------------------------------
+def test_lab_step_6_instance_metadata(vm):
+    doc = json.loads(vm.run(INSTANCE_CMD).stdout)
+    assert doc["compute"]["resourceId"] == vm.id
+    assert {"name": "site", "value": "citadel"} in doc["compute"]["tagsList"]
+    assert doc["network"]["interface"][0]["ipv4"]["ipAddress"][0]["publicIpAddress"] == vm.address
+
+
+def test_lab_step_6_with_jq(local_azure, vm):
+    vm.run("sudo apt update && sudo apt install jq -y")
+    r = vm.run(INSTANCE_CMD + " | jq -r '.compute.tagsList[] | select(.name==\"site\").value'")
+    assert r.stdout == "citadel\n"
+    r = vm.run('curl -s -H Metadata:true --noproxy "*" '
+               '"http://169.254.169.254/metadata/instance/compute/tagsList?api-version=2020-09-01"'
+               ' | jq -r \'.[]|select(.name=="vault").value\'')
+    # --noproxy bypasses the VM's egress, and no host route to 169.254.169.254 exists here.
+    assert r.stdout == ""
+    r = vm.run('curl -s -H Metadata:true '
+               '"http://169.254.169.254/metadata/instance/compute/tagsList?api-version=2020-09-01"'
+               ' | jq -r \'.[]|select(.name=="vault").value\'')
+    assert r.stdout == "keyvault-1a2b3c4d\n"
+
+
+def test_lab_step_7_management_token(vm):
+    body = json.loads(vm.run(TOKEN_CMD).stdout)
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["aud"] == "https://management.azure.com/"
+    assert claims["oid"] == vm.principal_id
+
+
+def test_vm_without_identity_gets_identity_not_found(local_azure):
+    bare = make_vm(local_azure, name="noid", identity="")
+    try:
+        assert json.loads(bare.run(TOKEN_CMD).stdout) == {
+            "error": "invalid_request", "error_description": "Identity not found"}
+    finally:
+        bare.delete()
+
+
+def test_azure_identity_inside_the_vm_gets_a_token(vm):
+    script = ("from azure.identity import ManagedIdentityCredential\n"
+              "import jwt\n"
+              "t = ManagedIdentityCredential().get_token('https://management.azure.com/.default')\n"
+              "print(jwt.decode(t.token, options={'verify_signature': False})['oid'])\n")
+    r = vm.run(f"python3 -c \"{script}\"")
+    assert r.exited == 0, r.stderr
+    assert r.stdout.strip() == vm.principal_id
+
+
+def test_two_vms_get_their_own_metadata(local_azure, vm):
+    other = make_vm(local_azure, name="other")
+    try:
+        assert other.address != vm.address and other.port == vm.port
+        r = other.run(INSTANCE_CMD.replace("instance?", "instance/compute/name?")
+                      .replace("2020-09-01", "2020-09-01&format=text"))
+        assert r.stdout == "other"
+    finally:
+        other.delete()
+
+
+@pytest.mark.skipif(not os.environ.get("MILAB_AZ_CLI"),
+                    reason="no Azure CLI configured: set MILAB_AZ_CLI to an `az` in its own venv "
+                           "(tox -e azcli does)")
+def test_azure_cli_installs_in_the_vm(local_azure):
+    fresh = make_vm(local_azure, name="cli")
+    try:
+        assert fresh.run("command -v az").exited == 1
+        r = fresh.run("curl -sL https://aka.ms/InstallAzureCLIDeb | sudo bash")
+        assert r.exited == 0, r.stderr
+        assert fresh.run("az version").exited == 0
+    finally:
+        fresh.delete()
