@@ -124,6 +124,9 @@ class Cloud:
         self.access_policies: dict[str, Timed] = {}  # vault name (lower) -> Timed(list of policies)
         self.vm_power: dict[str, str] = {}  # arm_key(vm id) -> running | stopped | deallocated
         self.next_public_ip = 0  # public IPs are loopback addresses 127.10.x.y, see allocate_ip
+        # Set by the live VMs: whether an address is already served by another process (a second
+        # local Azure on this machine, e.g. under pytest-xdist), so allocate_ip skips it.
+        self.address_taken = None
         # Callables(event, resource) told of lifecycle changes: "vm.changed", "vm.deleted",
         # "network.changed" (an NSG, NIC or public IP changed).
         self.listeners: list = []
@@ -215,10 +218,14 @@ class Cloud:
 
     def allocate_ip(self) -> str:
         """A fresh loopback address for a public IP: the VM's SSH server binds to it."""
-        with self.lock:
-            self.next_public_ip += 1
-            n = self.next_public_ip
-        return f"127.10.{n // 250}.{n % 250 + 1}"
+        for _ in range(1000):  # bounded: a probe that always says "taken" must not hang ARM
+            with self.lock:
+                self.next_public_ip += 1
+                n = self.next_public_ip
+            address = f"127.10.{n // 250 % 255}.{n % 250 + 1}"
+            if self.address_taken is None or not self.address_taken(address):
+                break
+        return address
 
     # -- lifecycle events (VMs start and stop) --------------------------------------------------
     def emit(self, event: str, resource: dict) -> None:

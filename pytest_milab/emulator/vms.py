@@ -124,6 +124,7 @@ class LiveVm:
         userland.provision(self.bin, computer_name=str(computer or "vm"),
                            az_cli=self.fleet.az_cli)
         self._write_authorized_keys()
+        self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
         if self.proxy is None:
             self.proxy = ForwardProxy(tls_port=self.fleet.tls_port,
                                       allowed=EMULATED_HOSTS + VM_EXTRA_HOSTS,
@@ -136,6 +137,12 @@ class LiveVm:
         if host == IMDS_HOST:
             return self.fleet.imds_port, {VM_KEY_HEADER: self.imds_key}
         return None
+
+    def _write_bashrc(self, computer: str) -> None:
+        # Interactive shells would otherwise show the host's user and name (root@<container>).
+        rc = self.home / ".bashrc"
+        if not rc.exists():
+            rc.write_text(f"# ~/.bashrc of a local Azure VM\nPS1='${{USER}}@{computer}:\\w$ '\n")
 
     def _write_authorized_keys(self) -> None:
         ssh_dir = self.home / ".ssh"
@@ -368,6 +375,12 @@ class VmFleet:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        with self.cloud.lock:
+            if self.cloud.next_public_ip == 0:
+                # Each local Azure starts in its own block of 127.10.x.y, so parallel runs on one
+                # machine (pytest-xdist workers) rarely meet; addresses in use are skipped anyway.
+                self.cloud.next_public_ip = secrets.randbelow(200) * 250
+            self.cloud.address_taken = lambda address: not can_bind(self.ssh_port, address)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
         await self._listener.start()

@@ -247,3 +247,13 @@ def test_azure_cli_installs_in_the_vm(local_azure):
         assert fresh.run("az version").exited == 0
     finally:
         fresh.delete()
+
+
+def test_addresses_another_local_azure_serves_are_skipped(local_azure, vm, tmp_path):
+    from pytest_milab.emulator import LocalAzure
+
+    with LocalAzure(workdir=tmp_path) as second:
+        # Aim the second local Azure's next address at the one the first one's VM listens on.
+        taken = [int(x) for x in vm.address.split(".")[2:]]
+        second.cloud.next_public_ip = taken[0] * 250 + taken[1] - 2
+        assert second.cloud.allocate_ip() != vm.address
