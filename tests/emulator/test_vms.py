@@ -187,11 +187,6 @@ def test_lab_step_6_with_jq(local_azure, vm):
     vm.run("sudo apt update && sudo apt install jq -y")
     r = vm.run(INSTANCE_CMD + " | jq -r '.compute.tagsList[] | select(.name==\"site\").value'")
     assert r.stdout == "citadel\n"
-    r = vm.run('curl -s -H Metadata:true --noproxy "*" '
-               '"http://169.254.169.254/metadata/instance/compute/tagsList?api-version=2020-09-01"'
-               ' | jq -r \'.[]|select(.name=="vault").value\'')
-    # --noproxy bypasses the VM's egress, and no host route to 169.254.169.254 exists here.
-    assert r.stdout == ""
     r = vm.run('curl -s -H Metadata:true '
                '"http://169.254.169.254/metadata/instance/compute/tagsList?api-version=2020-09-01"'
                ' | jq -r \'.[]|select(.name=="vault").value\'')
@@ -257,3 +252,65 @@ def test_addresses_another_local_azure_serves_are_skipped(local_azure, vm, tmp_p
         taken = [int(x) for x in vm.address.split(".")[2:]]
         second.cloud.next_public_ip = taken[0] * 250 + taken[1] - 2
         assert second.cloud.allocate_ip() != vm.address
+
+
+LAB_IMDS = 'imds=$(curl -sSL -H Metadata:true "http://169.254.169.254/metadata/instance?api-version=2020-09-01")'
+LAB_VAULT = "vault=$(jq -r '.compute.tagsList[]|select(.name == \"vault\").value' <<< $imds)"
+LAB_TOKEN = ("token=$(curl 'http://169.254.169.254/metadata/identity/oauth2/token?api-version="
+             "2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F' -H Metadata:true -s "
+             "| jq -r .access_token)")
+LAB_VAULT_TOKEN = ("vaultToken=$(curl 'http://169.254.169.254/metadata/identity/oauth2/token?"
+                   "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net' -H Metadata:true"
+                   " -s | jq -r .access_token)")
+LAB_GET_SECRET = ('curl -X GET -H "Authorization: Bearer ${}" -H "Content-Type: application/json" '
+                  'https://$vault.vault.azure.net/secrets/portal-phrase?api-version=7.1')
+
+
+def insert_vault(azure, name: str, group: str) -> dict:
+    """A vault with access policies, as ARM stores it, readable by the operator."""
+    from pytest_milab.emulator.state import arm_key
+
+    vid = (f"/subscriptions/{azure.subscription_id}/resourceGroups/{group}/providers/"
+           f"Microsoft.KeyVault/vaults/{name}")
+    vault = {"id": vid, "name": name, "type": "Microsoft.KeyVault/vaults", "location": "uksouth",
+             "tags": {}, "properties": {
+                 "tenantId": azure.tenant_id, "sku": {"family": "A", "name": "standard"},
+                 "enableRbacAuthorization": False, "enableSoftDelete": True,
+                 "softDeleteRetentionInDays": 7, "vaultUri": f"https://{name}.vault.azure.net/",
+                 "accessPolicies": [{"tenantId": azure.tenant_id,
+                                     "objectId": azure.operator.object_id,
+                                     "permissions": {"secrets": ["get", "list", "set"]}}]}}
+    with azure.cloud.lock:
+        azure.cloud.resources[arm_key(vid)] = vault
+    return vault
+
+
+def test_lab_steps_10_to_12_key_vault_from_the_vm(azure_env, operator_credential):
+    """Vault access from inside the VM with the lab's curl lines (ARM JSON put in directly)."""
+    from azure.keyvault.secrets import SecretClient
+
+    name = f"kv-{os.urandom(4).hex()}"
+    box = make_vm(azure_env, name="kvbox", tags={"vault": name})
+    vault = insert_vault(azure_env, name, box.group)
+    try:
+        SecretClient(f"https://{name}.vault.azure.net", operator_credential).set_secret(
+            "portal-phrase", "TheCakeIsALie")
+        box.run("sudo apt update && sudo apt install jq -y")
+        prefix = f"{LAB_IMDS}; {LAB_VAULT}; {LAB_TOKEN}; {LAB_VAULT_TOKEN}; "
+        r = box.run(prefix + LAB_GET_SECRET.format("token"))
+        assert json.loads(r.stdout)["error"]["message"] == (
+            "AKV10022: Invalid audience. Expected https://vault.azure.net, found: "
+            "https://management.azure.com/.")
+        r = box.run(prefix + LAB_GET_SECRET.format("vaultToken"))
+        assert json.loads(r.stdout)["error"]["innererror"]["code"] == "AccessDenied"
+        with azure_env.cloud.lock:
+            vault["properties"]["accessPolicies"].append({
+                "tenantId": azure_env.tenant_id, "objectId": box.principal_id,
+                "permissions": {"secrets": ["get"]}})
+        r = box.run(prefix + "phrase=$(" + LAB_GET_SECRET.format("vaultToken")
+                    + " | jq -r .value); echo $phrase")
+        assert r.stdout == "TheCakeIsALie\n"
+    finally:
+        box.delete()
+        with azure_env.cloud.lock:
+            azure_env.cloud.resources.pop(vault["id"].lower(), None)
