@@ -98,6 +98,48 @@ def test_nsg_without_a_rule_for_22_refuses_until_one_is_added(local_azure):
         closed.delete()
 
 
+def test_subnet_nsg_counts_too(local_azure):
+    from pytest_milab.emulator.state import arm_key
+
+    boxed = make_vm(local_azure, name="subnetted", with_nsg=False)
+    try:
+        nsg_id = boxed.nic_id.replace("networkInterfaces/subnettedVMNic",
+                                      "networkSecurityGroups/subnetNSG")
+
+        def guard_subnet(cloud):
+            cloud.resources[arm_key(nsg_id)] = {
+                "id": nsg_id, "name": "subnetNSG", "properties": {"securityRules": []},
+                "type": "Microsoft.Network/networkSecurityGroups"}
+            vnet_id = boxed.nic_id.split("/Microsoft.Network/")[0] + \
+                "/Microsoft.Network/virtualNetworks/myVnet"
+            vnet = cloud.resources[arm_key(vnet_id)]
+            vnet["properties"]["subnets"][0]["properties"]["networkSecurityGroup"] = {"id": nsg_id}
+            return vnet
+        boxed.mutate(guard_subnet, "network.changed")
+        assert refused(boxed.address, boxed.port)
+    finally:
+        boxed.delete()
+
+
+def test_a_new_public_address_moves_ssh(local_azure):
+    from pytest_milab.emulator.state import arm_key
+
+    mover = make_vm(local_azure, name="mover")
+    try:
+        old, new = mover.address, local_azure.cloud.allocate_ip()
+
+        def readdress(cloud):
+            pip = cloud.resources[arm_key(mover.pip_id)]
+            pip["properties"]["ipAddress"] = new
+            return pip
+        mover.mutate(readdress, "network.changed")
+        mover.address = new
+        assert refused(old, mover.port)
+        assert mover.run("echo moved").stdout == "moved\n"
+    finally:
+        mover.delete()
+
+
 def test_vm_without_any_nsg_is_reachable(local_azure):
     open_vm = make_vm(local_azure, name="open", with_nsg=False)
     try:
