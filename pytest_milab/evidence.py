@@ -32,6 +32,7 @@ class LabEvidence:
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it could not be read
     ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error
     probe: dict[str, Any] | None = None  # the in-VM probe's results
+    cli_unavailable: str | None = None  # why the Azure CLI cannot be installed (local Azure)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -106,6 +107,7 @@ class Gatherer:
         self._default_subscription = default_subscription  # callable, resolved once on demand
         self._sub_lock = threading.Lock()
         self._sub: str | None | MilabError = None
+        self.cli_unavailable: str | None = None
 
     def subscription_for(self, target: LabTarget) -> str:
         if target.subscription:
@@ -131,7 +133,7 @@ class Gatherer:
     def gather(self, target: LabTarget) -> LabEvidence:
         t0 = time.perf_counter()
         ev = LabEvidence(label=target.label, group=target.group, student=target.student,
-                         problem=target.problem)
+                         problem=target.problem, cli_unavailable=self.cli_unavailable)
         if target.problem:
             return ev
         try:

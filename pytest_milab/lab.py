@@ -146,6 +146,11 @@ class Lab:
                 if principal_id and str(ra.get("principalId", "")).lower() == principal_id.lower()
                 and (role is None or ra["roleName"].lower() == role.lower())]
 
+    @property
+    def cli_unavailable_reason(self) -> str | None:
+        """Why the Azure CLI cannot be in this VM at all (a local Azure without one), else None."""
+        return self.evidence.cli_unavailable
+
     # -- inside the VM ---------------------------------------------------------------------------
     @property
     def ssh(self) -> dict:

@@ -75,6 +75,9 @@ class MilabSession:
         pool = ClientPool(credential, self.settings.timeout)
         self.gatherer = Gatherer(self.settings, LabSpec(), pool, self.connections,
                                  lambda: default_subscription(credential, self.settings.timeout))
+        if self.settings.emulator and not os.environ.get("MILAB_AZ_CLI"):
+            self.gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
+                                             "(set MILAB_AZ_CLI to an `az` to check this step)")
 
     def _start_emulator(self) -> None:
         try:

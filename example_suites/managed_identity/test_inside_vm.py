@@ -1,0 +1,161 @@
+"""Part 3 of the lab, inside the VM: IMDS, tokens, and what the identity may do with them.
+
+Each check reads one result of the in-VM probe, which ran once per lab over SSH acting as the
+VM's identity; tokens and secret values stayed in the VM."""
+
+import pytest
+
+MANAGEMENT = "https://management.azure.com/"
+VAULT = "https://vault.azure.net"
+
+
+@pytest.mark.milab_step("ssh", title="The VM answers SSH", needs=("vm",))
+def test_ssh(lab):
+    assert lab.ssh.get("ok"), lab.ssh.get("error") or "the VM was not reached over SSH"
+
+
+@pytest.mark.milab_step("imds-instance", title="IMDS describes this VM and its site tag",
+                        needs=("ssh", "vm-tags"))
+def test_imds_instance(lab, milab_spec):
+    result = lab.probe("imds_instance")
+    assert result["status"] == 200, f"IMDS /metadata/instance answered {result['status']}"
+    assert (result.get("resourceId") or "").lower() == lab.vm["id"].lower(), (
+        f"IMDS reports resourceId {result.get('resourceId')!r}, not this VM")
+    tags = {t["name"]: t["value"] for t in result.get("tagsList") or []}
+    assert tags.get("site") == milab_spec.tags["site"], (
+        f"IMDS tagsList has site={tags.get('site')!r}, not {milab_spec.tags['site']!r}")
+
+
+@pytest.mark.milab_step("imds-tags-path", title="IMDS tagsList path gives the vault tag",
+                        needs=("ssh", "vm-tags"))
+def test_imds_tags_path(lab):
+    result = lab.probe("imds_tags")
+    assert result["status"] == 200, f"IMDS .../compute/tagsList answered {result['status']}"
+    body = result.get("body")
+    assert isinstance(body, list), "IMDS .../compute/tagsList did not return a JSON array"
+    vault = [t.get("value") for t in body if t.get("name") == "vault"]
+    assert vault == [lab.vault_name], f"the vault tag in IMDS is {vault or 'missing'}"
+
+
+@pytest.mark.milab_step("jq", title="jq is installed", needs=("ssh",))
+def test_jq(lab):
+    assert lab.probe("jq").get("path"), "jq is not installed: sudo apt install jq -y"
+
+
+@pytest.mark.milab_step("management-token", title="IMDS gives the identity an ARM token",
+                        needs=("ssh", "vm-identity"))
+def test_management_token(lab):
+    token = lab.probe("management_token")
+    assert token["status"] == 200, (
+        f"IMDS refused a management token ({token['status']} {token.get('code')}: "
+        f"{token.get('message')})")
+    claims = token["claims"]
+    assert claims.get("aud") == MANAGEMENT, f"the token's aud is {claims.get('aud')!r}"
+    assert claims.get("oid", "").lower() == lab.identity_principal_id.lower(), (
+        "the token's oid is not the VM's identity")
+
+
+@pytest.mark.milab_step("reader-denied-before", title="The identity is refused beyond its grant",
+                        needs=("management-token", "reader-assignment"))
+def test_reader_denied_before(lab):
+    # Discover mode cannot replay the denial that happened before the grant; what remains
+    # observable is that the identity's effective permissions stop at the group, read-only.
+    sub = lab.probe("permissions_subscription")
+    group = lab.probe("permissions_group")
+    assert sub["status"] == 200 and group["status"] == 200, (
+        f"the permissions API answered {sub['status']}/{group['status']}")
+    sub_actions = [a for p in sub.get("body") or [] for a in p.get("actions", [])]
+    assert not sub_actions, (f"the identity may {sub_actions} on the whole subscription: "
+                             "remove role assignments wider than the group")
+    group_actions = [a for p in group.get("body") or [] for a in p.get("actions", [])]
+    writes = [a for a in group_actions if not a.lower().endswith("/read")]
+    assert group_actions and not writes, (
+        f"on the group the identity may {writes or 'nothing'}: it should be read-only (Reader)")
+
+
+@pytest.mark.milab_step("reader-allowed", title="The identity lists the group's resources",
+                        needs=("management-token", "reader-assignment"))
+def test_reader_allowed(lab):
+    result = lab.probe("list_group")
+    assert result["status"] == 200, (
+        f"listing the group's resources as the identity gave {result['status']} "
+        f"{result.get('code')}")
+    ids = {r["id"].lower() for r in result.get("body") or []}
+    missing = [name for name, res in (("the VM", lab.vm), ("the vault", lab.vault))
+               if res is None or res["id"].lower() not in ids]
+    assert not missing, f"the listing does not include {' and '.join(missing)}"
+
+
+@pytest.mark.milab_step("wrong-audience", title="Key Vault rejects the management token",
+                        needs=("management-token", "key-vault"))
+def test_wrong_audience(lab):
+    result = lab.probe("vault_with_management_token")
+    assert result["status"] == 401 and "AKV10022" in (result.get("message") or ""), (
+        f"Key Vault answered {result['status']} {result.get('message') or ''} to a management "
+        "token, not 401 AKV10022 (invalid audience)")
+
+
+@pytest.mark.milab_step("vault-denied-before", title="A vault token alone is not enough",
+                        needs=("ssh", "vm-identity", "key-vault"))
+def test_vault_denied_before(lab):
+    token = lab.probe("vault_token")
+    assert token["status"] == 200, f"IMDS refused a vault token ({token['status']})"
+    assert token["claims"].get("aud") == VAULT, f"the vault token's aud is {token['claims']}"
+    listing = lab.probe("vault_list")
+    assert listing["status"] == 403, (
+        f"listing secrets as the identity gave {listing['status']}, not 403: its access policy "
+        "should grant get only")
+
+
+@pytest.mark.milab_step("secret-read", title="The identity reads portal-phrase",
+                        needs=("ssh", "identity-access-policy"))
+def test_secret_read(lab, milab_spec):
+    result = lab.probe("secret_read")
+    assert result["status"] == 200, (
+        f"reading {milab_spec.secret_name} as the identity gave {result['status']} "
+        f"{result.get('code')}")
+    assert result.get("matches"), f"{milab_spec.secret_name} does not hold the lab's value"
+
+
+@pytest.mark.milab_step("sp-secrets", title="The vault holds the service principal's credentials",
+                        needs=("ssh", "identity-access-policy"))
+def test_sp_secrets(lab, milab_spec):
+    result = lab.probe("sp_secrets")
+    missing = [n for n in milab_spec.sp_secret_names if result[n]["status"] != 200]
+    assert not missing, f"secrets not readable: {', '.join(missing)}"
+    assert result["service_principal_json"], "service-principal is not JSON"
+    assert {"appId", "password", "tenant"} <= set(result["fields"]), (
+        f"service-principal lacks {sorted({'appId', 'password', 'tenant'} - set(result['fields']))}")
+    assert result["compact"], "service-principal is not compact JSON (jq -c)"
+    wrong = [k for k, ok in result["consistent"].items() if not ok]
+    assert not wrong, f"service-principal disagrees with {', '.join(wrong)}"
+
+
+@pytest.mark.milab_step("sp-login", title="The stored credentials sign in", needs=("sp-secrets",))
+def test_sp_login(lab):
+    result = lab.probe("sp_login")
+    assert result["status"] == 200, (
+        f"Entra refused the stored credentials ({result['status']} {result.get('code')}: "
+        f"{result.get('message')})")
+
+
+def _skip_without_local_cli(lab):
+    if lab.cli_unavailable_reason:
+        pytest.skip(lab.cli_unavailable_reason)
+
+
+@pytest.mark.milab_step("az-cli", title="The Azure CLI is installed", needs=("ssh",))
+def test_az_cli(lab):
+    _skip_without_local_cli(lab)
+    assert lab.probe("az").get("path"), (
+        "the Azure CLI is not installed: curl -sL https://aka.ms/InstallAzureCLIDeb | sudo bash")
+
+
+@pytest.mark.milab_step("az-login-identity", title="az login --identity sees the subscription",
+                        needs=("az-cli", "reader-assignment"))
+def test_az_login_identity(lab):
+    _skip_without_local_cli(lab)
+    result = lab.probe("az_login")
+    assert result.get("exit_code") == 0, f"az login --identity failed: {result.get('stderr')}"
+    assert lab.subscription in (result.get("subscriptions") or []), (
+        "az login --identity does not list the lab's subscription")

@@ -1,0 +1,168 @@
+"""The plugin through pytester: options, ini, env, markers, outcomes and report formats.
+
+Checks here judge synthetic evidence (the suite overrides the public `evidence` fixture), so
+only the grader's credential check talks to the local Azure."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+CONFTEST = """
+import pytest
+from pytest_milab import LabEvidence
+
+@pytest.fixture
+def evidence(_milab_target):
+    return LabEvidence(label=_milab_target.label, group=_milab_target.group,
+                       subscription="sub-1", control={"group": {"id": "/g"}})
+"""
+
+SUITE = """
+import pytest
+from pytest_milab import CouldNotDecide, NotPropagated
+
+@pytest.mark.milab_step("first", title="First", points=2)
+def test_first(lab):
+    assert lab.group_name != "broken", "the lab is broken"
+
+@pytest.mark.milab_step("second", title="Second", needs=("first",))
+def test_second(lab):
+    pass
+
+@pytest.mark.milab_step("flaky", title="Flaky")
+def test_flaky(lab):
+    if lab.group_name == "slow":
+        raise NotPropagated("the role assignment has not propagated")
+    raise CouldNotDecide("Azure throttled")
+"""
+
+
+@pytest.fixture
+def suite(pytester, azure_env):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_suite=SUITE)
+    return pytester
+
+
+def test_outcomes_points_and_needs_in_reports(suite):
+    result = suite.runpytest("--milab-group", "good", "--milab-group", "broken",
+                             "--milab-report", "out/grades.json", "--milab-report", "out/grades.csv",
+                             "-p", "no:randomly")
+    result.stdout.fnmatch_lines([
+        "*test_first?good? PASSED*", "*test_second?good? PASSED*", "*test_flaky?good? ERROR*",
+        "*test_first?broken? FAILED*", "*test_second?broken? FAILED*",
+    ])
+    result.stdout.fnmatch_lines(["*milab: grades*", "good*3/3*", "broken*0/3*",
+                                 "*failed*second: needs first*",
+                                 "*not decided (never counted; run again): good, broken*"])
+    data = json.loads((suite.path / "out" / "grades.json").read_text())
+    good, broken = data["groups"]
+    assert (good["score"], good["max_score"]) == (3, 3)
+    assert [s["outcome"] for s in good["steps"]] == ["passed", "passed", "error"]
+    assert broken["steps"][0]["reason"] == "the lab is broken"
+    assert broken["steps"][1] == {"id": "second", "title": "Second", "outcome": "failed",
+                                  "points": 0, "max_points": 1, "reason": "needs first"}
+    rows = list(csv.reader((suite.path / "out" / "grades.csv").open()))
+    assert rows == [["group", "student", "first", "second", "flaky", "score", "max_score"],
+                    ["good", "", "2", "1", "", "3", "3"], ["broken", "", "0", "0", "", "0", "3"]]
+    assert result.ret == 1
+
+
+def test_not_propagated_is_its_own_word(suite):
+    result = suite.runpytest("--milab-group", "slow", "-v")
+    result.stdout.fnmatch_lines(["*test_flaky?slow? NOT-PROPAGATED*", "*1 not-propagated*"])
+
+
+def test_same_reports_under_xdist(suite):
+    result = suite.runpytest("-n", "2", "--milab-group", "good", "--milab-group", "broken",
+                             "--milab-report", "x.json")
+    data = json.loads((suite.path / "x.json").read_text())
+    assert [(g["group"], g["score"], g["max_score"]) for g in data["groups"]] == [
+        ("good", 3, 3), ("broken", 0, 3)]
+    broken = data["groups"][1]
+    assert broken["steps"][1]["reason"] == "needs first"
+    assert result.ret == 1
+
+
+def test_junit_carries_step_ids_and_points(suite):
+    suite.runpytest("--milab-group", "good", "--junitxml", "j.xml")
+    xml = (suite.path / "j.xml").read_text()
+    assert 'name="milab_step" value="first"' in xml
+    assert 'name="milab_points" value="2"' in xml
+    assert 'name="milab_outcome" value="error"' in xml
+
+
+def test_env_and_ini_select_labs(suite, monkeypatch):
+    monkeypatch.setenv("MILAB_GROUP", "good,broken")
+    result = suite.runpytest("-v")
+    result.stdout.fnmatch_lines(["*test_first?good? PASSED*", "*test_first?broken? FAILED*"])
+    monkeypatch.delenv("MILAB_GROUP")
+    suite.makeini("[pytest]\nmilab_group =\n    good\n")
+    result = suite.runpytest("-v")
+    result.stdout.fnmatch_lines(["*test_first?good? PASSED*"])
+    assert "broken" not in result.stdout.str()
+
+
+def test_no_lab_skips_with_a_reason(suite):
+    result = suite.runpytest("-rs")
+    result.stdout.fnmatch_lines(["*no lab to grade: pass --milab-group*"])
+    assert result.ret == 0
+
+
+@pytest.mark.parametrize("marker, message", [
+    ('milab_step("a", point=1)', "milab_step has no keyword 'point'"),
+    ("milab_step()", "milab_step takes one step id"),
+    ('milab_step("Bad Id")', "must be lower-case"),
+    ('milab_step("a", points=-1)', "points of step 'a' must be a number"),
+])
+def test_malformed_markers_are_collection_errors(pytester, marker, message):
+    pytester.makepyfile(f"""
+        import pytest
+        @pytest.mark.{marker}
+        def test_x():
+            pass
+    """)
+    result = pytester.runpytest()
+    result.stderr.fnmatch_lines([f"*milab:*{message}*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_one_step_with_different_points_is_an_error(pytester):
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.milab_step("a", points=1)
+        def test_x():
+            pass
+        @pytest.mark.milab_step("a", points=2)
+        def test_y():
+            pass
+    """)
+    result = pytester.runpytest()
+    result.stderr.fnmatch_lines(["*step 'a' has points 2 here but 1 at*"])
+
+
+def test_bad_roster_line_is_reported_and_the_rest_graded(suite):
+    (suite.path / "class.csv").write_text("group,student\ngood,alice\n,bob\n")
+    result = suite.runpytest("--milab-roster", "class.csv", "--milab-report", "r.json")
+    result.stdout.fnmatch_lines(["*test_first?alice? PASSED*",
+                                 "*milab: not graded: roster class.csv, line 3: the group is empty*"])
+    data = json.loads((suite.path / "r.json").read_text())
+    assert [g.get("problem") for g in data["groups"]] == [
+        None, "roster class.csv, line 3: the group is empty"]
+
+
+def test_no_credentials_is_one_line_before_any_test(pytester, monkeypatch, tmp_path):
+    for var in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "HTTPS_PROXY",
+                "https_proxy", "AZURE_SUBSCRIPTION_ID", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "no-az"))
+    monkeypatch.setenv("PATH", "/nonexistent")  # no az, azd, pwsh to fall back to
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9")  # no IMDS
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest_subprocess("--milab-group", "g")
+    result.stderr.fnmatch_lines(["ERROR: milab: no Azure credentials: sign in with `az login`*"])
+    assert "Traceback" not in result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

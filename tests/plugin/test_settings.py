@@ -1,0 +1,97 @@
+"""Settings: precedence, conversions and roster parsing (pure, no Azure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_milab.errors import ConfigError, RosterError
+from pytest_milab.settings import parse_roster, resolve
+
+
+def test_command_line_wins_over_environment_and_ini():
+    s = resolve({"ssh-port": "2200"}, {"ssh-port": "2300"}, {"MILAB_SSH_PORT": "2400"})
+    assert s.ssh_port == 2200
+
+
+def test_environment_wins_over_ini():
+    s = resolve({}, {"ssh-port": "2300"}, {"MILAB_SSH_PORT": "2400"})
+    assert s.ssh_port == 2400
+
+
+def test_ini_applies_when_nothing_else_does():
+    s = resolve({}, {"ssh-port": "2300", "group": ["a", "b"]}, {})
+    assert s.ssh_port == 2300 and s.groups == ("a", "b")
+
+
+def test_repeatable_options_are_comma_separated_in_env():
+    s = resolve({}, {}, {"MILAB_GROUP": "lab1, lab2", "MILAB_REPORT": "out.json,out.csv"})
+    assert s.groups == ("lab1", "lab2")
+    assert s.reports == ("out.json", "out.csv")
+    assert [t.label for t in s.targets] == ["lab1", "lab2"]
+
+
+def test_bad_number_names_its_source():
+    with pytest.raises(ConfigError, match="MILAB_SSH_PORT: expected a number"):
+        resolve({}, {}, {"MILAB_SSH_PORT": "twenty-two"})
+
+
+def test_report_suffix_is_checked():
+    with pytest.raises(ConfigError, match="must end in .json or .csv"):
+        resolve({"report": ["grades.txt"]}, {}, {})
+
+
+def test_flag_from_environment():
+    assert resolve({}, {}, {"MILAB_EMULATOR": "yes"}).emulator is True
+    assert resolve({}, {}, {"MILAB_EMULATOR": "0"}).emulator is False
+
+
+def test_roster_reads_students_and_labels_them(tmp_path):
+    roster = tmp_path / "class.csv"
+    roster.write_text("group,subscription,student\n"
+                      "managed_identity_lab,11111111-1111-1111-1111-111111111111,alice\n"
+                      "managed_identity_lab,22222222-2222-2222-2222-222222222222,bob\n")
+    targets = parse_roster(roster)
+    assert [(t.student, t.line, t.problem) for t in targets] == [
+        ("alice", 2, None), ("bob", 3, None)]
+    s = resolve({"roster": str(roster)}, {}, {})
+    assert [t.label for t in s.targets] == ["alice", "bob"]
+
+
+def test_malformed_roster_lines_are_kept_with_their_line_numbers(tmp_path):
+    roster = tmp_path / "class.csv"
+    roster.write_text("group,student\n"
+                      "lab-a,alice\n"
+                      "lab-b,bob,extra\n"
+                      ",carol\n"
+                      "# a comment\n"
+                      "lab-a,dave\n")
+    targets = parse_roster(roster)
+    problems = {t.line: t.problem for t in targets}
+    assert problems[2] is None
+    assert "line 3: expected 2 fields" in problems[3]
+    assert "line 4: the group is empty" in problems[4]
+    assert "line 6: the same lab as line 2" in problems[6]
+
+
+def test_roster_without_group_column_is_one_clear_error(tmp_path):
+    roster = tmp_path / "class.csv"
+    roster.write_text("name,student\nx,y\n")
+    with pytest.raises(RosterError, match=r"line 1: the header needs a `group` column"):
+        parse_roster(roster)
+
+
+def test_roster_with_unknown_column(tmp_path):
+    roster = tmp_path / "class.csv"
+    roster.write_text("group,studnet\nx,y\n")
+    with pytest.raises(RosterError, match="unknown column 'studnet'"):
+        parse_roster(roster)
+
+
+def test_missing_roster_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read it"):
+        resolve({"roster": str(tmp_path / "nope.csv")}, {}, {})
+
+
+def test_duplicate_labels_are_made_unique():
+    s = resolve({"group": ["g", "g"]}, {}, {})
+    assert len({t.label for t in s.targets}) == 2
