@@ -17,16 +17,17 @@ IMDS = "http://169.254.169.254"
 H = {"Metadata": "true"}
 
 
+# Not named `vm`: the milab plugin claims the fixture names `lab`, `vm` and `evidence`.
 @pytest.fixture(scope="module")
-def vm(local_azure):
+def ubuntu(local_azure):
     made = make_vm(local_azure, user_assigned=1)
     yield made
     made.delete()
 
 
 @pytest.fixture(scope="module")
-def imds(vm):
-    return vm.imds()
+def imds(ubuntu):
+    return ubuntu.imds()
 
 
 def instance(imds, version="2020-09-01", path="", **params):
@@ -48,14 +49,14 @@ def all_primitives_are_strings(node) -> bool:
 
 
 # -- §1.4 the instance document -----------------------------------------------------------------
-def test_instance_at_the_labs_version_describes_this_vm(vm, imds):
+def test_instance_at_the_labs_version_describes_this_vm(ubuntu, imds):
     r = instance(imds)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     doc = r.json()
     compute = doc["compute"]
-    assert compute["resourceId"] == vm.id
-    assert compute["name"] == "ubuntu" and compute["resourceGroupName"] == vm.group
-    assert compute["subscriptionId"] == vm.azure.subscription_id
+    assert compute["resourceId"] == ubuntu.id
+    assert compute["name"] == "ubuntu" and compute["resourceGroupName"] == ubuntu.group
+    assert compute["subscriptionId"] == ubuntu.azure.subscription_id
     assert compute["tagsList"] == [{"name": "lab", "value": "identity"},
                                    {"name": "site", "value": "citadel"},
                                    {"name": "vault", "value": "keyvault-1a2b3c4d"}]
@@ -68,7 +69,7 @@ def test_instance_at_the_labs_version_describes_this_vm(vm, imds):
     nic = doc["network"]["interface"][0]
     assert nic["macAddress"] == "000D3A123456"
     assert nic["ipv4"]["ipAddress"] == [{"privateIpAddress": "10.0.0.4",
-                                         "publicIpAddress": vm.address}]
+                                         "publicIpAddress": ubuntu.address}]
     assert nic["ipv4"]["subnet"] == [{"address": "10.0.0.0", "prefix": "24"}]
 
 
@@ -95,7 +96,7 @@ def test_standard_sku_public_ip_is_not_shown(local_azure):
 
 
 # -- §1.5 route filtering and format -----------------------------------------------------------
-def test_leaf_needs_format_text(vm, imds):
+def test_leaf_needs_format_text(ubuntu, imds):
     assert instance(imds, path="/compute/vmId").status_code == 400
     assert instance(imds, path="/compute/vmId", format="json").status_code == 400
     r = instance(imds, path="/compute/name", format="text")
@@ -103,10 +104,10 @@ def test_leaf_needs_format_text(vm, imds):
     assert r.headers["content-type"].startswith("text/plain")
 
 
-def test_paths_with_array_indexes(vm, imds):
+def test_paths_with_array_indexes(ubuntu, imds):
     r = instance(imds, path="/network/interface/0/ipv4/ipAddress/0/publicIpAddress",
                  format="text")
-    assert r.text == vm.address
+    assert r.text == ubuntu.address
     assert instance(imds, path="/network/interface/0").json()["macAddress"] == "000D3A123456"
     assert instance(imds, path="/network/interface/1").status_code == 404
 
@@ -164,7 +165,7 @@ def test_wrong_verb_is_405(imds):
     assert r.status_code == 405
 
 
-def test_only_requests_from_a_vm_are_answered(local_azure, vm, imds):
+def test_only_requests_from_a_vm_are_answered(local_azure, ubuntu, imds):
     # Straight at the listener (no proxy, no key): refused.
     r = requests.get(f"http://127.0.0.1:{local_azure.vms.imds_port}/metadata/instance",
                      headers=H, params={"api-version": "2020-09-01"})
@@ -176,20 +177,20 @@ def test_only_requests_from_a_vm_are_answered(local_azure, vm, imds):
 
 
 # -- §2 the token endpoint ----------------------------------------------------------------------
-def test_system_identity_token_has_the_contract_claims(vm, imds):
+def test_system_identity_token_has_the_contract_claims(ubuntu, imds):
     r = token(imds)
     assert r.status_code == 200
     body = r.json()
     assert all(isinstance(v, str) for v in body.values())
     assert body["resource"] == "https://management.azure.com/"
-    assert body["token_type"] == "Bearer" and body["client_id"] == vm.client_id
+    assert body["token_type"] == "Bearer" and body["client_id"] == ubuntu.client_id
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["aud"] == "https://management.azure.com/"
-    assert claims["oid"] == claims["sub"] == vm.principal_id
-    assert claims["appid"] == vm.client_id and claims["appidacr"] == "2"
-    assert claims["tid"] == vm.azure.tenant_id and claims["ver"] == "1.0"
+    assert claims["oid"] == claims["sub"] == ubuntu.principal_id
+    assert claims["appid"] == ubuntu.client_id and claims["appidacr"] == "2"
+    assert claims["tid"] == ubuntu.azure.tenant_id and claims["ver"] == "1.0"
     assert claims["exp"] - claims["iat"] == 86399
-    assert claims["xms_mirid"] == vm.id.replace("/resourceGroups/", "/resourcegroups/")
+    assert claims["xms_mirid"] == ubuntu.id.replace("/resourceGroups/", "/resourcegroups/")
     assert "xms_az_rid" not in claims
 
 
@@ -208,8 +209,8 @@ def test_cached_token_counts_down(imds):
     assert int(second["expires_in"]) < int(first["expires_in"]) <= 86399
 
 
-def test_user_assigned_identity_by_each_selector(vm, imds):
-    ua = vm.user_assigned[0]
+def test_user_assigned_identity_by_each_selector(ubuntu, imds):
+    ua = ubuntu.user_assigned[0]
     for params in ({"client_id": ua["clientId"]}, {"object_id": ua["principalId"]},
                    {"msi_res_id": ua["id"]}, {"mi_res_id": ua["id"]}):
         r = token(imds, **params)
@@ -217,7 +218,7 @@ def test_user_assigned_identity_by_each_selector(vm, imds):
         claims = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
         assert claims["oid"] == ua["principalId"] and claims["appid"] == ua["clientId"]
         assert claims["xms_mirid"] == ua["id"].replace("/resourceGroups/", "/resourcegroups/")
-        assert claims["xms_az_rid"] == vm.id.replace("/resourceGroups/", "/resourcegroups/")
+        assert claims["xms_az_rid"] == ubuntu.id.replace("/resourceGroups/", "/resourcegroups/")
     assert token(imds, client_id="00000000-0000-0000-0000-000000000000").json() == {
         "error": "invalid_request", "error_description": "Identity not found"}
 
