@@ -107,8 +107,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         ordered = grading.order_steps(list(registry.steps.values()))
     except ValueError as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
-    _session(config).set_steps(ordered)
+    milab = _session(config)
+    milab.set_steps(ordered)
     rank = {s.id: i for i, s in enumerate(ordered)}
+    lab_rank = {t.label: i for i, t in enumerate(milab.settings.targets)}
 
     def key(indexed):
         index, item = indexed
@@ -116,8 +118,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if info is None or not hasattr(item, "callspec"):
             return (0, "", 0, index)
         target = item.callspec.params.get("_milab_target")
-        label = getattr(target, "label", "")
-        return (1, label, rank[info.id], index)
+        return (1, lab_rank.get(getattr(target, "label", ""), -1), rank[info.id], index)
 
     # Labs one after another, each lab's steps with prerequisites first.
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
@@ -211,15 +212,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if call.when == "call" or (call.when == "setup" and not report.passed):
         outcome, reason = _outcome_of(call, report)
         report.milab_outcome = outcome
+        exc = call.excinfo.value if call.excinfo else None
+        if isinstance(exc, (StepOutcome, NeedsStep)):
+            # The plugin's own outcomes need no traceback: the reason says it all.
+            report.longrepr = f"{item.nodeid}: {outcome}: {reason}"
         _session(item.config).record_local(target.label, info.id, outcome)
-        report.user_properties.extend([
+        props = [
             ("milab_step", info.id), ("milab_title", info.title), ("milab_points", info.points),
             ("milab_needs", ",".join(info.needs)), ("milab_lab", target.label),
             ("milab_group", target.group), ("milab_student", target.student or ""),
             ("milab_subscription", _session(item.config).subscription_of(target.label)),
             ("milab_outcome", outcome), ("milab_reason", reason),
             ("milab_step_rank", _session(item.config).step_rank(info.id)),
-        ])
+        ]
+        report.user_properties.extend(props)
+        # JUnit XML writes the properties of the teardown report, which come from the item.
+        item.user_properties.extend(props)
     return report
 
 

@@ -194,7 +194,7 @@ class MilabSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties or ())
-        if "milab_outcome" not in props:
+        if report.when == "teardown" or "milab_outcome" not in props:
             return
         step = StepInfo(props["milab_step"], props["milab_title"], props["milab_points"],
                         tuple(n for n in props["milab_needs"].split(",") if n))

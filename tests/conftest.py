@@ -6,6 +6,22 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+# pytester's in-process runs restore sys.modules afterwards: modules first imported inside such a
+# run would be imported twice, and the SDKs' isinstance checks (requests' CookieJar) then fail.
+# Import what the plugin uses once, up front.
+import azure.identity  # noqa: E402,F401
+import azure.keyvault.secrets  # noqa: E402,F401
+import azure.mgmt.authorization  # noqa: E402,F401
+import azure.mgmt.compute  # noqa: E402,F401
+import azure.mgmt.keyvault  # noqa: E402,F401
+import azure.mgmt.network  # noqa: E402,F401
+import azure.mgmt.resource  # noqa: E402,F401
+import azure.mgmt.subscription  # noqa: E402,F401
+import fabric  # noqa: E402,F401
+import filelock  # noqa: E402,F401
+import msal  # noqa: E402,F401
+import requests  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def local_azure():
