@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_milab.grading import (CheckResult, LabInfo, StepInfo, combine, grade_lab,
-                                  order_steps)
+from pytest_milab.grading import CheckResult, LabInfo, StepInfo, combine, grade_lab, order_steps
 
 STEPS = [StepInfo("vm", "VM", 1), StepInfo("vm-identity", "Identity", 2, ("vm",)),
          StepInfo("token", "Token", 1, ("vm-identity",)), StepInfo("tags", "Tags", 1, ("vm",))]
