@@ -20,7 +20,6 @@ from .settings import OPTIONS
 from .spec import LabSpec
 from .steps import MARKER, MARKER_DOC, StepMarkerError, StepRegistry, step_from_marker
 
-LAB_FIXTURES = ("lab", "vm", "evidence")
 _SESSION_KEY = pytest.StashKey["MilabSession"]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
 _OUTCOME_WORDS = {
@@ -73,8 +72,15 @@ def _session(config: pytest.Config) -> MilabSession:
     return config.stash[_SESSION_KEY]
 
 
+def _uses_lab(metafunc: pytest.Metafunc) -> bool:
+    """Whether the test needs a lab: `_milab_target` is in its closure, i.e. it uses our
+    `lab`/`vm`/`evidence` or a fixture of its own built on them (a same-named fixture of
+    another origin does not count)."""
+    return "_milab_target" in metafunc.fixturenames
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not any(name in metafunc.fixturenames for name in LAB_FIXTURES):
+    if not _uses_lab(metafunc):
         return
     session = _session(metafunc.config)
     targets = [t for t in session.settings.targets if not t.problem]
