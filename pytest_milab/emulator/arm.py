@@ -1,9 +1,316 @@
-"""Placeholder until this service is built."""
+"""Azure Resource Manager (`management.azure.com`): authentication, api-versions, RBAC and routing.
+
+Every request is authenticated (contract §5.2), needs a known api-version, and is authorised
+per request against the caller's role assignments in force (§5.3, §9). Paths are
+case-insensitive. The resource types live in `arm_*.py` modules as `Kind`s over `cloud.resources`.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
+import time
+
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import arm_authorization, arm_compute, arm_groups, arm_keyvault, arm_network, rbac
+from .arm_kinds import (
+    ArmError,
+    Ctx,
+    Kind,
+    forbidden,
+    group_not_found,
+    kind_for,
+    known_namespace,
+    method_not_allowed,
+    need_version,
+    uri_not_found,
+)
+from .arm_versions import LOCATION_NAMES, SUBSCRIPTIONS, normalize_location, provider_versions
+from .responses import set_caller
+from .state import Cloud, arm_key, new_guid
+from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+
+METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
+# Importing these registers their resource kinds in arm_kinds.KINDS.
+PROVIDER_MODULES = (arm_authorization, arm_compute, arm_keyvault, arm_network)
 
 
-def build_app(cloud, tokens) -> Starlette:
-    return Starlette(routes=[])
+# -- authentication (contract §5.2) ---------------------------------------------------------------
+def _challenge(description: str) -> dict[str, str]:
+    # ARM sends this challenge with the missing-header 401 [CODE azure-core tests]; sending it with
+    # the other 401s too is UNCONFIRMED but harmless to clients.
+    return {"WWW-Authenticate": 'Bearer authorization_uri="https://login.windows.net/", '
+                                f'error="invalid_token", error_description="{description}"'}
+
+
+def _arm_time(ts: float) -> str:
+    """ARM's en-US UTC form in token errors: `11/24/2025 11:31:00 PM`."""
+    t = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
+    hour = t.hour % 12 or 12
+    return f"{t.month}/{t.day}/{t.year} {hour}:{t.minute:02d}:{t.second:02d} " \
+           f"{'AM' if t.hour < 12 else 'PM'}"
+
+
+def auth_error(exc: TokenRejected, now: float) -> ArmError:
+    if exc.kind == "missing":
+        return ArmError(401, "AuthenticationFailed",
+                        "Authentication failed. The 'Authorization' header is missing.",
+                        _challenge("The authentication failed because of missing "
+                                   "'Authorization' header."))
+    if exc.kind == "expired":
+        message = (f"The access token expiry UTC time '{_arm_time(exc.claims.get('exp', 0))}' is "
+                   f"earlier than current UTC time '{_arm_time(now)}'.")
+        return ArmError(401, "ExpiredAuthenticationToken", message, _challenge(message))
+    if exc.kind == "audience":
+        allowed = ",".join(f"'{a}'" for a in ARM_AUDIENCES)
+        message = (f"The access token has been obtained for wrong audience or resource "
+                   f"'{exc.claims.get('aud')}'. It should exactly match with one of the allowed "
+                   f"audiences {allowed}.")
+        return ArmError(401, "InvalidAuthenticationTokenAudience", message, _challenge(message))
+    return ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.",
+                    _challenge("The access token is invalid."))
+
+
+# -- api-versions ---------------------------------------------------------------------------------
+def _location_hint(ctx: Ctx) -> str:
+    """The location ARM names in NoRegisteredProviderFound: the body's, the resource's, the group's."""
+    if ctx.method in ("PUT", "PATCH"):
+        try:
+            loc = ctx.json().get("location")
+        except ArmError:
+            loc = None
+        if isinstance(loc, str) and loc:
+            return normalize_location(loc)
+    if ctx.names:
+        res = ctx.cloud.resources.get(arm_key(ctx.resource_id(1)))
+        if res is not None:
+            return res.get("location", "")
+    if ctx.rg:
+        group = ctx.cloud.resource_groups.get(arm_key(ctx.rg_id))
+        if group is not None:
+            return group["location"]
+    return "global"
+
+
+def need_provider_version(ctx: Ctx, kind: Kind) -> None:
+    versions = provider_versions(kind.ns, kind.types[0])
+    if ctx.api_version.lower() in (v.lower() for v in versions):
+        return
+    type_path = "/".join(kind.types)
+    raise ArmError(400, "NoRegisteredProviderFound",
+                   f"No registered resource provider found for location '{_location_hint(ctx)}' "
+                   f"and API version '{ctx.api_version}' for type '{type_path}'. The supported "
+                   f"api-versions are '{', '.join(reversed(versions))}'. The supported locations "
+                   f"are '{', '.join(LOCATION_NAMES)}'.")
+
+
+# -- routing ----------------------------------------------------------------------------------------
+def route(ctx: Ctx) -> Response:
+    segs = [s for s in ctx.path.split("/") if s]
+    low = [s.lower() for s in segs]
+    if not segs:
+        raise uri_not_found(ctx)
+    if low == ["subscriptions"]:
+        need_version(ctx, SUBSCRIPTIONS)
+        return arm_groups.list_subscriptions(ctx)
+    if low == ["tenants"]:
+        need_version(ctx, SUBSCRIPTIONS)
+        return arm_groups.list_tenants(ctx)
+    if low[0] == "providers" and len(low) <= 2:
+        return arm_groups.providers(ctx, segs[1:], tenant_level=True)
+    if low[0] == "subscriptions":
+        sub = ctx.cloud.subscription(segs[1])
+        if sub is None:
+            raise ArmError(404, "SubscriptionNotFound",
+                           f"The subscription '{segs[1]}' could not be found.")
+        ctx.sub = sub.subscription_id
+    elif low[0] != "providers":
+        raise uri_not_found(ctx)
+    idx = max((i for i, s in enumerate(low) if s == "providers"), default=None)
+    if idx is None:
+        return arm_groups.route(ctx, segs, low)
+    tail = low[idx + 1:]
+    if idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")
+                                        and ctx.method == "POST")):
+        return arm_groups.providers(ctx, segs[idx + 1:], tenant_level=False)
+    return provider_route(ctx, segs, idx)
+
+
+def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
+    """Fill ctx.scope/rg from the segments before `/providers/{ns}`; return a scope resource's
+    top-level id when the request is an extension of a resource (e.g. roleAssignments on a VM)."""
+    low = [s.lower() for s in segs]
+    ctx.scope_path = "/" + "/".join(segs) if segs else ""
+    if not segs:
+        ctx.scope = ""
+        return None
+    parts = [f"/subscriptions/{ctx.sub}"]
+    top_resource = None
+    if len(segs) >= 4 and low[2] == "resourcegroups":
+        ctx.rg = segs[3]
+        parts.append(f"/resourceGroups/{segs[3]}")
+        rest = segs[4:]
+        if rest:
+            if len(rest) < 4 or len(rest) % 2 or rest[0].lower() != "providers":
+                raise uri_not_found(ctx)
+            ns = known_namespace(rest[1]) or rest[1]
+            pairs = rest[2:]
+            known = kind_for(ns, tuple(pairs[0::2]))
+            type_names = known.types if known else tuple(pairs[0::2])
+            tail = "/".join(f"{t}/{n}" for t, n in zip(type_names, pairs[1::2], strict=False))
+            parts.append(f"/providers/{ns}/{tail}")
+            top_resource = "".join(parts[:2]) + f"/providers/{ns}/{type_names[0]}/{pairs[1]}"
+    elif len(segs) != 2:
+        raise uri_not_found(ctx)
+    ctx.scope = "".join(parts)
+    return top_resource
+
+
+def _resolve_kind(ctx: Ctx, ns: str, rest: list[str]) -> tuple[Kind, str]:
+    types, names = tuple(rest[0::2]), tuple(rest[1::2])
+    kind, mode = kind_for(ns, types), ("item" if len(rest) % 2 == 0 else "collection")
+    if kind is None and mode == "collection" and len(types) > 1:
+        parent = kind_for(ns, types[:-1])
+        verb = types[-1].lower()
+        known = {v.lower(): v for v in (*parent.actions, *parent.views)} if parent else {}
+        if verb in known:
+            kind, mode, ctx.verb = parent, "verb", known[verb]
+    if kind is None:
+        raise ArmError(400, "InvalidResourceType",
+                       f"The resource type '{'/'.join(types)}' could not be found in the "
+                       f"namespace '{ns}' for api version '{ctx.api_version}'.")
+    ctx.ns, ctx.types, ctx.names = kind.ns, kind.types, names
+    return kind, mode
+
+
+def _authorize(ctx: Ctx, kind: Kind, mode: str, segs: list[str]) -> None:
+    if not kind.check_rbac:
+        return
+    if mode == "collection" and ctx.method == "GET" and kind.filtered_listing(ctx) and \
+            rbac.has_any_access_in_subscription(ctx.cloud, ctx.oid, ctx.sub or ""):
+        return  # the kind lists only what the caller may read
+    target = "/" + "/".join(segs if mode == "item" else segs[:-1])
+    action = kind.rbac_action(ctx, mode)
+    if not rbac.is_allowed(ctx.cloud, ctx.oid, action, target):
+        raise forbidden(ctx, action, target)
+
+
+def _check_scope_exists(ctx: Ctx, top_resource: str | None) -> None:
+    """After authorisation: a missing group or scope resource is a 404 (contract §5.4)."""
+    if ctx.rg and arm_key(ctx.rg_id) not in ctx.cloud.resource_groups:
+        raise group_not_found(ctx.rg)
+    if top_resource and arm_key(top_resource) not in ctx.cloud.resources:
+        what = top_resource.split("/providers/", 1)[1]
+        raise ArmError(404, "ResourceNotFound",
+                       f"The Resource '{what}' under resource group '{ctx.rg}' was not found. "
+                       "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                       {"x-ms-failure-cause": "gateway"})
+
+
+def provider_route(ctx: Ctx, segs: list[str], idx: int) -> Response:
+    top_resource = _parse_scope(ctx, segs[:idx])
+    if idx + 1 >= len(segs):
+        raise uri_not_found(ctx)
+    ns = known_namespace(segs[idx + 1])
+    if ns is None:
+        # Real ARM answers an unknown namespace this way rather than with InvalidResourceType.
+        raise ArmError(400, "InvalidResourceNamespace",
+                       f"The resource namespace '{segs[idx + 1]}' is invalid.")
+    rest = segs[idx + 2:]
+    if not rest:
+        raise uri_not_found(ctx)
+    kind, mode = _resolve_kind(ctx, ns, rest)
+    need_provider_version(ctx, kind)
+    _authorize(ctx, kind, mode, segs)
+    _check_scope_exists(ctx, top_resource)
+    return _invoke(ctx, kind, mode)
+
+
+def _invoke(ctx: Ctx, kind: Kind, mode: str) -> Response:
+    m = ctx.method
+    if mode == "item":
+        handler = {"GET": kind.get, "HEAD": kind.head, "PUT": kind.put, "PATCH": kind.patch,
+                   "DELETE": kind.delete}.get(m)
+        if handler:
+            return handler(ctx)
+    elif mode == "collection":
+        if m == "GET":
+            return kind.list(ctx)
+        if m == "POST":
+            return kind.post_collection(ctx)
+    elif m == "POST" and ctx.verb in kind.actions:
+        return kind.action(ctx, ctx.verb)
+    elif m == "GET" and ctx.verb in kind.views:
+        return kind.view(ctx, ctx.verb)
+    raise method_not_allowed(ctx)
+
+
+# -- response headers ---------------------------------------------------------------------------------
+class RateLimits:
+    """The decrementing `x-ms-ratelimit-remaining-*` counters, per caller and clock hour."""
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, str, str, int], int] = {}
+
+    def take(self, oid: str, level: str, kind: str) -> int:
+        key = (oid, level, kind, int(time.time() // 3600))
+        self._used[key] = self._used.get(key, 0) + 1
+        return max(0, (11999 if kind == "reads" else 1199) - self._used[key] + 1)
+
+
+def _decorate(resp: Response, request: Request, oid: str | None, limits: RateLimits) -> None:
+    rid = new_guid()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    headers = {
+        "x-ms-request-id": rid,
+        "x-ms-correlation-request-id": request.headers.get("x-ms-correlation-request-id") or rid,
+        "x-ms-routing-request-id": f"UKSOUTH:{stamp}:{rid}",
+        "Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "-1",
+        "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if oid:
+        level = "subscription" if request.url.path.lower().startswith("/subscriptions/") \
+            else "tenant"
+        kind = "reads" if request.method in ("GET", "HEAD") else "writes"
+        headers[f"x-ms-ratelimit-remaining-{level}-{kind}"] = str(limits.take(oid, level, kind))
+    for key, value in headers.items():
+        resp.headers.setdefault(key, value)
+
+
+def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
+    limits = RateLimits()
+
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        oid: str | None = None
+        ctx: Ctx | None = None
+        try:
+            try:
+                claims = tokens.verify_header(request.headers.get("authorization"),
+                                              audiences=ARM_AUDIENCES)
+            except TokenRejected as exc:
+                raise auth_error(exc, cloud.now()) from None
+            oid = str(claims.get("oid") or claims.get("sub") or "")
+            set_caller(request, oid)
+            query = {k.lower(): v for k, v in request.query_params.items()}
+            api_version = query.get("api-version")
+            if not api_version:
+                raise ArmError(400, "MissingApiVersionParameter", "The api-version query "
+                               "parameter (?api-version=) is required for all requests.")
+            ctx = Ctx(cloud=cloud, method=request.method, path=request.url.path.rstrip("/"),
+                      query=query, query_items=tuple(request.query_params.multi_items()),
+                      host=request.url.hostname or "management.azure.com", oid=oid,
+                      api_version=api_version, body_bytes=body)
+            resp = route(ctx)
+        except ArmError as exc:
+            resp = exc.response(request.method)
+        _decorate(resp, request, oid, limits)
+        for event, resource in (ctx.events if ctx else []):
+            cloud.emit(event, resource)
+        return resp
+
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=METHODS)])

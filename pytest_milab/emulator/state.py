@@ -120,6 +120,7 @@ class Cloud:
         self.resources: dict[str, dict] = {}  # arm_key(id) -> ARM JSON (generic resources)
         self.role_assignments: dict[str, RoleAssignment] = {}  # arm_key(id) -> assignment
         self.deleted_vaults: dict[str, dict] = {}  # vault name (lower) -> deletedVault JSON
+        self.deleted_vault_bodies: dict[str, dict] = {}  # vault name (lower) -> vault JSON (recover)
         self.vault_data: dict[str, Any] = {}  # vault name (lower) -> data-plane store (keyvault.py)
         self.access_policies: dict[str, Timed] = {}  # vault name (lower) -> Timed(list of policies)
         self.vm_power: dict[str, str] = {}  # arm_key(vm id) -> running | stopped | deallocated
