@@ -136,7 +136,8 @@ class LabBuilder:
                 "ipConfigurations": [{"name": f"ipconfig{spec.vm_name}", "properties": {
                     "subnet": {"id": subnet_id}, "publicIPAddress": {"id": pip.id},
                     "privateIPAllocationMethod": "Dynamic"}}]}}).result()
-        tags = spec.expected_tags(self.lab.vault_name)
+        # The tag carries the formula's name even when the vault was misnamed (one defect at once).
+        tags = spec.expected_tags(spec.vault_name(self.lab.group_id))
         if "vm-tags" in self.defects:
             tags.pop("vault")
         body = {

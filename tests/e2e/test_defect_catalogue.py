@@ -1,0 +1,76 @@
+"""The defect catalogue: for each step a student can break, a lab with that one step broken
+(through the normal APIs or the lab's own commands) fails exactly that step and its declared
+dependents, with a reason naming the defect; a complete lab gets full marks.
+
+This is what shows the example suite's checks are real."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_milab.azure.provision import build_demo_lab
+
+from .conftest import Grader, dependents_of, outcomes
+
+# What the failing step's reason must say, so a student knows what to fix.
+DEFECTS = {
+    "resource-group": "not found in subscription",
+    "key-vault": "no vault named",
+    "vault-permission-model": "kept 90 days",
+    "operator-access-policy": "get, list and set",
+    "vm": "not an Ubuntu image",
+    "vm-identity": "no system-assigned identity",
+    "vm-tags": "vault=",
+    "reader-assignment": "no Reader assignment",
+    "identity-access-policy": "no access policy for the VM identity",
+    "service-principal": "Contributor",
+    "ssh": "does not answer SSH",
+    "jq": "jq is not installed",
+    "vault-denied-before": "not 403",
+    "secret-read": "does not hold the lab's value",
+    "sp-secrets": "disagrees with client-id",
+    "sp-login": "AADSTS7000215",
+}
+AZ_STEPS = {"az-cli", "az-login-identity"}
+
+
+@pytest.fixture(scope="module")
+def catalogue(local_azure):
+    groups = {defect: f"defect-{defect}" for defect in DEFECTS}
+    key = None
+    for defect, group in groups.items():
+        key = build_demo_lab(local_azure, [group], defects=(defect,))
+    key = build_demo_lab(local_azure, ["complete-lab"])
+    return groups, key
+
+
+@pytest.fixture
+def graded(catalogue, local_azure, pytester, monkeypatch):
+    groups, key = catalogue
+    grader = Grader(pytester, local_azure, key, monkeypatch)
+    result, report = grader.run("complete-lab", *groups.values())
+    return groups, result, report
+
+
+def test_complete_lab_gets_full_marks(graded):
+    _, result, report = graded
+    complete = outcomes(report, "complete-lab")
+    lab = next(g for g in report["groups"] if g["group"] == "complete-lab")
+    not_passed = {k: v for k, v in complete.items() if v[0] != "passed"}
+    assert set(not_passed) <= AZ_STEPS and {v[0] for v in not_passed.values()} <= {"skipped"}
+    assert lab["score"] == lab["max_score"] == len(complete) - len(not_passed)
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_defect_fails_exactly_its_step_and_dependents(graded, needs, defect):
+    groups, result, report = graded
+    got = outcomes(report, groups[defect])
+    failed = {step for step, (outcome, _) in got.items() if outcome == "failed"}
+    skipped = {step for step, (outcome, _) in got.items() if outcome == "skipped"}
+    assert skipped <= AZ_STEPS  # only when the local Azure has no Azure CLI
+    assert failed == dependents_of(defect, needs) - skipped
+    assert DEFECTS[defect] in got[defect][1]
+    for step in failed - {defect}:
+        assert got[step][1].startswith("needs "), (step, got[step])
+    others = {s: o for s, (o, _) in got.items() if s not in failed | skipped}
+    assert set(others.values()) <= {"passed"}, others
