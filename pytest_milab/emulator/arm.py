@@ -8,6 +8,7 @@ case-insensitive. The resource types live in `arm_*.py` modules as `Kind`s over 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import time
 
 from starlette.applications import Starlette
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from . import arm_authorization, arm_compute, arm_groups, arm_keyvault, arm_network, rbac
 from .arm_kinds import (
+    RESOURCE_NOT_FOUND_TAIL,
     ArmError,
     Ctx,
     Kind,
@@ -33,6 +35,7 @@ from .responses import set_caller
 from .state import Cloud, arm_key, new_guid
 from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 
+log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
 # Importing these registers their resource kinds in arm_kinds.KINDS.
 PROVIDER_MODULES = (arm_authorization, arm_compute, arm_keyvault, arm_network)
@@ -143,7 +146,6 @@ def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
     """Fill ctx.scope/rg from the segments before `/providers/{ns}`; return a scope resource's
     top-level id when the request is an extension of a resource (e.g. roleAssignments on a VM)."""
     low = [s.lower() for s in segs]
-    ctx.scope_path = "/" + "/".join(segs) if segs else ""
     if not segs:
         ctx.scope = ""
         return None
@@ -206,8 +208,7 @@ def _check_scope_exists(ctx: Ctx, top_resource: str | None) -> None:
         what = top_resource.split("/providers/", 1)[1]
         raise ArmError(404, "ResourceNotFound",
                        f"The Resource '{what}' under resource group '{ctx.rg}' was not found. "
-                       "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-                       {"x-ms-failure-cause": "gateway"})
+                       f"{RESOURCE_NOT_FOUND_TAIL}", {"x-ms-failure-cause": "gateway"})
 
 
 def provider_route(ctx: Ctx, segs: list[str], idx: int) -> Response:
@@ -308,9 +309,16 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             resp = route(ctx)
         except ArmError as exc:
             resp = exc.response(request.method)
+        except Exception:  # a bug here must still answer like ARM, and be visible in the log
+            log.exception("ARM request %s %s failed", request.method, request.url.path)
+            resp = ArmError(500, "InternalServerError",
+                            "Encountered internal server error.").response(request.method)
         _decorate(resp, request, oid, limits)
         for event, resource in (ctx.events if ctx else []):
-            cloud.emit(event, resource)
+            try:
+                cloud.emit(event, resource)
+            except Exception:  # a listener's failure is not the ARM caller's
+                log.exception("listener failed on %s", event)
         return resp
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=METHODS)])

@@ -58,7 +58,6 @@ class Ctx:
     sub: str | None = None  # canonical subscription id
     rg: str | None = None  # resource group name as in the path
     scope: str = ""  # canonical scope before `/providers/{ns}`; "" is the root
-    scope_path: str = ""  # the same scope as the caller spelled it
     ns: str = ""
     types: tuple[str, ...] = ()
     names: tuple[str, ...] = ()

@@ -176,6 +176,11 @@ def test_operator_builds_the_lab_control_plane(azure_env, operator_credential, l
     nic = lab["nic"].properties.ip_configurations[0].properties
     assert nic.private_ip_address == "10.0.0.4"
     assert nic.public_ip_address.id == pip.id
+    nsg = lab["nsg"].properties
+    assert [r.properties.priority for r in nsg.default_security_rules] == [
+        65000, 65001, 65500, 65000, 65001, 65500]
+    stored_pip = cloud.resources[pip.id.lower()]["properties"]
+    assert stored_pip["ipConfiguration"]["id"].endswith("/ipConfigurations/ipconfigubuntu")
 
     listed = arm("GET", f"{lab['group_id']}/resources", operator_credential, api="2020-06-01")
     assert listed.status_code == 200 and "nextLink" not in listed.json()
@@ -216,6 +221,14 @@ def test_sdk_list_clients_see_the_lab(azure_env, operator_credential, lab):
     assert len(list(paged)) == 7
     subs = list(SubscriptionClient(operator_credential).subscriptions.list())
     assert sub in [s.subscription_id for s in subs]
+    provider = ResourceManagementClient(operator_credential, sub).providers.get(
+        "Microsoft.KeyVault")
+    assert provider.registration_state == "Registered"
+    assert "2026-05-15" in next(t for t in provider.resource_types
+                                if t.resource_type == "vaults").api_versions
+    reader = AuthorizationManagementClient(operator_credential, sub).role_definitions.get(
+        f"/subscriptions/{sub}/resourceGroups/{unique_group}", rbac.READER)
+    assert reader.role_name == "Reader" and reader.permissions[0].actions == ["*/read"]
 
 
 # -- §5.3, §9: the lab's 403, then Reader, then the propagation delay --------------------------------
@@ -699,6 +712,32 @@ def test_vm_power_and_identity_changes(azure_env, operator_credential, unique_gr
                                                   {"identity": {"type": "SystemAssigned"}}).result()
     assert again.identity.principal_id not in (None, old_principal)
 
+    net = NetworkManagementClient(operator_credential, sub)
+    events.clear()
+    cloud.listeners.append(listener)
+    try:
+        net.security_rules.begin_create_or_update(unique_group, "ubuntuNSG", "allow-https", {
+            "properties": {"protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "443",
+                           "sourceAddressPrefix": "*", "destinationAddressPrefix": "*",
+                           "access": "Allow", "priority": 1010, "direction": "Inbound"}}).result()
+    finally:
+        cloud.listeners.remove(listener)
+    assert events == [("network.changed", lab["nsg"].id)]
+    assert [r.name for r in net.network_security_groups.get(
+        unique_group, "ubuntuNSG").properties.security_rules] == ["default-allow-ssh",
+                                                                  "allow-https"]
+    clash = arm("PUT", f"{lab['nsg'].id}/securityRules/again", operator_credential,
+                api="2024-05-01", json={"properties": {"priority": 1010, "direction": "Inbound",
+                                                       "access": "Deny", "protocol": "*"}})
+    assert clash.status_code == 400
+    subnet = net.subnets.begin_create_or_update(unique_group, "myVnet", "second", {
+        "properties": {"addressPrefix": "10.0.1.0/24"}}).result()
+    assert subnet.id == f"{lab['vnet'].id}/subnets/second"
+    in_use = arm("DELETE", f"{lab['vnet'].id}/subnets/mySubnet", operator_credential,
+                 api="2024-05-01")
+    assert in_use.status_code == 400 and in_use.json()["error"]["code"] == \
+        "InUseSubnetCannotBeDeleted"
+
     bad = arm("PATCH", f"{lab['group_id']}/providers/Microsoft.Compute/virtualMachines/ubuntu",
               operator_credential, api="2024-07-01", json={"identity": {
                   "type": "UserAssigned", "userAssignedIdentities": {f"{uai.id}x": {}}}})
@@ -708,8 +747,8 @@ def test_vm_power_and_identity_changes(azure_env, operator_credential, unique_gr
                   "ipConfigurations": [{"name": "c", "properties": {"subnet": {
                       "id": f"{lab['vnet'].id}/subnets/nope"}}}]}})
     assert nic.status_code == 400 and nic.json()["error"]["code"] == "InvalidResourceReference"
-    in_use = arm("DELETE", lab["nic"].id, operator_credential, api="2024-05-01")
-    assert in_use.status_code == 400 and in_use.json()["error"]["code"] == "NicInUse"
+    nic_in_use = arm("DELETE", lab["nic"].id, operator_credential, api="2024-05-01")
+    assert nic_in_use.status_code == 400 and nic_in_use.json()["error"]["code"] == "NicInUse"
 
 
 def test_group_delete_cascades(azure_env, operator_credential, unique_group):
