@@ -361,8 +361,8 @@ class VmFleet:
         self.tls_port = tls_port
         self.az_cli = az_cli
         # Port 22 on each VM's own address when this process may bind it; otherwise one fixed
-        # unprivileged port (MILAB_SSH_PORT) shared by all VMs, each on its own address.
-        self.ssh_port = ssh_port or (22 if can_bind(22) else FALLBACK_SSH_PORT)
+        # unprivileged port (`ssh_port`, MILAB_SSH_PORT) shared by all VMs, each on its address.
+        self.ssh_port = 22 if can_bind(22) else (ssh_port or FALLBACK_SSH_PORT)
         self.imds = Imds(cloud, tokens, self.vm_for_imds_key)
         self.imds_port = 0
         self._listener: HttpListener | None = None

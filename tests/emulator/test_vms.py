@@ -70,9 +70,11 @@ def test_ssh_port_is_advertised(local_azure, ubuntu):
     assert local_azure.env["MILAB_SSH_PORT"] == str(ubuntu.port)
 
 
-def test_fallback_port_when_one_is_configured(tmp_path):
-    from pytest_milab.emulator import LocalAzure
+def test_fallback_port_when_22_cannot_be_bound(tmp_path, monkeypatch):
+    from pytest_milab.emulator import LocalAzure, vms
 
+    real = vms.can_bind
+    monkeypatch.setattr(vms, "can_bind", lambda port, *a: port != 22 and real(port, *a))
     with LocalAzure(ssh_port=2299, workdir=tmp_path) as azure:
         assert azure.env["MILAB_SSH_PORT"] == "2299"
         other = make_vm(azure)
