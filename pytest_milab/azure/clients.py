@@ -69,7 +69,10 @@ class SubscriptionClients:
 
     @cached_property
     def resource(self):
-        from azure.mgmt.resource import ResourceManagementClient
+        try:  # azure-mgmt-resource 24+ moved it into a subpackage
+            from azure.mgmt.resource.resources import ResourceManagementClient
+        except ImportError:
+            from azure.mgmt.resource import ResourceManagementClient
 
         return ResourceManagementClient(self.credential, self.subscription_id, **self._kwargs)
 
