@@ -1,4 +1,4 @@
-# The in-VM probe. Runs inside a student's VM as `python3 - '<params json>'` (stdin: this file),
+# The in-VM probe. Runs inside a student's VM as `python3 -c <this file> '<params json>'`,
 # using only the standard library. It acts as the VM's managed identity, as the lab's curl commands
 # do, and prints one JSON line of outcomes: status codes, error codes, token *claims* and SHA-256
 # digests. Tokens and secret values never leave this process; nothing is written to disk except a
@@ -329,5 +329,5 @@ def main():
     print(MARK + json.dumps(results, separators=(",", ":")))
 
 
-if __name__ == "__main__":
+if __name__ in ("__main__", "builtins"):
     main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 from dataclasses import dataclass
@@ -86,14 +85,12 @@ class VmConnection:
             if self._conn is None or not self._conn.is_connected:
                 self._conn = self._open()
 
-    def run(self, command: str, *, stdin: str | None = None,
-            timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         for attempt in (1, 2):
             self.connect()
             try:
                 result = self._conn.run(
-                    command, hide=True, warn=True, pty=False,
-                    in_stream=io.StringIO(stdin) if stdin is not None else False,
+                    command, hide=True, warn=True, pty=False, in_stream=False,
                     timeout=timeout or self.command_timeout)
                 return CommandResult(result.exited, result.stdout, result.stderr)
             except Exception as exc:
