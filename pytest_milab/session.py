@@ -72,10 +72,11 @@ class MilabSession:
         credential = make_credential()
         if worker is None:
             check_credential(credential)
-        pool = ClientPool(credential, self.settings.timeout)
+        pool = ClientPool(credential, self.settings.timeout, self.settings.concurrency * 2)
         self.gatherer = Gatherer(self.settings, LabSpec(), pool, self.connections,
                                  lambda: default_subscription(credential, self.settings.timeout))
-        if self.settings.emulator and not os.environ.get("MILAB_AZ_CLI"):
+        local = self.settings.emulator or os.environ.get("MILAB_LOCAL_AZURE") == "1"
+        if local and not os.environ.get("MILAB_AZ_CLI"):
             self.gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
                                              "(set MILAB_AZ_CLI to an `az` to check this step)")
 

@@ -80,10 +80,10 @@ def test_reader_allowed(lab):
     assert result["status"] == 200, (
         f"listing the group's resources as the identity gave {result['status']} "
         f"{result.get('code')}")
-    ids = {r["id"].lower() for r in result.get("body") or []}
-    missing = [name for name, res in (("the VM", lab.vm), ("the vault", lab.vault))
-               if res is None or res["id"].lower() not in ids]
-    assert not missing, f"the listing does not include {' and '.join(missing)}"
+    seen = {r["id"].lower() for r in result.get("body") or []}
+    expected = [("the VM", lab.vm)] + [(f"the vault {v['name']}", v) for v in lab.vaults_in_group]
+    missing = [name for name, res in expected if res is None or res["id"].lower() not in seen]
+    assert not missing, f"the identity's listing does not include {' and '.join(missing)}"
 
 
 @pytest.mark.milab_step("wrong-audience", title="Key Vault rejects the management token",

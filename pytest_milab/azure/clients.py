@@ -34,10 +34,25 @@ def check_credential(credential) -> None:
             f"({first})") from None
 
 
-def _client_kwargs(timeout: float) -> dict:
+def _client_kwargs(timeout: float, transport=None) -> dict:
     # azure-core's RetryPolicy retries 408/429/5xx and honours Retry-After; bound it in time.
-    return {"retry_total": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
-            "timeout": timeout, "connection_timeout": min(timeout, 20), "read_timeout": timeout}
+    kwargs = {"retry_total": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
+              "timeout": timeout, "connection_timeout": min(timeout, 20), "read_timeout": timeout}
+    if transport is not None:
+        kwargs["transport"] = transport
+    return kwargs
+
+
+def shared_transport(pool_size: int):
+    """One HTTP connection pool for all clients, sized for the labs gathered at once."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=max(10, pool_size))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=False)
 
 
 def default_subscription(credential, timeout: float = 60.0) -> str:
@@ -62,10 +77,11 @@ def default_subscription(credential, timeout: float = 60.0) -> str:
 class SubscriptionClients:
     """Lazily built azure-mgmt-* clients for one subscription, shared by threads."""
 
-    def __init__(self, credential, subscription_id: str, timeout: float = 60.0) -> None:
+    def __init__(self, credential, subscription_id: str, timeout: float = 60.0,
+                 transport=None) -> None:
         self.credential = credential
         self.subscription_id = subscription_id
-        self._kwargs = _client_kwargs(timeout)
+        self._kwargs = _client_kwargs(timeout, transport)
 
     @cached_property
     def resource(self):
@@ -105,9 +121,10 @@ class SubscriptionClients:
 class ClientPool:
     """One `SubscriptionClients` per subscription for the whole session."""
 
-    def __init__(self, credential, timeout: float = 60.0) -> None:
+    def __init__(self, credential, timeout: float = 60.0, pool_size: int = 16) -> None:
         self.credential = credential
         self.timeout = timeout
+        self._transport = shared_transport(pool_size)
         self._clients: dict[str, SubscriptionClients] = {}
         self._lock = threading.Lock()
 
@@ -116,7 +133,7 @@ class ClientPool:
             key = subscription_id.lower()
             if key not in self._clients:
                 self._clients[key] = SubscriptionClients(self.credential, subscription_id,
-                                                         self.timeout)
+                                                         self.timeout, self._transport)
             return self._clients[key]
 
 

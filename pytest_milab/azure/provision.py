@@ -243,8 +243,8 @@ class LabBuilder:
         if "operator-access-policy" in self.defects:
             # The operator set its secrets, then its own policy lost `list` and `set`.
             self.c.keyvault.vaults.update_access_policy(
-                self.lab.group, self.lab.vault_name, "replace",
-                {"properties": {"accessPolicies": [self._policy(self.operator, ["get"])]}})
+                self.lab.group, self.lab.vault_name, "remove",
+                {"properties": {"accessPolicies": [self._policy(self.operator, ["list", "set"])]}})
 
 
 def build_demo_lab(azure, groups, *, defects=(), wait: float = 0.0) -> Path:
@@ -253,7 +253,9 @@ def build_demo_lab(azure, groups, *, defects=(), wait: float = 0.0) -> Path:
     from azure.identity import ClientSecretCredential
 
     key_path = Path(azure.workdir) / "grader-ssh" / "id_ed25519"
-    public = generate_key_pair(key_path)
+    pub_path = key_path.with_name(key_path.name + ".pub")
+    public = (pub_path.read_text().strip() if pub_path.exists()
+              else generate_key_pair(key_path))
     op = azure.operator
     port = int(azure.env.get("MILAB_SSH_PORT", "22"))
     with azure.environment():

@@ -87,8 +87,12 @@ class LocalAzure:
         return env
 
     def _extra_env(self) -> dict[str, str]:
-        # The port every VM answers SSH on (22 unless this process may not bind it).
-        return {"MILAB_SSH_PORT": str(self.vms.ssh_port)}
+        # The port every VM answers SSH on (22 unless this process may not bind it), and what a
+        # grader needs to know of this Azure: it is local, and whether VMs can install `az`.
+        env = {"MILAB_SSH_PORT": str(self.vms.ssh_port), "MILAB_LOCAL_AZURE": "1"}
+        if self.az_cli:
+            env["MILAB_AZ_CLI"] = str(self.az_cli)
+        return env
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[dict[str, str]]:

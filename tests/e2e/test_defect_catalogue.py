@@ -7,10 +7,9 @@ This is what shows the example suite's checks are real."""
 from __future__ import annotations
 
 import pytest
+from e2ekit import dependents_of, grade, outcomes
 
 from pytest_milab.azure.provision import build_demo_lab
-
-from .conftest import Grader, dependents_of, outcomes
 
 # What the failing step's reason must say, so a student knows what to fix.
 DEFECTS = {
@@ -35,21 +34,15 @@ AZ_STEPS = {"az-cli", "az-login-identity"}
 
 
 @pytest.fixture(scope="module")
-def catalogue(local_azure):
+def graded(local_azure, tmp_path_factory):
+    """One grading run over a complete lab and one lab per defect."""
     groups = {defect: f"defect-{defect}" for defect in DEFECTS}
-    key = None
     for defect, group in groups.items():
-        key = build_demo_lab(local_azure, [group], defects=(defect,))
+        build_demo_lab(local_azure, [group], defects=(defect,))
     key = build_demo_lab(local_azure, ["complete-lab"])
-    return groups, key
-
-
-@pytest.fixture
-def graded(catalogue, local_azure, pytester, monkeypatch):
-    groups, key = catalogue
-    grader = Grader(pytester, local_azure, key, monkeypatch)
-    result, report = grader.run("complete-lab", *groups.values())
-    return groups, result, report
+    run = grade(local_azure, key, tmp_path_factory.mktemp("catalogue"), "complete-lab",
+                *groups.values())
+    return groups, run, run.report
 
 
 def test_complete_lab_gets_full_marks(graded):
