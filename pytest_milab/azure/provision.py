@@ -247,7 +247,8 @@ class LabBuilder:
                 {"properties": {"accessPolicies": [self._policy(self.operator, ["list", "set"])]}})
 
 
-def build_demo_lab(azure, groups, *, defects=(), wait: float = 0.0) -> Path:
+def build_demo_lab(azure, groups, *, defects=(), spec: LabSpec | None = None,
+                   wait: float = 0.0) -> Path:
     """Build complete labs in a started `LocalAzure` as its operator; return the SSH key path
     that reaches their VMs."""
     from azure.identity import ClientSecretCredential
@@ -262,8 +263,9 @@ def build_demo_lab(azure, groups, *, defects=(), wait: float = 0.0) -> Path:
         credential = ClientSecretCredential(op.tenant_id, op.client_id, op.client_secret)
         for group in groups:
             LabBuilder(credential, azure.subscription_id, azure.tenant_id, op.object_id, group,
-                       ssh_public_key=public, ssh_key_path=str(key_path), ssh_port=port,
-                       defects=defects, install_az=bool(getattr(azure, "az_cli", None))).build()
+                       spec=spec, ssh_public_key=public, ssh_key_path=str(key_path),
+                       ssh_port=port, defects=defects,
+                       install_az=bool(getattr(azure, "az_cli", None))).build()
     if wait:
         time.sleep(wait)
     return key_path
