@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -59,7 +59,9 @@ class MilabSession:
         worker = getattr(self.config, "workerinput", None)
         if worker is not None and worker.get("milab"):
             self._apply_env(worker["milab"]["env"])
-            self.settings = replace(self.settings, **worker["milab"]["settings"])
+            given = dict(worker["milab"]["settings"])
+            given["targets"] = tuple(LabTarget(**t) for t in given["targets"])
+            self.settings = replace(self.settings, **given)
         elif self.settings.emulator:
             self._start_emulator()
         from .azure.clients import (
@@ -110,8 +112,8 @@ class MilabSession:
             return {}
         s = self.settings
         return {"env": {k: os.environ[k] for k in self._saved_env},
-                "settings": {"targets": s.targets, "ssh_key": s.ssh_key, "ssh_port": s.ssh_port,
-                             "subscription": s.subscription}}
+                "settings": {"targets": [asdict(t) for t in s.targets], "ssh_key": s.ssh_key,
+                             "ssh_port": s.ssh_port, "subscription": s.subscription}}
 
     def stop(self) -> None:
         self.connections.close_all()

@@ -1,0 +1,39 @@
+"""The README's demo: `pytest --milab-emulator example_suites/managed_identity`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from e2ekit import SUITE
+
+
+def run_demo(tmp_path, *extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AZURE_", "MILAB_")) and k.lower() not in (
+               "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "ssl_cert_file",
+               "curl_ca_bundle")}
+    report = tmp_path / "grades.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--milab-emulator", str(SUITE), "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), "-c", os.devnull, "--milab-report", str(report), *extra],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return proc, json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_demo_grades_a_complete_lab(tmp_path, workers):
+    proc, report = run_demo(tmp_path, *workers)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [lab] = report["groups"]
+    steps = {s["id"]: s for s in lab["steps"]}
+    assert len(steps) == 24
+    skipped = {k for k, s in steps.items() if s["outcome"] == "skipped"}
+    assert skipped == {"az-cli", "az-login-identity"}
+    assert "no Azure CLI configured" in steps["az-cli"]["reason"]
+    assert all(s["outcome"] == "passed" for k, s in steps.items() if k not in skipped)
+    assert lab["score"] == lab["max_score"] == 22
+    assert "22 passed, 2 skipped" in proc.stdout
