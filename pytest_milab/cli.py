@@ -7,6 +7,12 @@ import signal
 import sys
 import threading
 
+# Listed here, not imported: the emulator's dependencies are an extra (tests/emulator/
+# test_knobs.py checks these match emulator.faults.LATENCY_SERVICES and QUIRKS).
+LATENCY_SERVICES = ("arm", "keyvault", "entra", "graph", "imds", "aka.ms", "ssh_handshake")
+QUIRK_NAMES = ("imds-wrong-resource-id", "imds-no-tags-path", "imds-token-audience-mismatch",
+               "arm-permissions-too-wide", "arm-list-denied", "keyvault-accepts-any-audience")
+
 
 def _emulator(args: argparse.Namespace) -> int:
     try:
@@ -18,8 +24,13 @@ def _emulator(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    azure = LocalAzure(propagation_delay=args.propagation_delay, az_cli=args.az_cli,
-                       ssh_port=args.ssh_port)
+    try:
+        azure = LocalAzure(propagation_delay=args.propagation_delay, az_cli=args.az_cli,
+                           ssh_port=args.ssh_port, latency=dict(args.latency),
+                           throttle=args.throttle, quirks=args.quirk)
+    except ValueError as exc:  # an unknown latency service or quirk
+        print(f"milab emulator: {exc}", file=sys.stderr)
+        return 2
     try:
         azure.start()
     except OSError as exc:
@@ -36,6 +47,31 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency(text: str) -> tuple[str, float]:
+    """`SERVICE=SECONDS` for --latency."""
+    service, sep, seconds = text.partition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if not sep or not service or value < 0:
+        raise argparse.ArgumentTypeError(f"expected SERVICE=SECONDS, got {text!r}")
+    return service.strip(), value
+
+
+def _add_knob_flags(emu: argparse.ArgumentParser) -> None:
+    emu.add_argument("--latency", type=_latency, action="append", default=[],
+                     metavar="SERVICE=SECONDS",
+                     help=f"add this delay to every request to a service "
+                          f"({', '.join(LATENCY_SERVICES)}); repeatable")
+    emu.add_argument("--throttle", action="store_true",
+                     help="throttle ARM with token buckets per caller and subscription "
+                          "(429 with Retry-After)")
+    emu.add_argument("--quirk", action="append", default=[], choices=QUIRK_NAMES,
+                     metavar="NAME", help=f"make Azure misbehave on purpose; repeatable; one "
+                                          f"of: {', '.join(QUIRK_NAMES)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="milab", description="pytest-milab tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="the `az` of a separately installed Azure CLI, for VMs that install it")
     emu.add_argument("--ssh-port", type=int, default=None,
                      help="the port VMs listen on for SSH when port 22 cannot be bound")
+    _add_knob_flags(emu)
     emu.set_defaults(func=_emulator)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -31,6 +31,7 @@ from .arm_kinds import (
     uri_not_found,
 )
 from .arm_versions import LOCATION_NAMES, SUBSCRIPTIONS, normalize_location, provider_versions
+from .faults import ArmThrottle, Verdict
 from .responses import set_caller
 from .state import Cloud, arm_key, new_guid
 from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
@@ -262,7 +263,8 @@ class RateLimits:
         return max(0, (11999 if kind == "reads" else 1199) - self._used[key] + 1)
 
 
-def _decorate(resp: Response, request: Request, oid: str | None, limits: RateLimits) -> None:
+def _decorate(resp: Response, request: Request, oid: str | None, limits: RateLimits,
+              verdict: Verdict | None = None) -> None:
     rid = new_guid()
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     headers = {
@@ -277,18 +279,21 @@ def _decorate(resp: Response, request: Request, oid: str | None, limits: RateLim
         level = "subscription" if request.url.path.lower().startswith("/subscriptions/") \
             else "tenant"
         kind = "reads" if request.method in ("GET", "HEAD") else "writes"
-        headers[f"x-ms-ratelimit-remaining-{level}-{kind}"] = str(limits.take(oid, level, kind))
+        remaining = verdict.remaining if verdict else limits.take(oid, level, kind)
+        headers[f"x-ms-ratelimit-remaining-{level}-{kind}"] = str(remaining)
     for key, value in headers.items():
         resp.headers.setdefault(key, value)
 
 
 def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
     limits = RateLimits()
+    throttle = ArmThrottle(cloud.knobs)
 
     async def endpoint(request: Request) -> Response:
         body = await request.body()
         oid: str | None = None
         ctx: Ctx | None = None
+        verdict: Verdict | None = None
         try:
             try:
                 claims = tokens.verify_header(request.headers.get("authorization"),
@@ -297,6 +302,9 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
                 raise auth_error(exc, cloud.now()) from None
             oid = str(claims.get("oid") or claims.get("sub") or "")
             set_caller(request, oid)
+            verdict = throttle.check(oid, request.method, request.url.path)
+            if verdict is not None and not verdict.allowed:
+                raise ArmError(429, *verdict.refusal())
             query = {k.lower(): v for k, v in request.query_params.items()}
             api_version = query.get("api-version")
             if not api_version:
@@ -313,7 +321,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             log.exception("ARM request %s %s failed", request.method, request.url.path)
             resp = ArmError(500, "InternalServerError",
                             "Encountered internal server error.").response(request.method)
-        _decorate(resp, request, oid, limits)
+        _decorate(resp, request, oid, limits, verdict)
         for event, resource in (ctx.events if ctx else []):
             try:
                 cloud.emit(event, resource)

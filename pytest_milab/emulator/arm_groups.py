@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from starlette.responses import Response
 
-from . import rbac
+from . import faults, rbac
 from .arm_kinds import (
     KINDS,
     NAMESPACES,
@@ -352,6 +352,8 @@ def list_resources(ctx: Ctx, group: str | None) -> Response:
     sub_scope = f"/subscriptions/{ctx.sub}"
     if group is not None:
         require_allowed(ctx, RG_RESOURCES_READ, ctx.path.rsplit("/", 1)[0])
+        if faults.denies_group_listing(ctx.cloud, ctx.oid):  # the arm-list-denied quirk
+            raise forbidden(ctx, RG_RESOURCES_READ, ctx.path.rsplit("/", 1)[0])
         if arm_key(ctx.rg_id) not in ctx.cloud.resource_groups:
             raise group_not_found(group)
         prefix = arm_key(ctx.rg_id) + "/"

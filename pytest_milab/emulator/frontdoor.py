@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from . import faults
 from .audit import AuditEntry
 from .network import host_matches
 from .state import Cloud
@@ -45,7 +46,10 @@ class FrontDoor:
         delay = self.cloud.knobs.latency.get(service, 0.0)
         if delay:
             await asyncio.sleep(delay)
-        if target is None:
+        burst = self.cloud.knobs.faults.take_error(service, scope["path"]) if target else None
+        if burst is not None:
+            await faults.error_response(burst)(scope, receive, send_wrapper)
+        elif target is None:
             body = json.dumps({"error": {"code": "HostNotFound",
                                          "message": f"The local Azure does not serve '{host}'."}})
             await send_wrapper({"type": "http.response.start", "status": 404,

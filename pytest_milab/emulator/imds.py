@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import topology
+from . import faults, topology
 from .network import VM_KEY_HEADER
 from .responses import set_caller
 from .state import Cloud
@@ -325,7 +325,8 @@ def _prune(node: Any, version: str, path: str) -> Any:
 
 def instance_document(cloud: Cloud, vm: dict, api_version: str) -> dict:
     """`/metadata/instance` for this VM as that api-version shows it."""
-    doc = {"compute": _compute(vm), "network": _network(cloud, vm)}
+    doc = faults.imds_document(cloud.knobs, {"compute": _compute(vm),
+                                             "network": _network(cloud, vm)})
     return _prune(doc, api_version, "")
 
 
@@ -363,7 +364,7 @@ class Imds:
         self.cloud = cloud
         self.tokens = tokens
         self.resolve_vm = resolve_vm
-        self._cache: dict[tuple[str, str], Token] = {}
+        self._cache: dict[tuple[str, str, str], Token] = {}
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/{path:path}", self.dispatch, methods=ALL_METHODS)])
@@ -425,6 +426,8 @@ class Imds:
             return _json(BAD_FORMAT, 400)
         doc = instance_document(self.cloud, vm, request.query_params["api-version"])
         parts = [p for p in path[len("/metadata/instance"):].split("/") if p]
+        if faults.imds_hides(self.cloud.knobs, parts):  # the imds-no-tags-path quirk
+            return _json(NOT_FOUND, 404)
         try:
             node = _walk(doc, parts)
         except KeyError:
@@ -495,14 +498,15 @@ class Imds:
     def _token_for(self, mi: topology.ManagedIdentity, vm: dict, resource: str, *,
                    bypass: bool) -> Token:
         """IMDS hands back its cached token per (identity, resource), so expires_in counts down."""
-        key = (mi.principal_id.lower(), resource)
+        aud = faults.token_audience(self.cloud.knobs, resource)  # a quirk may change it
+        key = (mi.principal_id.lower(), resource, aud)
         cached = self._cache.get(key)
         if cached and not bypass and cached.expires_on - self.cloud.now() > TOKEN_REUSE_MARGIN:
             return cached
         extra = {"xms_mirid": topology.mirid(mi.resource_id)}
         if mi.user_assigned:
             extra["xms_az_rid"] = topology.mirid(vm["id"])  # absent for system-assigned (§4.1)
-        token = self.tokens.issue(aud=resource, oid=mi.principal_id, appid=mi.client_id,
+        token = self.tokens.issue(aud=aud, oid=mi.principal_id, appid=mi.client_id,
                                   appidacr="2", lifetime=TOKEN_LIFETIME, extra=extra)
         self._cache[key] = token
         return token

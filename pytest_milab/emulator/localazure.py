@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import arm, entra, graph, keyvault, rbac, userland
+from .faults import LATENCY_SERVICES, Quirks
 from .frontdoor import FrontDoor
 from .network import EMULATED_HOSTS, CertificateAuthority, ForwardProxy, HttpListener
 from .state import Cloud, Knobs
@@ -35,14 +36,34 @@ class Identity:
 class LocalAzure:
     """A local Azure for tests and demos.
 
-    >>> with LocalAzure() as azure:
+    >>> with LocalAzure(latency={"arm": 0.08}, throttle=True) as azure:
     ...     os.environ.update(azure.env)   # or run a subprocess with env=azure.env
+
+    Behaviour knobs (all off by default), given here or changed at run time on `azure.knobs`:
+
+    - `propagation_delay`: seconds before role assignments and access policies take effect.
+    - `latency`: seconds added per service: arm, keyvault, entra, graph, imds, aka.ms, and
+      ssh_handshake (before a VM's SSH server accepts a login).
+    - `throttle`: ARM token buckets per (caller, subscription), refusing with 429 and
+      Retry-After; sizes in `knobs.arm_read_bucket`/`arm_read_refill` (250, 25/s) and
+      `knobs.arm_write_bucket`/`arm_write_refill` (200, 10/s).
+    - `quirks`: names from `faults.QUIRKS`, Azure answering wrongly on purpose.
+    - `knobs.faults`: transient trouble switched from Python: `error_burst(service, status,
+      count, path=)`, `reset_connections(count, proxy=, host=)`, `ssh_refuse(seconds, vm=)`,
+      `hang_commands(vm, seconds, count=)`, `clear()`.
+    - `knobs.reset()` turns every knob back to its default.
     """
 
     def __init__(self, *, propagation_delay: float = 0.0, workdir: str | Path | None = None,
                  az_cli: str | Path | None = None, ssh_port: int | None = None,
-                 tenant_id: str | None = None) -> None:
-        self.knobs = Knobs(propagation_delay=propagation_delay)
+                 tenant_id: str | None = None, latency: dict[str, float] | None = None,
+                 throttle: bool = False, quirks: tuple[str, ...] | list[str] = ()) -> None:
+        unknown = set(latency or {}) - set(LATENCY_SERVICES)
+        if unknown:
+            raise ValueError(f"no latency knob for {', '.join(sorted(unknown))}; "
+                             f"services: {', '.join(LATENCY_SERVICES)}")
+        self.knobs = Knobs(propagation_delay=propagation_delay, latency=dict(latency or {}),
+                           throttle=throttle, quirks=Quirks(quirks))
         self.cloud = Cloud(tenant_id=tenant_id, knobs=self.knobs)
         self.az_cli = Path(az_cli) if az_cli else (
             Path(os.environ["MILAB_AZ_CLI"]) if os.environ.get("MILAB_AZ_CLI") else None)
@@ -58,6 +79,11 @@ class LocalAzure:
     @property
     def audit(self):
         return self.cloud.audit
+
+    @property
+    def arm_requests(self) -> int:
+        """How many requests ARM has answered (429s and injected faults included)."""
+        return sum(1 for entry in self.cloud.audit if entry.service == "arm")
 
     @property
     def tenant_id(self) -> str:
@@ -173,7 +199,8 @@ class LocalAzure:
         self.tls = HttpListener(FrontDoor(self.cloud, routes), cert=self.ca)
         await self.tls.start()
         self._closers.append(self.tls.stop)
-        self.proxy = ForwardProxy(tls_port=self.tls.port, allowed=EMULATED_HOSTS)
+        self.proxy = ForwardProxy(tls_port=self.tls.port, allowed=EMULATED_HOSTS,
+                                  faults=self.knobs.faults, name="host")
         await self.proxy.start()
         self._closers.append(self.proxy.stop)
         await self._start_extensions()

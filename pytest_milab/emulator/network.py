@@ -19,6 +19,8 @@ from pathlib import Path
 import trustme
 import uvicorn
 
+from .faults import Faults, reset_tunnel
+
 EMULATED_HOSTS = (
     "login.microsoftonline.com",
     "login.windows.net",
@@ -129,13 +131,17 @@ class ForwardProxy:
 
     `allowed` names the hosts CONNECT may reach (all tunnel to the TLS listener on port 443).
     `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests.
+    `faults` (the knobs' Faults) may reset tunnels through it, see Faults.reset_connections.
     """
 
     def __init__(self, *, tls_port: int, allowed: tuple[str, ...],
                  plain_http: Callable[[str], tuple[int, dict[str, str]] | None] | None = None,
                  on_refused: Callable[[str], None] | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", faults: Faults | None = None,
+                 name: str = "host") -> None:
         self.tls_port = tls_port
+        self.faults = faults  # reset_connections applies to proxies of this `name` (host | vm)
+        self.name = name
         self.allowed = allowed
         self.plain_http = plain_http
         self.on_refused = on_refused
@@ -185,6 +191,9 @@ class ForwardProxy:
             host, _, port = target.rpartition(":")
             host = host.strip("[]")
             if port == "443" and host_matches(host, self.allowed):
+                if self.faults is not None and self.faults.take_reset(self.name, host):
+                    await reset_tunnel(writer)
+                    return
                 upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.tls_port)
                 writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                 await writer.drain()

@@ -23,11 +23,12 @@ import signal
 import socket
 import struct
 import termios
+from collections.abc import Awaitable
 from pathlib import Path
 
 import asyncssh
 
-from . import topology, userland
+from . import faults, topology, userland
 from .frontdoor import FrontDoor
 from .imds import Imds
 from .network import (
@@ -128,7 +129,8 @@ class LiveVm:
         if self.proxy is None:
             self.proxy = ForwardProxy(tls_port=self.fleet.tls_port,
                                       allowed=EMULATED_HOSTS + VM_EXTRA_HOSTS,
-                                      plain_http=self._plain_http)
+                                      plain_http=self._plain_http,
+                                      faults=self.fleet.cloud.knobs.faults, name="vm")
             await self.proxy.start()
 
     def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
@@ -180,6 +182,9 @@ class LiveVm:
         self.address = address
 
     async def _serve(self, process: asyncssh.SSHServerProcess) -> None:
+        delay = self.fleet.cloud.knobs.faults.hang_for(self.arm() or {})
+        if delay and await faults.hang(delay, process.wait_closed()):
+            return  # the client gave up on a hanging command
         if process.subsystem:
             process.stderr.write(f"subsystem {process.subsystem} is not available\n".encode())
             process.exit(1)
@@ -325,8 +330,9 @@ class _SshServer(asyncssh.SSHServer):
     def connection_lost(self, exc) -> None:
         self.vm._connections.discard(self.conn)
 
-    def begin_auth(self, username: str) -> bool:
-        return True
+    def begin_auth(self, username: str) -> bool | Awaitable[bool]:
+        delay = self.vm.fleet.cloud.knobs.latency.get("ssh_handshake", 0.0)
+        return faults.after(delay, True) if delay else True
 
     def password_auth_supported(self) -> bool:
         return False
@@ -386,12 +392,14 @@ class VmFleet:
         await self._listener.start()
         self.imds_port = self._listener.port
         self.cloud.listeners.append(self.on_event)
+        self.cloud.knobs.faults.subscribe(self._faults_changed)
         self._schedule()
         await self.settled()
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             self.cloud.listeners.remove(self.on_event)
+        self.cloud.knobs.faults.unsubscribe(self._faults_changed)
         if self._task is not None:
             self._task.cancel()
         for live in list(self._live.values()):
@@ -428,6 +436,11 @@ class VmFleet:
         except RuntimeError:  # called from another thread after all
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._schedule)
+
+    def _faults_changed(self) -> None:
+        """Faults changed (from any thread): SSH refusal may open or close listeners."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._schedule)
 
     def _schedule(self) -> None:
         self._dirty = True
@@ -482,4 +495,8 @@ class VmFleet:
         if found is None:
             return None
         address, nic = found
+        refused_for = self.cloud.knobs.faults.ssh_refused_for(vm)
+        if refused_for:  # closed for now (Faults.ssh_refuse); reconcile again when it ends
+            self._loop.call_later(refused_for, self._schedule)
+            return None
         return address if topology.ssh_allowed(self.cloud, nic, 22) else None
