@@ -17,10 +17,11 @@ assertion, `error` with `CouldNotDecide`, `not-propagated` with `NotPropagated`,
 from .errors import CouldNotDecide, MilabError, NotPropagated
 from .evidence import LabEvidence
 from .lab import Lab, NeedsStep
+from .provision import ProvisionContext, Stage
 from .spec import LabSpec
 from .vm.probe import Vm
 from .vm.ssh import CommandResult
 
 __version__ = "0.1.0"
 __all__ = ["CommandResult", "CouldNotDecide", "Lab", "LabEvidence", "LabSpec", "MilabError",
-           "NeedsStep", "NotPropagated", "Vm"]
+           "NeedsStep", "NotPropagated", "ProvisionContext", "Stage", "Vm"]

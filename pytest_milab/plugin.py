@@ -29,6 +29,12 @@ _OUTCOME_WORDS = {
 }
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("milab", "managed-identity labs (pytest-milab)")
     for option in OPTIONS:
@@ -66,6 +72,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(_SESSION_KEY, None)
     if session is not None:
         session.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    milab = config.stash.get(_SESSION_KEY, None)
+    if milab is None or not milab.settings.active:
+        return []
+    lines = [f"milab: {milab.settings.mode} mode, {len(milab.settings.targets)} lab(s)"
+             + (" in a local Azure" if milab.azure is not None else "")]
+    return lines + [f"milab: {note}" for note in milab.notes]
 
 
 def _session(config: pytest.Config) -> MilabSession:

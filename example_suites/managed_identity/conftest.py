@@ -11,3 +11,10 @@ from pytest_milab import LabSpec
 @pytest.fixture(scope="session")
 def milab_spec():
     return LabSpec()
+
+
+def pytest_milab_stages(config):
+    """The lab's stages, for provision mode and the --milab-emulator demo."""
+    from lab_stages import STAGES
+
+    return STAGES

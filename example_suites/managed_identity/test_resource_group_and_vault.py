@@ -40,7 +40,8 @@ def _secret_permissions(policy):
                         needs=("key-vault",))
 def test_operator_access_policy(lab):
     identity = (lab.identity_principal_id or "").lower() if lab.vm else ""
-    operators = [p for p in lab.access_policies if p.get("objectId", "").lower() != identity]
+    operators = [p for p in lab.access_policies
+                 if str(p.get("objectId") or "").lower() != identity]
     granted = [p for p in operators
                if "all" in _secret_permissions(p) or {"get", "list", "set"} <= _secret_permissions(p)]
     assert granted, ("no access policy other than the VM's grants secrets get, list and set: "

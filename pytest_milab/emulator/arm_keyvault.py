@@ -25,6 +25,20 @@ PERMISSION_KINDS = ("keys", "secrets", "certificates", "storage")
 _NAME_RE = re.compile(r"^[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$")
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+def check_policies(entries: list) -> None:
+    """Every access policy names a tenant and an object by GUID, as ARM insists (the message
+    is UNCONFIRMED; the code and status are what ARM gives for a malformed property)."""
+    for i, entry in enumerate(entries):
+        for key in ("tenantId", "objectId"):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if not isinstance(value, str) or not _GUID.match(value):
+                raise ArmError(400, "BadRequest",
+                               f"Invalid value found at accessPolicies[{i}].{key}: {value}")
+
+
 def _policy(entry: dict) -> dict:
     """An access policy with all four permission lists present, as ARM returns them."""
     perms = entry.get("permissions") or {}
@@ -118,6 +132,7 @@ class Vaults(Tracked):
             rbac_mode = old.get("enableRbacAuthorization",
                                 ctx.api_version >= RBAC_DEFAULT_FROM)
         policies = props.get("accessPolicies")
+        check_policies(policies or [])
         policies = [_policy(p) for p in (policies if policies is not None
                                          else old.get("accessPolicies", []))]
 
@@ -216,6 +231,7 @@ class AccessPolicies(Kind):
             raise ArmError(400, "BadRequest", f"The operation kind '{ctx.names[-1]}' is invalid. "
                            "Supported values are 'add', 'replace' and 'remove'.")
         change = ((ctx.json().get("properties") or {}).get("accessPolicies")) or []
+        check_policies(change)
         vctx = ctx.at_depth(1)
         with ctx.cloud.lock:
             vault = VAULTS.load(vctx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from ..errors import SshError
@@ -48,10 +49,13 @@ class VmConnection:
     """A lazily opened Fabric connection with one reconnect on a broken transport."""
 
     def __init__(self, target: SshTarget, *, connect_timeout: float = 15.0,
-                 command_timeout: float = 300.0) -> None:
+                 command_timeout: float = 300.0, refused_for: float = 5.0) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
+        # A VM refusing connections may still be booting (or sshd restarting): keep trying
+        # for this long before concluding it does not answer.
+        self.refused_for = refused_for
         self._conn = None
         self._lock = threading.Lock()
         self.connections_opened = 0
@@ -82,8 +86,19 @@ class VmConnection:
 
     def connect(self) -> None:
         with self._lock:
-            if self._conn is None or not self._conn.is_connected:
-                self._conn = self._open()
+            if self._conn is not None and self._conn.is_connected:
+                return
+            deadline = time.monotonic() + self.refused_for
+            delay = 0.2
+            while True:
+                try:
+                    self._conn = self._open()
+                    return
+                except SshError as exc:
+                    if not exc.refused or time.monotonic() + delay > deadline:
+                        raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         for attempt in (1, 2):

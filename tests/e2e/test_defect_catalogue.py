@@ -7,9 +7,10 @@ This is what shows the example suite's checks are real."""
 from __future__ import annotations
 
 import pytest
+from defects import broken, suite_stages
 from e2ekit import dependents_of, grade, outcomes
 
-from pytest_milab.azure.provision import build_demo_lab
+from pytest_milab.provision import build_in_local_azure
 
 # What the failing step's reason must say, so a student knows what to fix.
 DEFECTS = {
@@ -38,8 +39,10 @@ def graded(local_azure, tmp_path_factory):
     """One grading run over a complete lab and one lab per defect."""
     groups = {defect: f"defect-{defect}" for defect in DEFECTS}
     for defect, group in groups.items():
-        build_demo_lab(local_azure, [group], defects=(defect,))
-    key = build_demo_lab(local_azure, ["complete-lab"])
+        stages, state = broken(defect)
+        build_in_local_azure(local_azure, [group], stages, state=state)
+    key, failures = build_in_local_azure(local_azure, ["complete-lab"], suite_stages())
+    assert [f.stage for f in failures] == (["azure cli"] if not local_azure.az_cli else [])
     run = grade(local_azure, key, tmp_path_factory.mktemp("catalogue"), "complete-lab",
                 *groups.values())
     return groups, run, run.report
@@ -66,4 +69,5 @@ def test_defect_fails_exactly_its_step_and_dependents(graded, needs, defect):
     for step in failed - {defect}:
         assert got[step][1].startswith("needs "), (step, got[step])
     others = {s: o for s, (o, _) in got.items() if s not in failed | skipped}
-    assert set(others.values()) <= {"passed"}, others
+    assert set(others.values()) <= {"passed"}, {s: got[s] for s, o in others.items()
+                                                if o != "passed"}

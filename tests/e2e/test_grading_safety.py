@@ -6,10 +6,11 @@ import re
 import uuid
 
 import pytest
+from defects import suite_stages
 from e2ekit import grade, outcomes
 
 from pytest_milab import LabSpec
-from pytest_milab.azure.provision import build_demo_lab
+from pytest_milab.provision import build_in_local_azure
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}")
 
@@ -19,7 +20,8 @@ def canary_run(local_azure, tmp_path_factory):
     """A lab whose portal-phrase is a unique canary (so secret-read fails), graded with
     tracebacks showing locals."""
     canary = f"canary-{uuid.uuid4().hex}"
-    key = build_demo_lab(local_azure, ["canary-lab"], spec=LabSpec(secret_value=canary))
+    key, _ = build_in_local_azure(local_azure, ["canary-lab"], suite_stages(),
+                                  state={"secret_value": canary})
     from azure.identity import ClientSecretCredential
     from azure.keyvault.secrets import SecretClient
 

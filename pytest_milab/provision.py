@@ -1,0 +1,233 @@
+"""Provisioning: a lab described as ordered stages, built with the SDKs.
+
+A suite declares its lab's stages in its conftest with the `pytest_milab_stages` hook::
+
+    from pytest_milab import Stage
+
+    def create_group(ctx):
+        ctx.clients.resource.resource_groups.create_or_update(
+            ctx.group, {"location": ctx.spec.location, "tags": ctx.tags})
+
+    def pytest_milab_stages():
+        return [Stage("resource group", create_group, checks=("resource-group",)), ...]
+
+In provision mode the plugin runs the stages in order and runs each stage's `checks` (step ids)
+right after it; `poll` names the checks that may need time to propagate, re-checked with a
+deadline. `--milab-emulator` builds its demo lab with the same stages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .spec import LabSpec
+
+RUN_TAG = "milab-run"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of building a lab, and the steps checked once it is done."""
+
+    name: str
+    build: Callable[[ProvisionContext], None]
+    checks: tuple[str, ...] = ()
+    poll: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.poll) - set(self.checks)
+        if unknown:
+            raise ValueError(f"stage {self.name!r}: poll names {sorted(unknown)[0]!r}, which is "
+                             "not among its checks")
+
+
+class StageFailed(Exception):
+    """A stage raised: its checks fail with this one-line reason."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"stage {stage!r} failed: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+def principal_of(credential) -> str:
+    """The object id of the credential's principal (the `oid` of its ARM token)."""
+    token = credential.get_token("https://management.azure.com/.default").token
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims["oid"]
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class ProvisionContext:
+    """What a stage needs: a credential and SDK clients, the lab's names, SSH into its VM, and
+    `state` to pass values between stages. Everything a stage creates carries `tags`
+    (resources) or `app_tags` (app registrations), so `milab cleanup` can find leftovers."""
+
+    credential: Any
+    subscription_id: str
+    tenant_id: str
+    operator_object_id: str
+    group: str
+    spec: LabSpec
+    run_id: str
+    ssh_public_key: str
+    ssh_key_path: str
+    ssh_port: int = 22
+    timeout: float = 60.0
+    state: dict[str, Any] = field(default_factory=dict)
+    created_apps: list[str] = field(default_factory=list)  # Graph object ids to delete
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .azure.clients import SubscriptionClients
+
+        self.clients = SubscriptionClients(self.credential, self.subscription_id, self.timeout)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {RUN_TAG: self.run_id}
+
+    @property
+    def app_tags(self) -> list[str]:
+        return [f"{RUN_TAG}:{self.run_id}"]
+
+    @property
+    def group_id(self) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.group}"
+
+    def run_in_vm(self, command: str, *, timeout: float = 600):
+        """Run a command in the lab's VM over SSH, as its admin user (state `public_ip`,
+        `admin_user`)."""
+        from .vm.ssh import SshTarget, VmConnection
+
+        conn = VmConnection(SshTarget(self.state["public_ip"], self.state["admin_user"],
+                                      self.ssh_port, self.ssh_key_path), refused_for=180)
+        try:
+            return conn.run(command, timeout=timeout)
+        finally:
+            conn.close()
+
+    def graph(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A Microsoft Graph v1.0 call as the credential; creating an application records it
+        for teardown."""
+        import requests
+
+        token = self.credential.get_token("https://graph.microsoft.com/.default").token
+        r = requests.request(method, f"https://graph.microsoft.com/v1.0{path}", json=body,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout)
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                detail = f"{err.get('code')}: {err.get('message')}"
+            except (ValueError, KeyError, TypeError):
+                detail = r.text[:200]
+            raise RuntimeError(f"Graph {method} {path} answered {r.status_code} {detail}")
+        data = r.json() if r.content else {}
+        if method == "POST" and path == "/applications":
+            self.created_apps.append(data["id"])
+        return data
+
+
+def run_stages(ctx: ProvisionContext, stages: Iterable[Stage]) -> list[StageFailed]:
+    """Run stages in order; a failing stage is recorded and the next ones still run."""
+    failures = []
+    for stage in stages:
+        try:
+            stage.build(ctx)
+        except Exception as exc:  # noqa: BLE001 - reported as the stage's one-line reason
+            failures.append(StageFailed(stage.name, one_line(exc)))
+    return failures
+
+
+def one_line(exc: BaseException) -> str:
+    """An SDK error in one line: ARM's code and message when there is one."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = getattr(error, "message", None)
+    if code and message:
+        return f"{code}: {message.splitlines()[0]}"[:400]
+    text = str(exc).strip().splitlines()
+    return (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:400]
+
+
+def teardown(ctx: ProvisionContext) -> list[str]:
+    """Delete what the run created (the group, app registrations); return what remains."""
+    remains = []
+    try:
+        poller = ctx.clients.resource.resource_groups.begin_delete(ctx.group)
+        poller.result()
+    except Exception as exc:  # noqa: BLE001
+        if "ResourceGroupNotFound" not in str(exc) and "could not be found" not in str(exc):
+            remains.append(f"resource group {ctx.group} ({one_line(exc)})")
+    for app in ctx.created_apps:
+        try:
+            ctx.graph("DELETE", f"/applications/{app}")
+        except Exception as exc:  # noqa: BLE001
+            if "404" not in str(exc):
+                remains.append(f"app registration {app} ({one_line(exc)})")
+    return remains
+
+
+def cleanup(credential, subscription_id: str, run_id: str | None = None,
+            timeout: float = 60.0) -> list[str]:
+    """Delete every resource group and app registration tagged by a provision run (`run_id`,
+    or any run); return what was deleted."""
+    ctx = ProvisionContext(credential, subscription_id, "", "", "", LabSpec(), run_id or "",
+                           "", "", timeout=timeout)
+    deleted = []
+    for group in ctx.clients.resource.resource_groups.list():
+        tag = (group.tags or {}).get(RUN_TAG)
+        if tag and (run_id is None or tag == run_id):
+            ctx.clients.resource.resource_groups.begin_delete(group.name).result()
+            deleted.append(f"resource group {group.name}")
+    apps = ctx.graph("GET", "/applications").get("value", [])
+    for app in apps:
+        tags = [t for t in app.get("tags") or [] if t.startswith(RUN_TAG + ":")]
+        if tags and (run_id is None or f"{RUN_TAG}:{run_id}" in tags):
+            ctx.graph("DELETE", f"/applications/{app['id']}")
+            deleted.append(f"app registration {app['displayName']} ({app['appId']})")
+    return deleted
+
+
+def ssh_key_pair(directory: Path) -> tuple[Path, str]:
+    """The key pair provisioned VMs accept: reused from `directory` or made there."""
+    from .vm.keys import generate_key_pair
+
+    key = directory / "id_ed25519"
+    pub = key.with_name(key.name + ".pub")
+    if pub.exists() and key.exists():
+        return key, pub.read_text().strip()
+    return key, generate_key_pair(key)
+
+
+def build_in_local_azure(azure, groups: Iterable[str], stages: list[Stage], *,
+                         state: dict | None = None, spec: LabSpec | None = None,
+                         run_id: str = "demo") -> tuple[Path, list[StageFailed]]:
+    """Build labs in a started `LocalAzure` as its operator, with the suite's stages; return
+    the SSH key that reaches their VMs and any stage that failed."""
+    from azure.identity import ClientSecretCredential
+
+    key_path, public = ssh_key_pair(Path(azure.workdir) / "grader-ssh")
+    op = azure.operator
+    failures: list[StageFailed] = []
+    with azure.environment():
+        credential = ClientSecretCredential(op.tenant_id, op.client_id, op.client_secret)
+        for group in groups:
+            ctx = ProvisionContext(credential, azure.subscription_id, azure.tenant_id,
+                                   op.object_id, group, spec or LabSpec(), run_id, public,
+                                   str(key_path), int(azure.env.get("MILAB_SSH_PORT", "22")),
+                                   state=dict(state or {}))
+            failures += run_stages(ctx, stages)
+    return key_path, failures
