@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -24,10 +25,11 @@ def _emulator(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    latency, throttle = dict(args.latency), args.throttle
     try:
         azure = LocalAzure(propagation_delay=args.propagation_delay, az_cli=args.az_cli,
-                           ssh_port=args.ssh_port, latency=dict(args.latency),
-                           throttle=args.throttle, quirks=args.quirk)
+                           ssh_port=args.ssh_port, latency={} if args.hold_knobs else latency,
+                           throttle=throttle and not args.hold_knobs, quirks=args.quirk)
     except ValueError as exc:  # an unknown latency service or quirk
         print(f"milab emulator: {exc}", file=sys.stderr)
         return 2
@@ -36,6 +38,18 @@ def _emulator(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"milab emulator: could not start the local Azure: {exc}", file=sys.stderr)
         return 1
+
+    def print_stats(*_) -> None:
+        print("milab emulator: stats " + json.dumps(azure.stats(), sort_keys=True), flush=True)
+
+    def switch_knobs(*_) -> None:
+        on = not (azure.knobs.latency or azure.knobs.throttle)
+        azure.knobs.latency = dict(latency) if on else {}
+        azure.knobs.throttle = throttle and on
+        print(f"milab emulator: knobs {'on' if on else 'off'}", flush=True)
+
+    signal.signal(signal.SIGUSR1, print_stats)
+    signal.signal(signal.SIGUSR2, switch_knobs)
     try:
         azure.write_env_file(args.env_file)
         print(f"milab emulator: ready in {azure.started_in:.2f}s; environment in {args.env_file}",
@@ -70,6 +84,10 @@ def _add_knob_flags(emu: argparse.ArgumentParser) -> None:
     emu.add_argument("--quirk", action="append", default=[], choices=QUIRK_NAMES,
                      metavar="NAME", help=f"make Azure misbehave on purpose; repeatable; one "
                                           f"of: {', '.join(QUIRK_NAMES)}")
+    emu.add_argument("--hold-knobs", action="store_true",
+                     help="start with --latency and --throttle off (to build labs quickly); "
+                          "SIGUSR2 switches them on and off. SIGUSR1 prints one line of counts "
+                          "(requests per service, ARM requests per caller, SSH connections)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ class LabEvidence:
     ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error
     probe: dict[str, Any] | None = None  # the in-VM probe's results
     cli_unavailable: str | None = None  # why the Azure CLI cannot be installed (local Azure)
+    mode: str = "discover"  # provision: gathered as the lab is built, step by step
     seconds: float = 0.0
 
     def to_json(self) -> dict:

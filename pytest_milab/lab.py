@@ -57,6 +57,12 @@ class Lab:
     def student(self) -> str | None:
         return self.evidence.student
 
+    @property
+    def mode(self) -> str:
+        """"discover" (a finished lab, read-only) or "provision" (built step by step: a check
+        sees the lab as it is when its stage is done)."""
+        return self.evidence.mode
+
     def _get(self, name: str) -> Any:
         if self.evidence.problem:
             raise CouldNotDecide(self.evidence.problem)

@@ -139,7 +139,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if info is None or not hasattr(item, "callspec"):
             return (0, "", 0, index)
         target = item.callspec.params.get("_milab_target")
-        return (1, lab_rank.get(getattr(target, "label", ""), -1), rank[info.id], index)
+        # Provision mode checks each step when the lab reaches its stage.
+        stage = milab.stage_rank(info.id) if milab.provisioning else 0
+        return (1, lab_rank.get(getattr(target, "label", ""), -1), stage, rank[info.id], index)
 
     # Labs one after another, each lab's steps with prerequisites first.
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
@@ -188,8 +190,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     target = _lab_of(pyfuncitem)
     if info is None or target is None:
         return None
-    inherited = _session(pyfuncitem.config).prerequisite(target.label, info)
+    milab = _session(pyfuncitem.config)
+    inherited = milab.prerequisite(target.label, info)
     if inherited is None:
+        if milab.provisioning:
+            milab.run_provisioned(pyfuncitem, info, target)
+            return True
         return None
     outcome, reason = inherited
     if outcome == grading.FAILED:
@@ -266,7 +272,11 @@ def _is_worker(config: pytest.Config) -> bool:
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     milab = _session(config)
-    if _is_worker(config) or not milab.settings.active:
+    if not milab.settings.active:
+        return
+    milab.finish_provision()  # in the process that built the labs (a worker, under xdist)
+    if _is_worker(config):
+        config.workeroutput["milab_notes"] = list(milab.notes)
         return
     results, steps = milab.grade()
     for path in milab.settings.reports:
@@ -288,8 +298,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     for target in milab.settings.targets:
         if target.problem:
             terminalreporter.write_line(f"milab: not graded: {target.problem}", red=True)
+    for note in milab.notes:
+        terminalreporter.write_line(f"milab: {note}")
     for path in milab.settings.reports:
         terminalreporter.write_line(f"milab: report written to {os.path.abspath(path)}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist: the notes a worker left (labs it removed or kept)."""
+    notes = getattr(node, "workeroutput", {}).get("milab_notes", [])
+    _session(node.config).notes.extend(notes)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist: all of a lab's checks on one worker, in order (a provisioned lab is built
+    by the worker that checks it). Grouped by the lab's test id, not with `--dist loadgroup`."""
+    milab = config.stash.get(_SESSION_KEY, None)
+    if milab is None or not milab.settings.active:
+        return None
+    from .scheduling import LabScheduling
+
+    return LabScheduling(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -57,12 +57,11 @@ class StageFailed(Exception):
         self.reason = reason
 
 
-def principal_of(credential) -> str:
-    """The object id of the credential's principal (the `oid` of its ARM token)."""
+def principal_claims(credential) -> dict:
+    """Who the credential is: the claims (`oid`, `tid`) of its ARM token, read not verified."""
     token = credential.get_token("https://management.azure.com/.default").token
     payload = token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return claims["oid"]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def new_run_id() -> str:
@@ -231,3 +230,40 @@ def build_in_local_azure(azure, groups: Iterable[str], stages: list[Stage], *,
                                    state=dict(state or {}))
             failures += run_stages(ctx, stages)
     return key_path, failures
+
+
+class LabBuild:
+    """Provision mode's progress on one lab: the stages run so far and those that failed."""
+
+    def __init__(self, ctx: ProvisionContext, stages: list[Stage]) -> None:
+        self.ctx = ctx
+        self.stages = stages
+        self.done = 0  # stages run
+        self.failed: dict[int, StageFailed] = {}
+        self.lock = __import__("threading").Lock()
+
+    def stage_of(self, step_id: str) -> int:
+        """The index of the stage after which `step_id` is checked (the last one if none)."""
+        for i, stage in enumerate(self.stages):
+            if step_id in stage.checks:
+                return i
+        return len(self.stages) - 1
+
+    def polled(self, step_id: str) -> bool:
+        return any(step_id in stage.poll for stage in self.stages)
+
+    def run_until(self, index: int) -> bool:
+        """Run the stages up to `index`; return whether any ran."""
+        ran = False
+        with self.lock:
+            while self.done <= index and self.done < len(self.stages):
+                stage = self.stages[self.done]
+                failure = run_stages(self.ctx, [stage])
+                if failure:
+                    self.failed[self.done] = failure[0]
+                self.done += 1
+                ran = True
+        return ran
+
+    def failure_for(self, step_id: str) -> StageFailed | None:
+        return self.failed.get(self.stage_of(step_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -37,12 +38,17 @@ class MilabSession:
         self._lab_infos: dict[str, LabInfo] = {}
         self._evidence: dict[str, LabEvidence] | None = None
         self._evidence_lock = threading.Lock()
+        self._stale: set[str] = set()
         self._saved_env: dict[str, str | None] = {}
         self.azure = None  # the in-process local Azure (--milab-emulator)
         self.gatherer: Gatherer | None = None
         self.connections = Connections()
         self.results: list[grading.LabResult] | None = None
         self.notes: list[str] = []
+        self.run_id = ""
+        self.credential = None
+        self.builds: dict = {}  # label -> provision.LabBuild (provision mode)
+        self._stage_rank: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> MilabSession:
@@ -57,14 +63,24 @@ class MilabSession:
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self) -> None:
+        from .provision import new_run_id
+
         worker = getattr(self.config, "workerinput", None)
-        if worker is not None and worker.get("milab"):
-            self._apply_env(worker["milab"]["env"])
-            given = dict(worker["milab"]["settings"])
-            given["targets"] = tuple(LabTarget(**t) for t in given["targets"])
-            self.settings = replace(self.settings, **given)
-        elif self.settings.emulator:
-            self._start_emulator()
+        given = worker.get("milab") if worker is not None else None
+        if given:
+            self._apply_env(given["env"])
+            settings = dict(given["settings"])
+            settings["targets"] = tuple(LabTarget(**t) for t in settings["targets"])
+            self.settings = replace(self.settings, **settings)
+            self.run_id = given["run_id"]
+        else:
+            self.run_id = new_run_id()
+            if self.settings.emulator:
+                self._start_emulator()
+            if self.provisioning and not self.settings.targets:
+                group = f"milab-lab-{self.run_id}"
+                self.settings = replace(self.settings,
+                                        targets=(LabTarget(group=group, label=group),))
         from .azure.clients import (
             ClientPool,
             check_credential,
@@ -72,7 +88,7 @@ class MilabSession:
             make_credential,
         )
 
-        credential = make_credential()
+        self.credential = credential = make_credential()
         if worker is None:
             check_credential(credential)
         pool = ClientPool(credential, self.settings.timeout, self.settings.concurrency * 2)
@@ -82,6 +98,21 @@ class MilabSession:
         if local and not os.environ.get("MILAB_AZ_CLI"):
             self.gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
                                              "(set MILAB_AZ_CLI to an `az` to check this step)")
+        if self.provisioning:
+            self._prepare_builds(given is None)
+
+    @property
+    def provisioning(self) -> bool:
+        return self.settings.mode == "provision"
+
+    def _stages(self):
+        stages = self.config.hook.pytest_milab_stages(config=self.config)
+        if not stages:
+            raise MilabError(f"{'provision mode' if self.provisioning else '--milab-emulator'} "
+                             "builds the lab with the suite's stages, and no conftest implements "
+                             "pytest_milab_stages: run the example suite, or declare your lab's "
+                             "stages (see pytest_milab.provision)")
+        return stages
 
     def _start_emulator(self) -> None:
         try:
@@ -89,27 +120,70 @@ class MilabSession:
         except ImportError as exc:
             raise MilabError(f"--milab-emulator needs the emulator extra ({exc.name} is "
                              "missing): pip install 'pytest-milab[emulator]'") from None
-        from .provision import build_in_local_azure
+        from .provision import build_in_local_azure, ssh_key_pair
 
-        stages = self.config.hook.pytest_milab_stages(config=self.config)
-        if not stages:
-            raise MilabError("--milab-emulator builds the lab with the suite's stages, and no "
-                             "conftest implements pytest_milab_stages: run the example suite, "
-                             "or declare your lab's stages")
+        stages = self._stages()
         self.azure = LocalAzure().start()
+        env = dict(self.azure.env)
+        port = int(env.get("MILAB_SSH_PORT", "22"))
+        sub = self.azure.subscription_id
+        if self.provisioning:
+            # Provision mode builds as the operator (Owner); the lab is built by the run itself.
+            key_path, _ = ssh_key_pair(Path(self.azure.workdir) / "grader-ssh")
+            self._apply_env(env)
+            self.settings = replace(self.settings, ssh_key=str(key_path), ssh_port=port,
+                                    subscription=sub)
+            return
         groups = self.settings.groups or (EMULATOR_GROUP,)
         key_path, failures = build_in_local_azure(self.azure, groups, stages)
         # A stage the local Azure cannot play (no Azure CLI to install) still leaves a lab to
         # grade; its steps say so.
         self.notes += [f"building the demo lab: {f}" for f in failures]
-        env = dict(self.azure.env)
         env.update({"AZURE_CLIENT_ID": self.azure.grader.client_id,
                     "AZURE_CLIENT_SECRET": self.azure.grader.client_secret})
         self._apply_env(env)
-        port = int(env.get("MILAB_SSH_PORT", "22"))
         targets = [LabTarget(group=g, label=g) for g in groups]
         self.settings = replace(self.settings, targets=tuple(targets), ssh_key=str(key_path),
-                                ssh_port=port, subscription=self.azure.subscription_id)
+                                ssh_port=port, subscription=sub)
+
+    def _prepare_builds(self, controller: bool) -> None:
+        """Provision mode: one `LabBuild` per lab; nothing is created until a check needs it."""
+        import tempfile
+
+        from .azure.clients import default_subscription
+        from .provision import LabBuild, ProvisionContext, principal_claims, ssh_key_pair
+
+        stages = self._stages()
+        self._stage_rank = {}
+        for i, stage in enumerate(stages):
+            for step in stage.checks:
+                self._stage_rank.setdefault(step, i)
+        if self.settings.ssh_key:
+            key = Path(self.settings.ssh_key)
+            pub = key.with_name(key.name + ".pub")
+            if not pub.exists():
+                raise MilabError(f"--milab-ssh-key {key}: provision mode also needs {pub}, the "
+                                 "public key the VMs will accept")
+            public = pub.read_text().strip()
+        else:
+            key, public = ssh_key_pair(Path(tempfile.mkdtemp(prefix="milab-ssh-")))
+            self.settings = replace(self.settings, ssh_key=str(key))
+        subscription = (self.settings.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+                        or default_subscription(self.credential, self.settings.timeout))
+        self.settings = replace(self.settings, subscription=subscription)
+        self.gatherer.settings = self.settings
+        claims = principal_claims(self.credential)
+        for target in self.settings.targets:
+            if target.problem:
+                continue
+            ctx = ProvisionContext(self.credential, target.subscription or subscription,
+                                   claims["tid"], claims["oid"], target.group, LabSpec(),
+                                   self.run_id, public, str(key), self.settings.ssh_port,
+                                   self.settings.timeout)
+            self.builds[target.label] = LabBuild(ctx, stages)
+
+    def stage_rank(self, step_id: str) -> int:
+        return self._stage_rank.get(step_id, len(self._stage_rank))
 
     def _apply_env(self, env: dict[str, str]) -> None:
         for key, value in env.items():
@@ -117,10 +191,12 @@ class MilabSession:
             os.environ[key] = value
 
     def worker_input(self) -> dict:
-        if self.azure is None:
+        """What the controller decided that workers must share: the local Azure's env, the
+        labs (with fresh group names in provision mode), the run id and SSH key."""
+        if not self.settings.active:
             return {}
         s = self.settings
-        return {"env": {k: os.environ[k] for k in self._saved_env},
+        return {"env": {k: os.environ[k] for k in self._saved_env}, "run_id": self.run_id,
                 "settings": {"targets": [asdict(t) for t in s.targets], "ssh_key": s.ssh_key,
                              "ssh_port": s.ssh_port, "subscription": s.subscription}}
 
@@ -139,6 +215,18 @@ class MilabSession:
     # -- evidence -------------------------------------------------------------------------------
     def evidence_for(self, target: LabTarget, spec: LabSpec,
                      request: pytest.FixtureRequest) -> LabEvidence:
+        if self.provisioning:
+            # One evidence object per lab, refreshed in place as the lab is built.
+            with self._evidence_lock:
+                self.gatherer.spec = spec
+                if self._evidence is None:
+                    self._evidence = {}
+                if target.label not in self._evidence:
+                    self._evidence[target.label] = LabEvidence(
+                        label=target.label, group=target.group, student=target.student,
+                        subscription=self.settings.subscription, mode="provision")
+                    self._stale.add(target.label)
+                return self._evidence[target.label]
         with self._evidence_lock:
             if self._evidence is None:
                 self._evidence = self._gather_once(spec, request)
@@ -180,6 +268,69 @@ class MilabSession:
         if evidence.ssh.get("refused"):
             raise NeedsStep(f"needs ssh: {evidence.ssh.get('error')}")
         return Vm(self.connections.get(target.label, ssh_target))
+
+    # -- provision mode ---------------------------------------------------------------------------
+    def refresh(self, target: LabTarget) -> None:
+        fresh = self.gatherer.gather(target)
+        fresh.mode = "provision"
+        self._evidence[target.label].__dict__.update(fresh.__dict__)
+        self._stale.discard(target.label)
+
+    def run_provisioned(self, item: pytest.Function, info: StepInfo, target: LabTarget) -> None:
+        """Build the lab up to this check's stage, then run the check on fresh evidence;
+        a check that may need time to propagate is re-run until the deadline."""
+        from .errors import NotPropagated
+        from .provision import one_line
+
+        build = self.builds[target.label]
+        if build.run_until(build.stage_of(info.id)):
+            self._stale.add(target.label)
+        if target.label in self._stale:
+            self.refresh(target)
+        failure = build.failure_for(info.id)
+        args = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+        deadline = time.monotonic() + self.settings.propagation_deadline
+        delay = 1.0
+        while True:
+            try:
+                item.obj(**args)
+                return
+            except NeedsStep:
+                raise
+            except AssertionError as exc:
+                if failure is not None:
+                    raise AssertionError(f"{failure} ({one_line(exc)})") from None
+                if not build.polled(info.id):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise NotPropagated(
+                        f"not in force {self.settings.propagation_deadline:.0f}s after the "
+                        f"change: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+            self.refresh(target)
+
+    def finish_provision(self) -> None:
+        """Tear down what this process built, unless --milab-keep; say what remains."""
+        from .provision import teardown
+
+        for label, build in self.builds.items():
+            if build.done == 0:
+                continue
+            ctx = build.ctx
+            if self.settings.keep:
+                self.notes.append(f"kept lab {label}: group {ctx.group}, "
+                                  f"{len(ctx.created_apps)} app registration(s); remove with "
+                                  f"`milab cleanup --run {self.run_id}`")
+                continue
+            remains = teardown(ctx)
+            if remains:
+                self.notes.append(f"could not remove {'; '.join(remains)}: run "
+                                  f"`milab cleanup --run {self.run_id}`")
+            else:
+                self.notes.append(f"removed lab {label} (group {ctx.group})")
+        self.builds = {}
 
     def subscription_of(self, label: str) -> str:
         if self._evidence and label in self._evidence:

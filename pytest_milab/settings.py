@@ -109,7 +109,7 @@ class Settings:
     @property
     def active(self) -> bool:
         """Whether any lab is to be graded in this run."""
-        return bool(self.targets) or self.emulator
+        return bool(self.targets) or self.emulator or self.mode == "provision"
 
 
 def _convert(option: Option, raw: object, source: str):

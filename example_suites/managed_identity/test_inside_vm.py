@@ -58,6 +58,13 @@ def test_management_token(lab):
 @pytest.mark.milab_step("reader-denied-before", title="The identity is refused beyond its grant",
                         needs=("management-token", "reader-assignment"))
 def test_reader_denied_before(lab):
+    if lab.mode == "provision":
+        # Checked before the Reader assignment: listing the group must be refused.
+        result = lab.probe("list_group")
+        assert result["status"] == 403 and result.get("code") == "AuthorizationFailed", (
+            f"before the Reader assignment, listing the group gave {result['status']} "
+            f"{result.get('code')}, not 403 AuthorizationFailed")
+        return
     # Discover mode cannot replay the denial that happened before the grant; what remains
     # observable is that the identity's effective permissions stop at the group, read-only.
     sub = lab.probe("permissions_subscription")
@@ -101,6 +108,13 @@ def test_vault_denied_before(lab):
     token = lab.probe("vault_token")
     assert token["status"] == 200, f"IMDS refused a vault token ({token['status']})"
     assert token["claims"].get("aud") == VAULT, f"the vault token's aud is {token['claims']}"
+    if lab.mode == "provision":
+        # Checked before the identity's access policy: reading the secret must be refused.
+        read = lab.probe("secret_read")
+        assert read["status"] == 403, (
+            f"before the identity's access policy, reading the secret gave {read['status']}, "
+            "not 403")
+        return
     listing = lab.probe("vault_list")
     assert listing["status"] == 403, (
         f"listing secrets as the identity gave {listing['status']}, not 403: its access policy "

@@ -85,6 +85,22 @@ class LocalAzure:
         """How many requests ARM has answered (429s and injected faults included)."""
         return sum(1 for entry in self.cloud.audit if entry.service == "arm")
 
+    def stats(self) -> dict:
+        """Counts so far: requests per service, ARM requests per caller and throttled (429),
+        and SSH connections accepted by the VMs."""
+        services: dict[str, int] = {}
+        arm_by_caller: dict[str, int] = {}
+        throttled = 0
+        for entry in self.cloud.audit:
+            services[entry.service] = services.get(entry.service, 0) + 1
+            if entry.service == "arm":
+                caller = entry.caller_oid or ""
+                arm_by_caller[caller] = arm_by_caller.get(caller, 0) + 1
+                throttled += entry.status == 429
+        return {"requests": services, "arm_requests": services.get("arm", 0),
+                "arm_by_caller": arm_by_caller, "arm_throttled": throttled,
+                "ssh_connections": self.vms.ssh_connections}
+
     @property
     def tenant_id(self) -> str:
         return self.cloud.tenant_id

@@ -326,6 +326,7 @@ class _SshServer(asyncssh.SSHServer):
     def connection_made(self, conn) -> None:
         self.conn = conn
         self.vm._connections.add(conn)
+        self.vm.fleet.ssh_connections += 1
 
     def connection_lost(self, exc) -> None:
         self.vm._connections.discard(self.conn)
@@ -378,6 +379,7 @@ class VmFleet:
         self._dirty = False
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.ssh_connections = 0  # SSH connections accepted by any VM (benchmarks count them)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
