@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -90,6 +91,37 @@ def _add_knob_flags(emu: argparse.ArgumentParser) -> None:
                           "(requests per service, ARM requests per caller, SSH connections)")
 
 
+def _load_env_file(path: str) -> None:
+    for line in open(path, encoding="utf-8"):
+        key, sep, value = line.rstrip("\n").partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ[key] = value
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    """Delete what provision runs left behind (tagged milab-run), e.g. after a killed run."""
+    from .azure.clients import check_credential, default_subscription, make_credential
+    from .errors import MilabError
+    from .provision import cleanup
+
+    if args.env_file:
+        _load_env_file(args.env_file)
+    try:
+        credential = make_credential()
+        check_credential(credential)
+        subscription = (args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+                        or default_subscription(credential))
+        deleted = cleanup(credential, subscription, args.run)
+    except MilabError as exc:
+        print(f"milab cleanup: {exc}", file=sys.stderr)
+        return 2
+    for item in deleted:
+        print(f"deleted {item}")
+    what = f"run {args.run}" if args.run else "any provision run"
+    print(f"milab cleanup: {len(deleted)} leftover(s) of {what} removed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="milab", description="pytest-milab tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="the port VMs listen on for SSH when port 22 cannot be bound")
     _add_knob_flags(emu)
     emu.set_defaults(func=_emulator)
+    clean = sub.add_parser("cleanup", help="delete what provision runs left behind")
+    clean.add_argument("--run", default=None, metavar="RUN_ID",
+                       help="only this run's leftovers (default: every run's)")
+    clean.add_argument("--subscription", default=None, metavar="ID")
+    clean.add_argument("--env-file", default=None, metavar="PATH",
+                       help="read KEY=VALUE lines first (e.g. a local Azure's env file)")
+    clean.set_defaults(func=_cleanup)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import NotPropagated
 from .spec import LabSpec
 
 RUN_TAG = "milab-run"
@@ -49,12 +50,15 @@ class Stage:
 
 
 class StageFailed(Exception):
-    """A stage raised: its checks fail with this one-line reason."""
+    """A stage raised: its checks fail with this one-line reason (or end `not-propagated` when
+    the stage was refused until the deadline for want of a grant still propagating)."""
 
-    def __init__(self, stage: str, reason: str) -> None:
-        super().__init__(f"stage {stage!r} failed: {reason}")
+    def __init__(self, stage: str, reason: str, *, propagating: bool = False) -> None:
+        verb = "could not finish" if propagating else "failed"
+        super().__init__(f"stage {stage!r} {verb}: {reason}")
         self.stage = stage
         self.reason = reason
+        self.propagating = propagating
 
 
 def principal_claims(credential) -> dict:
@@ -85,6 +89,7 @@ class ProvisionContext:
     ssh_key_path: str
     ssh_port: int = 22
     timeout: float = 60.0
+    propagation_deadline: float = 120.0
     state: dict[str, Any] = field(default_factory=dict)
     created_apps: list[str] = field(default_factory=list)  # Graph object ids to delete
     notes: list[str] = field(default_factory=list)
@@ -118,6 +123,28 @@ class ProvisionContext:
         finally:
             conn.close()
 
+    def until_allowed(self, fn: Callable[[], Any], *, what: str = "") -> Any:
+        """Call `fn` until Azure stops refusing it with 403 (a grant or access policy made
+        moments ago has not propagated yet), up to the propagation deadline."""
+        from azure.core.exceptions import HttpResponseError
+
+        deadline = time.monotonic() + self.propagation_deadline
+        delay = 1.0
+        while True:
+            try:
+                return fn()
+            except HttpResponseError as exc:
+                if exc.status_code != 403:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise NotPropagated(f"{what or 'a call'} was still refused "
+                                        f"{self.propagation_deadline:.0f}s on: "
+                                        f"{one_line(exc)}") from None
+            self.notes.append(f"{what or 'a call'} was refused (403); retrying while the "
+                              "grant propagates")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+
     def graph(self, method: str, path: str, body: dict | None = None) -> dict:
         """A Microsoft Graph v1.0 call as the credential; creating an application records it
         for teardown."""
@@ -145,6 +172,8 @@ def run_stages(ctx: ProvisionContext, stages: Iterable[Stage]) -> list[StageFail
     for stage in stages:
         try:
             stage.build(ctx)
+        except NotPropagated as exc:
+            failures.append(StageFailed(stage.name, str(exc), propagating=True))
         except Exception as exc:  # noqa: BLE001 - reported as the stage's one-line reason
             failures.append(StageFailed(stage.name, one_line(exc)))
     return failures
@@ -266,4 +295,12 @@ class LabBuild:
         return ran
 
     def failure_for(self, step_id: str) -> StageFailed | None:
-        return self.failed.get(self.stage_of(step_id))
+        """The failure that explains a failing check: its own stage's, else that of an earlier
+        stage that no check watches (its effect shows only later)."""
+        index = self.stage_of(step_id)
+        if index in self.failed:
+            return self.failed[index]
+        for i in range(index):
+            if i in self.failed and not self.stages[i].checks:
+                return self.failed[i]
+        return None

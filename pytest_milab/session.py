@@ -179,7 +179,7 @@ class MilabSession:
             ctx = ProvisionContext(self.credential, target.subscription or subscription,
                                    claims["tid"], claims["oid"], target.group, LabSpec(),
                                    self.run_id, public, str(key), self.settings.ssh_port,
-                                   self.settings.timeout)
+                                   self.settings.timeout, self.settings.propagation_deadline)
             self.builds[target.label] = LabBuild(ctx, stages)
 
     def stage_rank(self, step_id: str) -> int:
@@ -298,6 +298,8 @@ class MilabSession:
             except NeedsStep:
                 raise
             except AssertionError as exc:
+                if failure is not None and failure.propagating:
+                    raise NotPropagated(f"{failure} ({one_line(exc)})") from None
                 if failure is not None:
                     raise AssertionError(f"{failure} ({one_line(exc)})") from None
                 if not build.polled(info.id):
@@ -319,6 +321,7 @@ class MilabSession:
             if build.done == 0:
                 continue
             ctx = build.ctx
+            self.notes += [f"lab {label}: {f}" for f in build.failed.values()]
             if self.settings.keep:
                 self.notes.append(f"kept lab {label}: group {ctx.group}, "
                                   f"{len(ctx.created_apps)} app registration(s); remove with "

@@ -54,8 +54,10 @@ def secrets_client(ctx: ProvisionContext):
 
 
 def secret(ctx: ProvisionContext) -> None:
-    secrets_client(ctx).set_secret(ctx.spec.secret_name,
-                                   ctx.state.get("secret_value", ctx.spec.secret_value))
+    # The vault's creator policy, made a moment ago, may not be in force yet.
+    value = ctx.state.get("secret_value", ctx.spec.secret_value)
+    ctx.until_allowed(lambda: secrets_client(ctx).set_secret(ctx.spec.secret_name, value),
+                      what="setting the secret")
 
 
 def virtual_machine(ctx: ProvisionContext) -> None:
@@ -144,10 +146,10 @@ def service_principal(ctx: ProvisionContext) -> None:
     creds = {"appId": app["appId"], "displayName": app["displayName"],
              "password": password["secretText"], "tenant": ctx.tenant_id}
     client = secrets_client(ctx)
-    client.set_secret("tenant-id", creds["tenant"])
-    client.set_secret("client-id", creds["appId"])
-    client.set_secret("client-secret", creds["password"])
-    client.set_secret("service-principal", json.dumps(creds, separators=(",", ":")))
+    for name, value in (("tenant-id", creds["tenant"]), ("client-id", creds["appId"]),
+                        ("client-secret", creds["password"]),
+                        ("service-principal", json.dumps(creds, separators=(",", ":")))):
+        ctx.until_allowed(lambda n=name, v=value: client.set_secret(n, v), what=f"setting {name}")
 
 
 def install_azure_cli(ctx: ProvisionContext) -> None:
@@ -169,7 +171,7 @@ STAGES = [
     Stage("identity access policy", identity_access_policy,
           checks=("identity-access-policy", "secret-read"), poll=("secret-read",)),
     Stage("service principal", service_principal,
-          checks=("service-principal", "sp-secrets", "sp-login"), poll=("sp-login",)),
+          checks=("service-principal", "sp-secrets", "sp-login"), poll=("sp-secrets", "sp-login")),
     Stage("azure cli", install_azure_cli, checks=("az-cli", "az-login-identity"),
           poll=("az-login-identity",)),
 ]

@@ -78,3 +78,23 @@ def grade(azure, key_path: Path, directory: Path, *groups: str, extra=()) -> Gra
 def outcomes(report: dict, group: str) -> dict[str, tuple[str, str]]:
     lab = next(g for g in report["groups"] if g["group"] == group)
     return {s["id"]: (s["outcome"], s["reason"]) for s in lab["steps"]}
+
+
+def provision(azure, directory: Path, *, credentials=None, extra=()) -> GradingRun:
+    """Run the example suite in provision mode against a local Azure, as its operator (or
+    `credentials`, an Identity), in a subprocess."""
+    who = credentials or azure.operator
+    env = dict(os.environ, **azure.env)
+    env.update(AZURE_CLIENT_ID=who.client_id, AZURE_CLIENT_SECRET=who.client_secret,
+               PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTEST_ADDOPTS", None)
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-v",
+            "--rootdir", str(directory), "-c", os.devnull, "--milab-mode", "provision",
+            "--milab-report", str(directory / "grades.json"),
+            "--milab-ssh-port", azure.env.get("MILAB_SSH_PORT", "22"), *extra]
+    proc = subprocess.run(args, env=env, cwd=directory, capture_output=True, text=True,
+                          timeout=900)
+    report_path = directory / "grades.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    return GradingRun(proc.returncode, proc.stdout + proc.stderr, report, directory)
