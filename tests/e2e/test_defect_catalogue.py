@@ -71,3 +71,32 @@ def test_defect_fails_exactly_its_step_and_dependents(graded, needs, defect):
     others = {s: o for s, (o, _) in got.items() if s not in failed | skipped}
     assert set(others.values()) <= {"passed"}, {s: got[s] for s, o in others.items()
                                                 if o != "passed"}
+
+
+# Steps only Azure's behaviour decides: shown failing by making the local Azure misbehave.
+QUIRKS = {
+    "imds-wrong-resource-id": ("imds-instance", "not this VM"),
+    "imds-no-tags-path": ("imds-tags-path", "answered 404"),
+    "imds-token-audience-mismatch": ("management-token", "aud is"),
+    "arm-permissions-too-wide": ("reader-denied-before", "on the whole subscription"),
+    "arm-list-denied": ("reader-allowed", "403"),
+    "keyvault-accepts-any-audience": ("wrong-audience", "not 401 AKV10022"),
+}
+
+
+@pytest.mark.parametrize("quirk", sorted(QUIRKS))
+def test_azure_misbehaving_fails_exactly_the_step_that_checks_it(graded, local_azure, needs,
+                                                                   tmp_path, quirk):
+    _, _, _ = graded  # the complete lab exists
+    step, words = QUIRKS[quirk]
+    key = local_azure.workdir / "grader-ssh" / "id_ed25519"
+    local_azure.knobs.quirks.add(quirk)
+    try:
+        run = grade(local_azure, key, tmp_path, "complete-lab")
+    finally:
+        local_azure.knobs.quirks.discard(quirk)
+    got = outcomes(run.report, "complete-lab")
+    failed = {s for s, (o, _) in got.items() if o == "failed"}
+    skipped = {s for s, (o, _) in got.items() if o == "skipped"}
+    assert failed == dependents_of(step, needs) - skipped
+    assert words in got[step][1], got[step]
