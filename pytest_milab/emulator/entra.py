@@ -39,14 +39,19 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
     def known_tenant(tenant: str) -> bool:
         return tenant.lower() in (cloud.tenant_id.lower(), "organizations", "common")
 
+    def unknown_tenant(request: Request):
+        tenant = request.path_params["tenant"]
+        if known_tenant(tenant):
+            return None
+        return _aad_error(400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found.",
+                          request.url.hostname)
+
     def base(request: Request) -> str:
         return f"https://{request.headers.get('host', 'login.microsoftonline.com').split(':')[0]}"
 
     async def openid_v2(request: Request):
-        tenant = request.path_params["tenant"]
-        if not known_tenant(tenant):
-            return _aad_error(400, "invalid_tenant", 90002,
-                              f"Tenant '{tenant}' not found.", request.url.hostname)
+        if (refusal := unknown_tenant(request)) is not None:
+            return refusal
         b, tid = base(request), cloud.tenant_id
         return json_response({
             "token_endpoint": f"{b}/{tid}/oauth2/v2.0/token",
@@ -76,10 +81,8 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
         })
 
     async def openid_v1(request: Request):
-        tenant = request.path_params["tenant"]
-        if not known_tenant(tenant):
-            return _aad_error(400, "invalid_tenant", 90002,
-                              f"Tenant '{tenant}' not found.", request.url.hostname)
+        if (refusal := unknown_tenant(request)) is not None:
+            return refusal
         b, tid = base(request), cloud.tenant_id
         return json_response({
             "token_endpoint": f"{b}/{tid}/oauth2/token",
