@@ -51,7 +51,8 @@ class GradingRun:
         return (self.directory / name).read_text()
 
 
-def grade(azure, key_path: Path, directory: Path, *groups: str, extra=()) -> GradingRun:
+def grade(azure, key_path: Path, directory: Path, *groups: str, extra=(),
+          suite: Path = SUITE) -> GradingRun:
     """Run the example suite in a subprocess over labs of a local Azure, as its Reader-only
     grader, with JSON, CSV and JUnit reports in `directory`."""
     env = dict(os.environ, **azure.env)
@@ -59,7 +60,7 @@ def grade(azure, key_path: Path, directory: Path, *groups: str, extra=()) -> Gra
                AZURE_CLIENT_SECRET=azure.grader.client_secret, PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)
     directory.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-v",
+    args = [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-v",
             "--rootdir", str(directory), "-c", os.devnull,
             "--junitxml", str(directory / "junit.xml"),
             "--milab-report", str(directory / "grades.json"),
