@@ -162,3 +162,15 @@ def _tagged_apps(env):
         return [a["appId"] for a in apps.get("value", [])
                 if any(t.startswith("milab-run:") for t in a.get("tags") or [])]
     return _with_env(env, read)
+
+
+def test_under_xdist_each_lab_is_built_and_checked_on_one_worker(local_azure, tmp_path):
+    run = provision(local_azure, tmp_path, extra=("-n", "2", "--milab-group", "prov-xdist-a",
+                                                  "--milab-group", "prov-xdist-b"))
+    assert run.returncode == 0, run.output[-3000:]
+    for lab in run.report["groups"]:
+        outcomes = {s["id"]: s["outcome"] for s in lab["steps"]}
+        assert {k for k, o in outcomes.items() if o != "passed"} <= AZ, outcomes
+    assert {lab["group"] for lab in run.report["groups"]} == {"prov-xdist-a", "prov-xdist-b"}
+    assert "removed lab prov-xdist-a" in run.output and "removed lab prov-xdist-b" in run.output
+    assert not group_exists(local_azure, "prov-xdist-a")
