@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,10 +45,14 @@ class LabEvidence:
 
 
 class Connections:
-    """The session's SSH connections, one per lab's VM, closed at the end."""
+    """The session's SSH connections, one per lab's VM, closed at the end.
 
-    def __init__(self, connect_timeout: float = 15.0) -> None:
+    `refused_for`: how long a VM refusing connections is retried (booting, sshd restarting)
+    before the grader concludes it does not answer."""
+
+    def __init__(self, connect_timeout: float = 15.0, refused_for: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
+        self.refused_for = refused_for
         self._by_label: dict[str, VmConnection] = {}
         self._lock = threading.Lock()
 
@@ -56,7 +60,8 @@ class Connections:
         with self._lock:
             conn = self._by_label.get(label)
             if conn is None or conn.target != target:
-                conn = VmConnection(target, connect_timeout=self.connect_timeout)
+                conn = VmConnection(target, connect_timeout=self.connect_timeout,
+                                    refused_for=self.refused_for)
                 self._by_label[label] = conn
             return conn
 
@@ -90,6 +95,67 @@ def ssh_target_for(evidence: LabEvidence, target: LabTarget, settings: Settings)
                      key_filename=target.ssh_key or settings.ssh_key)
 
 
+_ANY_SOURCE = ("*", "any", "internet", "0.0.0.0/0", "::/0")
+
+
+def _ssh_rule(rule: dict) -> bool:
+    """An inbound rule that covers TCP 22."""
+    props = rule.get("properties") or rule
+    if str(props.get("direction", "")).lower() != "inbound":
+        return False
+    if str(props.get("protocol", "*")).lower() not in ("*", "tcp", "any"):
+        return False
+    ranges = list(props.get("destinationPortRanges") or [])
+    if props.get("destinationPortRange"):
+        ranges.append(props["destinationPortRange"])
+    for text in ranges:
+        low, _, high = str(text).strip().partition("-")
+        if low == "*":
+            return True
+        try:
+            if int(low) <= 22 <= int(high or low):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def nsg_blocking_ssh(control: dict) -> str | None:
+    """Why the lab's own NSGs keep SSH out, or None when they let it in (or may: an allow
+    rule for some sources only may well include the grader). As Azure: by priority, the first
+    inbound rule that covers TCP 22 decides; without one, DenyAllInBound does."""
+    for nsg in control.get("nsgs") or []:
+        rules = [r for r in (nsg.get("properties") or {}).get("securityRules") or []
+                 if _ssh_rule(r)]
+        rules.sort(key=lambda r: int((r.get("properties") or r).get("priority", 65000)))
+        verdict = None
+        for rule in rules:
+            props = rule.get("properties") or rule
+            sources = [str(s).strip().lower() for s in
+                       [props.get("sourceAddressPrefix"), *(props.get("sourceAddressPrefixes")
+                                                            or [])] if s]
+            if str(props.get("access", "")).lower() == "allow":
+                verdict = "allowed"
+                break
+            if any(s in _ANY_SOURCE for s in sources):
+                verdict = f"its rule {rule.get('name')!r} denies inbound TCP 22"
+                break
+        if verdict is None:
+            verdict = "no rule allows inbound TCP 22"
+        if verdict != "allowed":
+            return f"NSG {nsg.get('name')!r} on the VM's network path: {verdict}"
+    return None
+
+
+def power_state(view: dict | None) -> str | None:
+    """`running`, `deallocated`, ... from a VM's instance view."""
+    for status in (view or {}).get("statuses") or []:
+        code = str(status.get("code", ""))
+        if code.startswith("PowerState/"):
+            return code.split("/", 1)[1]
+    return None
+
+
 def probe_params(spec: LabSpec, subscription: str, group: str, vault: str) -> dict:
     return {"subscription": subscription, "group": group, "vault": vault,
             "secret": spec.secret_name, "secret_sha256": spec.secret_sha256,
@@ -109,6 +175,8 @@ class Gatherer:
         self._sub_lock = threading.Lock()
         self._sub: str | None | MilabError = None
         self.cli_unavailable: str | None = None
+        self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
+        self._labs: ThreadPoolExecutor | None = None
 
     def subscription_for(self, target: LabTarget) -> str:
         if target.subscription:
@@ -126,10 +194,29 @@ class Gatherer:
         return self._sub
 
     def gather_all(self, targets: list[LabTarget]) -> dict[str, LabEvidence]:
-        workers = max(1, min(self.settings.concurrency, len(targets)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="milab-lab") as pool:
-            results = list(pool.map(self.gather, targets))
-        return {e.label: e for e in results}
+        futures = self.start_all(targets)
+        try:
+            return {label: future.result() for label, future in futures.items()}
+        finally:
+            self.finish()
+
+    def start_all(self, targets: list[LabTarget]) -> dict[str, Future]:
+        """Start gathering every lab (in the targets' order) and return at once: a future of
+        `LabEvidence` per label, so a lab can be judged while the next ones are gathered.
+        Call `finish()` once all are done."""
+        labs = max(1, min(self.settings.concurrency, len(targets)))
+        # Each lab reads up to five things at once; the reads share the HTTP connection pool.
+        self._reads = ThreadPoolExecutor(max_workers=max(4, min(labs * 5, self.clients.pool_size)),
+                                         thread_name_prefix="milab-read")
+        self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
+        self.clients.warm()
+        return {t.label: self._labs.submit(self.gather, t) for t in targets}
+
+    def finish(self) -> None:
+        for pool in (self._labs, self._reads):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._labs = self._reads = None
 
     def gather(self, target: LabTarget) -> LabEvidence:
         t0 = time.perf_counter()
@@ -142,18 +229,25 @@ class Gatherer:
         except MilabError as exc:
             ev.problem = str(exc)
             return ev
-        discovery = Discovery(self.clients.for_subscription(ev.subscription), target.group,
-                              self.spec)
+        clients = self.clients.for_subscription(ev.subscription)
+        reads = self._reads
+        own = ThreadPoolExecutor(5, thread_name_prefix="milab-read") if reads is None else None
+        discovery = Discovery(clients, target.group, self.spec, reads or own)
         try:
-            discovery.run()
-        except Exception as exc:  # an SDK surprise must not lose the rest of the class
-            discovery.errors.setdefault("group", f"discovery failed: {type(exc).__name__}: {exc}")
-        ev.control, ev.errors = discovery.control, discovery.errors
-        self._probe(ev, target)
+            try:
+                discovery.run()
+            except Exception as exc:  # an SDK surprise must not lose the rest of the class
+                discovery.errors.setdefault("group",
+                                            f"discovery failed: {type(exc).__name__}: {exc}")
+            ev.control, ev.errors = discovery.control, discovery.errors
+            self._probe(ev, target, clients)
+        finally:
+            if own is not None:
+                own.shutdown(wait=False)
         ev.seconds = time.perf_counter() - t0
         return ev
 
-    def _probe(self, ev: LabEvidence, target: LabTarget) -> None:
+    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
         if not ev.control.get("vm"):
             reason = ("the VM could not be read" if "vm" in ev.errors
                       else f"there is no VM '{self.spec.vm_name}'")
@@ -172,10 +266,41 @@ class Gatherer:
             group_id = ev.control["group"]["id"]
             params = probe_params(self.spec, ev.subscription, ev.group,
                                   self.spec.vault_name(group_id))
-            ev.probe = run_probe(conn, params, timeout=max(self.settings.timeout * 4, 120))
+            # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,
+            # a few at a time), `az login` within that too.
+            deadline = max(2 * self.settings.timeout, 10)
+            params["az_timeout"] = max(5, deadline - 10)
+            ev.probe = run_probe(conn, params, timeout=deadline)
         except SshError as exc:
-            ev.ssh["refused"] = exc.refused
             ev.ssh["error"] = str(exc)
+            if exc.refused:
+                self._explain_refusal(ev, conn, clients)
+
+    def _explain_refusal(self, ev: LabEvidence, conn: VmConnection, clients) -> None:
+        """The VM did not answer SSH for as long as the grader waited. That is the student's
+        doing only when the lab itself explains it: an NSG keeps TCP 22 out, or the VM is not
+        running. Otherwise (running, port open, still refused: rebooting, sshd restarting,
+        trouble between grader and VM) nobody can tell from outside, so the steps inside the
+        VM end `error` rather than cost points; grading again later decides them."""
+        blocked = nsg_blocking_ssh(ev.control)
+        if blocked:
+            ev.ssh.update(refused=True, error=f"{ev.ssh['error']}; {blocked}")
+            return
+        state = None
+        if clients is not None:
+            vm_id = ev.control["vm"].get("id", "")
+            try:
+                status, body = clients.arm.get(f"{vm_id}/instanceView", "2024-07-01")
+                state = power_state(body) if status == 200 else None
+            except Exception:  # noqa: BLE001 - then the power state is unknown
+                state = None
+        if state is not None and state != "running":
+            ev.ssh.update(refused=True, error=f"{ev.ssh['error']}; the VM is {state}: start it")
+            return
+        running = "is running" if state == "running" else "is not known to be stopped"
+        ev.ssh.update(refused=False, error=(
+            f"{ev.ssh['error']} for {conn.refused_seconds:.0f}s although the VM {running} and "
+            "its NSGs let SSH in: could not decide (grade again later)"))
 
 
 def dump(evidence: dict[str, LabEvidence]) -> str:

@@ -160,7 +160,13 @@ class Lab:
     # -- inside the VM ---------------------------------------------------------------------------
     @property
     def ssh(self) -> dict:
-        return self.evidence.ssh
+        """How SSH to the VM went: `ok`, `target`, `error`, `refused` (the lab itself keeps SSH
+        out). Cannot decide when SSH failed for another reason: the grader's login, a broken
+        connection, or a refusal nothing in the lab explains."""
+        ssh = self.evidence.ssh or {}
+        if ssh.get("error") and not ssh.get("ok") and not ssh.get("refused"):
+            raise CouldNotDecide(ssh["error"])
+        return ssh
 
     def probe(self, name: str) -> dict:
         """One result of the in-VM probe. Fails with "needs ssh" when the VM did not answer,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pty
@@ -81,6 +82,7 @@ class LiveVm:
         self.proxy: ForwardProxy | None = None
         self.address: str | None = None
         self._acceptor = None
+        self.powered_as: str | None = None  # the ARM JSON power_on last set the VM up for
         self._connections: set = set()
         self._processes: set[asyncio.subprocess.Process] = set()
 
@@ -482,7 +484,12 @@ class VmFleet:
             if live is None:
                 live = self._live[key] = LiveVm(self, key, vm)
             try:
-                await live.power_on()
+                # A VM already up whose ARM JSON is unchanged needs no new home, keys or bin
+                # folder (so a class of VMs does not cost O(VMs) file work per ARM write).
+                seen = json.dumps(vm, sort_keys=True, default=str)
+                if live.proxy is None or live.powered_as != seen:
+                    await live.power_on()
+                    live.powered_as = seen
                 await live.set_listening(self._ssh_target(vm))
             except Exception as exc:  # one broken VM must not stop the fleet following ARM
                 log.warning("local Azure: VM %s could not start: %r", vm.get("name"), exc)

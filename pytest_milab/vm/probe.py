@@ -22,12 +22,14 @@ def probe_source() -> str:
 
 @functools.lru_cache(maxsize=1)
 def probe_command_prefix() -> str:
-    """`python3 -c` with the probe compressed into the command line. (Not stdin: Fabric is slow
+    """`python3 -c` with the probe compressed into the command line. (Not stdin: SSH is slow
     to signal end-of-input, and the probe must not write itself to the VM's disk.)"""
     packed = base64.b64encode(zlib.compress(probe_source().encode(), 9)).decode()
     loader = ("import base64,sys,zlib;sys.argv[0]='milab-probe';"
               f"exec(compile(zlib.decompress(base64.b64decode('{packed}')),'milab-probe','exec'))")
-    return "python3 -c " + shlex.quote(loader)
+    # -I -S: the standard library only, untouched by PYTHON* variables, user or site packages
+    # (and quicker to start).
+    return "python3 -I -S -c " + shlex.quote(loader)
 
 
 def _invoke(conn: VmConnection, params: dict, timeout: float | None = None) -> dict:

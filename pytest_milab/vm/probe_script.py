@@ -1,4 +1,4 @@
-# The in-VM probe. Runs inside a student's VM as `python3 -c <this file> '<params json>'`,
+# The in-VM probe. Runs inside a student's VM as `python3 -I -S -c <this file> '<params json>'`,
 # using only the standard library. It acts as the VM's managed identity, as the lab's curl commands
 # do, and prints one JSON line of outcomes: status codes, error codes, token *claims* and SHA-256
 # digests. Tokens and secret values never leave this process; nothing is written to disk except a
@@ -7,13 +7,10 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 MARK = "MILAB-PROBE-RESULT "
 IMDS = "http://169.254.169.254"
@@ -48,33 +45,159 @@ def claims_of(token):
     return {k: payload[k] for k in CLAIMS if k in payload}
 
 
-def request(method, url, headers=None, body=None, timeout=20, attempts=4):
-    """One HTTP call, retried on 429/5xx and connection errors (honouring Retry-After)."""
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+PER_HOST = 2  # HTTPS connections kept per host: a few TLS handshakes, not one per call
+IMDS_TIMEOUT, IMDS_ATTEMPTS = 5, 3  # IMDS is link-local: slower than this, it is in trouble
+_POOL = {}  # (host, port) -> idle HTTPS connections, kept alive between calls
+_SLOTS = {}
+_POOL_LOCK = threading.Lock()
+_CONTEXT = []
+
+
+def _bypass(host):
+    """Whether no_proxy exempts the host (as urllib reads it: suffixes, `*`)."""
+    listed = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    for entry in listed.replace(" ", "").lower().split(","):
+        entry = entry.lstrip(".").rsplit(":", 1)[0] if entry.count(":") == 1 else entry
+        if entry == "*" or entry and (host == entry or host.endswith("." + entry)):
+            return True
+    return False
+
+
+def _proxy(scheme, host):
+    """(host, port) of the proxy the environment names for this scheme, as urllib would."""
+    if _bypass(host.lower()):
+        return None
+    for name in (scheme + "_proxy", scheme.upper() + "_PROXY"):
+        value = os.environ.get(name)
+        if value:
+            parts = urllib.parse.urlsplit(value if "://" in value else "http://" + value)
+            return parts.hostname, parts.port or 80
+    return None
+
+
+def _connection(scheme, host, port, timeout):
+    """A new connection and whether requests on it name the absolute URL (plain proxy)."""
+    import http.client
+
+    proxy = _proxy(scheme, host)
+    if scheme == "https":
+        if not _CONTEXT:
+            import ssl
+            _CONTEXT.append(ssl.create_default_context())
+        if proxy:
+            conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout,
+                                               context=_CONTEXT[0])
+            conn.set_tunnel(host, port)
+            return conn, False
+        return http.client.HTTPSConnection(host, port, timeout=timeout,
+                                           context=_CONTEXT[0]), False
+    if proxy:
+        return http.client.HTTPConnection(proxy[0], proxy[1], timeout=timeout), True
+    return http.client.HTTPConnection(host, port, timeout=timeout), False
+
+
+def _once(method, url, headers, data, timeout):
+    """One HTTP exchange: (status, headers, body). HTTPS connections are reused (kept alive,
+    at most PER_HOST at once per host); a kept one found closed is replaced once."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    port = parts.port or (443 if scheme == "https" else 80)
+    path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    key = (host, port)
+    pooled = scheme == "https"
+    if pooled:
+        with _POOL_LOCK:
+            slot = _SLOTS.setdefault(key, threading.BoundedSemaphore(PER_HOST))
+        slot.acquire()
+    try:
+        for fresh in (False, True):
+            conn = None
+            if pooled and not fresh:
+                with _POOL_LOCK:
+                    idle = _POOL.get(key) or []
+                    conn = idle.pop() if idle else None
+            reused, absolute = conn is not None, False
+            if conn is None:
+                conn, absolute = _connection(scheme, host, port, timeout)
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            try:
+                conn.request(method, url if absolute else path, body=data,
+                             headers={"User-Agent": "milab-probe", **headers})
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if reused:
+                    continue  # the kept connection had gone stale: once more on a new one
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            if pooled and not resp.will_close:
+                with _POOL_LOCK:
+                    _POOL.setdefault(key, []).append(conn)
+            else:
+                conn.close()
+            return resp.status, dict(resp.headers), raw
+    finally:
+        if pooled:
+            slot.release()
+    raise AssertionError("unreachable")
+
+
+def request(method, url, headers=None, body=None, timeout=20, attempts=4, redirects=5):
+    """One HTTP call, retried on 429/5xx and connection errors (honouring Retry-After), with
+    redirects followed for GET. Azure still answering 429/5xx once the retries are spent is
+    not an answer about the lab: that raises, so the check cannot decide rather than fail."""
+    import http.client
+
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else body.encode()
-    last = None
+    if url.startswith(IMDS):
+        timeout, attempts = min(timeout, IMDS_TIMEOUT), max(1, min(attempts, IMDS_ATTEMPTS))
+    last, timeouts = None, 0
     for attempt in range(attempts):
-        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as exc:
-            status, hdrs, raw = exc.code, dict(exc.headers), exc.read()
-            if status in (429, 500, 502, 503, 504) and attempt + 1 < attempts:
-                delay = hdrs.get("Retry-After") or hdrs.get("retry-after") or 2 ** attempt
-                time.sleep(min(float(delay), 10))
-                last = (status, hdrs, raw)
-                continue
-            return status, hdrs, raw
-        except (urllib.error.URLError, OSError) as exc:
+            status, hdrs, raw = _once(method, url, dict(headers or {}), data, timeout)
+        except (OSError, http.client.HTTPException) as exc:
             last = exc
+            timeouts += isinstance(exc, TimeoutError)
+            if timeouts >= 2:  # twice without an answer: a third wait would not decide more
+                break
             if attempt + 1 < attempts:
                 time.sleep(min(2 ** attempt, 5))
-                continue
+            continue
+        location = hdrs.get("Location") or hdrs.get("location")
+        if (status in (301, 302, 303, 307, 308) and location and method in ("GET", "HEAD")
+                and redirects > 0):
+            return request(method, urllib.parse.urljoin(url, location), headers, body, timeout,
+                           attempts, redirects - 1)
+        if status in RETRY_STATUSES and attempt + 1 < attempts:
+            delay = hdrs.get("Retry-After") or hdrs.get("retry-after") or 2 ** attempt
+            try:
+                delay = float(delay)
+            except ValueError:
+                delay = 2 ** attempt
+            time.sleep(min(delay, 10))
+            last = (status, hdrs, raw)
+            continue
+        if status in RETRY_STATUSES and attempts > 1:
+            last = (status, hdrs, raw)
+            break
+        return status, hdrs, raw
     if isinstance(last, tuple):
-        return last
-    raise RuntimeError(f"{method} {url.split('?')[0]}: {getattr(last, 'reason', last)}")
+        reason = f"answered {last[0]} {attempts} times"
+    elif isinstance(last, TimeoutError):
+        reason = f"no answer in {timeout}s, {timeouts} times"
+    else:
+        reason = f"{type(last).__name__}: {last}"
+    raise RuntimeError(f"{method} {url.split('?')[0]}: {reason}")
 
 
 def parse(raw):
@@ -111,12 +234,17 @@ def imds(path):
 
 
 TOKENS = {}
+NO_TOKEN = {}  # resource -> why IMDS could not be asked (not an answer about the lab)
 
 
 def imds_token(resource):
     """A token from IMDS (kept in this process only) and what to report about it."""
     q = urllib.parse.urlencode({"api-version": "2018-02-01", "resource": resource})
-    status, raw = imds("/metadata/identity/oauth2/token?" + q)
+    try:
+        status, raw = imds("/metadata/identity/oauth2/token?" + q)
+    except Exception as exc:
+        NO_TOKEN[resource] = f"{exc}"[:300]
+        raise
     body = parse(raw) or {}
     info = {"status": status, "code": body.get("error"),
             "message": (body.get("error_description") or "")[:300]}
@@ -129,8 +257,14 @@ def imds_token(resource):
 
 
 def bearer(resource):
+    """The Authorization header for a call as the identity: none when IMDS refused the token
+    (the call then shows what Azure does without one), an error when IMDS could not be asked."""
     token = TOKENS.get(resource)
-    return {"Authorization": "Bearer " + token} if token else {}
+    if token:
+        return {"Authorization": "Bearer " + token}
+    if resource in NO_TOKEN:
+        raise RuntimeError(f"no token for {resource}: {NO_TOKEN[resource]}")
+    return {}
 
 
 def check(results, name, fn):
@@ -169,6 +303,16 @@ def single(p):
     raise ValueError(f"unknown op {op}")
 
 
+def concurrently(results, checks):
+    """Run `check`s at once (each waits on the network, not the CPU) and wait for all."""
+    threads = [threading.Thread(target=check, args=(results, name, fn), daemon=True)
+               for name, fn in checks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main():
     p = json.loads(sys.argv[1])
     if "op" in p:
@@ -179,6 +323,7 @@ def main():
     results = {}
     arm, kv = "https://management.azure.com", f"https://{p['vault']}.vault.azure.net"
     group_path = f"/subscriptions/{p['subscription']}/resourceGroups/{p['group']}"
+    management = "https://management.azure.com/"
 
     def instance():
         status, raw = imds("/metadata/instance?api-version=2020-09-01")
@@ -193,50 +338,36 @@ def main():
         status, raw = imds("/metadata/instance/compute/tagsList?api-version=2020-09-01")
         return {"status": status, "body": parse(raw)}
 
-    check(results, "imds_instance", instance)
-    check(results, "imds_tags", tags_path)
-    check(results, "jq", lambda: {"path": shutil.which("jq")})
-    check(results, "az", lambda: {"path": shutil.which("az")})
-    check(results, "management_token", lambda: imds_token("https://management.azure.com/"))
-
     def permissions(scope):
         def run():
             status, _, raw = request(
                 "GET", f"{arm}{scope}/providers/Microsoft.Authorization/permissions"
-                       "?api-version=2022-04-01", bearer("https://management.azure.com/"))
+                       "?api-version=2022-04-01", bearer(management))
             return summary(status, raw, keep=lambda b: b.get("value", []))
         return run
 
-    check(results, "permissions_subscription", permissions(f"/subscriptions/{p['subscription']}"))
-    check(results, "permissions_group", permissions(group_path))
-
     def list_group():
         status, _, raw = request("GET", f"{arm}{group_path}/resources?api-version=2020-06-01",
-                                 bearer("https://management.azure.com/"))
+                                 bearer(management))
         return summary(status, raw, keep=lambda b: [
             {"id": r.get("id"), "type": r.get("type"), "name": r.get("name")}
             for r in b.get("value", [])])
 
-    check(results, "list_group", list_group)
     secret_url = f"{kv}/secrets/{p['secret']}?api-version=7.1"
 
     def wrong_audience():
-        status, _, raw = request("GET", secret_url, bearer("https://management.azure.com/"))
+        status, _, raw = request("GET", secret_url, bearer(management))
         return summary(status, raw)
 
-    check(results, "vault_with_management_token", wrong_audience)
-    check(results, "vault_token", lambda: imds_token("https://vault.azure.net"))
-    vault_auth = bearer("https://vault.azure.net")
-
     def list_secrets():
-        status, _, raw = request("GET", f"{kv}/secrets?api-version=7.1", vault_auth)
+        status, _, raw = request("GET", f"{kv}/secrets?api-version=7.1",
+                                 bearer("https://vault.azure.net"))
         return summary(status, raw, keep=lambda b: [i.get("id", "").rsplit("/", 1)[-1]
                                                     for i in b.get("value", [])])
 
-    check(results, "vault_list", list_secrets)
-
     def read(name):
-        status, _, raw = request("GET", f"{kv}/secrets/{name}?api-version=7.1", vault_auth)
+        status, _, raw = request("GET", f"{kv}/secrets/{name}?api-version=7.1",
+                                 bearer("https://vault.azure.net"))
         out = summary(status, raw)
         body = parse(raw) or {}
         value = body.get("value") if status == 200 else None
@@ -249,12 +380,14 @@ def main():
             out["matches"] = digest(value)["sha256"] == p["secret_sha256"]
         return out
 
-    check(results, "secret_read", secret_read)
-
     def sp_secrets():
-        out, values = {}, {}
+        out, values, reads = {}, {}, {}
+        concurrently(reads, [(name, lambda name=name: read(name))
+                             for name in p["sp_secret_names"]])
         for name in p["sp_secret_names"]:
-            info, value = read(name)
+            if isinstance(reads[name], dict):  # the read raised: sp_secrets reports it
+                raise RuntimeError(reads[name]["error"])
+            info, value = reads[name]
             out[name] = info
             if value is not None:
                 values[name] = value
@@ -282,7 +415,6 @@ def main():
         return out
 
     SP = {}
-    check(results, "sp_secrets", sp_secrets)
 
     def sp_login():
         values = SP.get("values", {})
@@ -302,12 +434,13 @@ def main():
             out["claims"] = claims_of(body["access_token"])
         return out
 
-    check(results, "sp_login", sp_login)
-
     def az_login():
         az = shutil.which("az")
         if not az:
             return {"installed": False}
+        import subprocess
+        import tempfile
+
         config = tempfile.mkdtemp(prefix="milab-az-")
         try:
             env = dict(os.environ, AZURE_CONFIG_DIR=config, AZURE_CORE_COLLECT_TELEMETRY="false",
@@ -325,7 +458,28 @@ def main():
         finally:
             shutil.rmtree(config, ignore_errors=True)
 
-    check(results, "az_login", az_login)
+    # Three rounds, each a set of independent calls made at once: what needs no token (and
+    # the tokens themselves, and `az login`, which gets its own), what needs a token, and the
+    # sign-in that needs the secrets read.
+    az = threading.Thread(target=check, args=(results, "az_login", az_login), daemon=True)
+    az.start()
+    concurrently(results, [
+        ("imds_instance", instance), ("imds_tags", tags_path),
+        ("jq", lambda: {"path": shutil.which("jq")}), ("az", lambda: {"path": shutil.which("az")}),
+        ("management_token", lambda: imds_token(management)),
+        ("vault_token", lambda: imds_token("https://vault.azure.net")),
+    ])
+    concurrently(results, [
+        ("permissions_subscription", permissions(f"/subscriptions/{p['subscription']}")),
+        ("permissions_group", permissions(group_path)),
+        ("list_group", list_group),
+        ("vault_with_management_token", wrong_audience),
+        ("vault_list", list_secrets),
+        ("secret_read", secret_read),
+        ("sp_secrets", sp_secrets),
+    ])
+    check(results, "sp_login", sp_login)
+    az.join()
     print(MARK + json.dumps(results, separators=(",", ":")))
 
 
