@@ -198,25 +198,43 @@ class Gatherer:
         try:
             return {label: future.result() for label, future in futures.items()}
         finally:
-            self.finish()
+            self.close()
 
     def start_all(self, targets: list[LabTarget]) -> dict[str, Future]:
         """Start gathering every lab (in the targets' order) and return at once: a future of
-        `LabEvidence` per label, so a lab can be judged while the next ones are gathered.
-        Call `finish()` once all are done."""
+        `LabEvidence` per label, so a lab can be judged while the next ones are gathered. The
+        threads go when the last lab is done; `close()` stops a run that ends early."""
         labs = max(1, min(self.settings.concurrency, len(targets)))
         # Each lab reads up to five things at once; the reads share the HTTP connection pool.
         self._reads = ThreadPoolExecutor(max_workers=max(4, min(labs * 5, self.clients.pool_size)),
                                          thread_name_prefix="milab-read")
         self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
         self.clients.warm()
-        return {t.label: self._labs.submit(self.gather, t) for t in targets}
+        futures = {t.label: self._labs.submit(self.gather, t) for t in targets}
+        left, lock = [len(futures)], threading.Lock()
 
-    def finish(self) -> None:
-        for pool in (self._labs, self._reads):
+        def one_done(_) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self.finish(wait=False)
+
+        for future in futures.values():
+            future.add_done_callback(one_done)
+        if not futures:
+            self.finish(wait=False)
+        return futures
+
+    def finish(self, wait: bool = True, cancel: bool = False) -> None:
+        labs, reads, self._labs, self._reads = self._labs, self._reads, None, None
+        for pool in (labs, reads):
             if pool is not None:
-                pool.shutdown(wait=True)
-        self._labs = self._reads = None
+                pool.shutdown(wait=wait, cancel_futures=cancel)
+
+    def close(self) -> None:
+        """The session ends: labs not begun are not gathered, those begun finish on their own."""
+        self.finish(wait=False, cancel=True)
 
     def gather(self, target: LabTarget) -> LabEvidence:
         t0 = time.perf_counter()
@@ -301,6 +319,16 @@ class Gatherer:
         ev.ssh.update(refused=False, error=(
             f"{ev.ssh['error']} for {conn.refused_seconds:.0f}s although the VM {running} and "
             "its NSGs let SSH in: could not decide (grade again later)"))
+
+
+def ready(evidence: dict[str, LabEvidence]) -> dict[str, Future]:
+    """Evidence already gathered (read from another xdist worker's file) as `start_all`'s
+    futures."""
+    futures = {}
+    for label, value in evidence.items():
+        futures[label] = Future()
+        futures[label].set_result(value)
+    return futures
 
 
 def dump(evidence: dict[str, LabEvidence]) -> str:

@@ -66,11 +66,11 @@ class ArmPacer:
     its few retries).
 
     ARM refills a caller's read bucket per subscription at `rate` tokens a second and reports
-    what is left in `x-ms-ratelimit-remaining-subscription-reads`. The pacer knows nothing until
-    ARM reports, and then keeps an estimate: the least it was told, minus the reads sent since,
-    plus the refill. A read that would overdraw it waits its turn, so once the burst is spent
-    reads go out at the refill rate. Where ARM reports a large count (the hourly counters of
-    unthrottled clouds) nothing ever waits.
+    what is left in `x-ms-ratelimit-remaining-subscription-reads`. The pacer keeps an estimate:
+    the least ARM told it, minus the reads sent since, plus the refill. Once ARM has throttled
+    the subscription (a 429), a read that would overdraw the estimate waits its turn, so reads
+    go out at the refill rate instead of in bursts of refusals. Until then nothing waits: a
+    low count alone (an hourly counter ARM does not enforce) does not slow a class down.
     """
 
     def __init__(self, rate: float = 25.0) -> None:
@@ -79,6 +79,7 @@ class ArmPacer:
         self._tokens: dict[str, float] = {}  # subscription -> estimated tokens (may be < 0)
         self._at: dict[str, float] = {}
         self._in_flight: dict[str, int] = {}
+        self._throttled: set[str] = set()  # subscriptions ARM has answered 429 for
         self.waited = 0.0  # seconds reads spent waiting, for diagnostics
 
     def before(self, subscription: str) -> None:
@@ -86,7 +87,7 @@ class ArmPacer:
         wait = 0.0
         with self._lock:
             self._in_flight[subscription] = self._in_flight.get(subscription, 0) + 1
-            if subscription in self._tokens:
+            if subscription in self._throttled:
                 now = time.monotonic()
                 tokens = self._tokens[subscription] + (now - self._at[subscription]) * self.rate
                 self._tokens[subscription], self._at[subscription] = tokens - 1, now
@@ -113,6 +114,7 @@ class ArmPacer:
             self._in_flight[subscription] = max(0, in_flight)
             if status == 429:
                 remaining = 0.0
+                self._throttled.add(subscription)
             if remaining is None:
                 return
             now = time.monotonic()
@@ -280,10 +282,20 @@ class ClientPool:
         self.credential = credential
         self.timeout = timeout
         self.pool_size = max(10, pool_size)  # HTTP connections kept, and so reads at once
-        self._transport = shared_transport(self.pool_size)
-        self.arm = ArmReader(credential, timeout, self._transport)
+        self._transport = None
+        self._arm: ArmReader | None = None
         self._clients: dict[str, SubscriptionClients] = {}
         self._lock = threading.Lock()
+
+    @property
+    def arm(self) -> ArmReader:
+        """The session's ARM reader, made on first use (an xdist worker that reads another's
+        evidence never needs one)."""
+        with self._lock:
+            if self._arm is None:
+                self._transport = shared_transport(self.pool_size)
+                self._arm = ArmReader(self.credential, self.timeout, self._transport)
+            return self._arm
 
     def warm(self) -> None:
         """Get the ARM token once, before many threads all find the cache empty."""
@@ -295,11 +307,12 @@ class ClientPool:
             pass
 
     def for_subscription(self, subscription_id: str) -> SubscriptionClients:
+        arm = self.arm
         with self._lock:
             key = subscription_id.lower()
             if key not in self._clients:
                 self._clients[key] = SubscriptionClients(self.credential, subscription_id,
-                                                         self.timeout, self._transport, self.arm)
+                                                         self.timeout, self._transport, arm)
             return self._clients[key]
 
 

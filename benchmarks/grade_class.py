@@ -1,0 +1,419 @@
+"""Grading a class: wall time, ARM requests, SSH connections and memory as the class grows,
+against a grader doing the same checks by hand.
+
+    python benchmarks/grade_class.py --n 1 --n 10 --n 50 --n 200 [--workers 2] [--throttle]
+           [--latency arm=0.08 ...] [--concurrency 48] [--baseline-n 50 | --no-baseline]
+
+What it does:
+
+1. Starts a local Azure in its own process: `milab emulator --env-file ... --hold-knobs
+   --latency arm=0.08 --latency keyvault=0.03 --latency entra=0.06 --latency imds=0.002
+   --latency ssh_handshake=0.1 [--throttle]` (`--latency SERVICE=SECONDS` here overrides one
+   of these). `--hold-knobs` keeps latency and throttling off while the labs are built.
+2. Builds max(N) complete labs in it as its operator (the example suite's stages, as
+   `build_in_local_azure` does, several labs at once), then switches the knobs on (SIGUSR2).
+3. For each N, grades the first N labs with one pytest process (`python -m pytest
+   example_suites/managed_identity --milab-roster roster.csv ...`, `-n WORKERS` if given) as
+   the Reader-only grader, and prints one JSON line: `n`, `seconds` (the grading process's wall
+   time), `arm_requests` (all ARM requests during grading, in-VM ones included),
+   `arm_requests_grader` (the grader's own), `ssh_connections`, the same per lab, `peak_rss_mb`
+   (the largest high-water RSS among the grading process and its workers), CPU seconds of the grader (its processes) and
+   of the emulator (with the VMs' commands: on one machine they share the cores), the
+   outcomes, and with `--throttle` the floor
+   the grader's read bucket imposes, `(reads - 250) / 25` seconds, and `seconds / floor`.
+   Counts come from the emulator process: SIGUSR1 makes it print one `stats` line (requests per
+   service, ARM requests per caller, 429s, SSH connections accepted by the VMs).
+4. Times a baseline over the first `--baseline-n` labs (default: 50, or the largest N if
+   smaller): a plain sequential script doing what a grader does by hand, per lab ten ARM GETs
+   with `requests` and a token, and per VM the lab's six curl commands, each over a new SSH
+   connection (paramiko), as a person pasting commands would. Prints its time and
+   `baseline_seconds / seconds` of the graded run of the same N.
+
+With `--throttle`, each graded run waits first for the grader's bucket to refill (10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "example_suites" / "managed_identity"
+LATENCY = {"arm": 0.08, "keyvault": 0.03, "entra": 0.06, "imds": 0.002, "ssh_handshake": 0.1}
+READ_BUCKET, READ_REFILL = 250, 25.0  # the local Azure's ARM read bucket (Knobs)
+ARM = "https://management.azure.com"
+
+
+# -- the local Azure in its own process ---------------------------------------------------------
+class Emulator:
+    """`milab emulator` as a child process; stats and knobs through signals."""
+
+    def __init__(self, workdir: Path, latency: dict[str, float], throttle: bool) -> None:
+        self.env_file = workdir / "azure.env"
+        args = [sys.executable, "-m", "pytest_milab.cli", "emulator", "--env-file",
+                str(self.env_file), "--hold-knobs"]
+        for service, seconds in latency.items():
+            args += ["--latency", f"{service}={seconds}"]
+        if throttle:
+            args.append("--throttle")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=workdir,
+                                     env=_clean_env())
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._expect("ready", 60)
+        self.env = dict(line.split("=", 1) for line in
+                        self.env_file.read_text().splitlines() if "=" in line)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def _expect(self, word: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"the emulator did not say {word!r}") from None
+                continue
+            if line.startswith(f"milab emulator: {word}"):
+                return line
+
+    def stats(self) -> dict:
+        self.proc.send_signal(signal.SIGUSR1)
+        return json.loads(self._expect("stats").split(" stats ", 1)[1])
+
+    def knobs(self, on: bool) -> None:
+        while True:
+            self.proc.send_signal(signal.SIGUSR2)
+            if self._expect("knobs").endswith("on" if on else "off"):
+                return
+
+    def cpu_seconds(self) -> float | None:
+        """CPU the emulator and its finished children (the VMs' commands) used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("AZURE_", "MILAB_", "PYTEST_")) and k.lower() not in (
+                "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "ssl_cert_file",
+                "curl_ca_bundle")}
+
+
+def principal_claims(credential) -> dict:
+    """The claims of the credential's ARM token (read, not verified): `oid` is who it is."""
+    import base64
+
+    token = credential.get_token(f"{ARM}/.default").token
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+# -- building the class as the operator ----------------------------------------------------------
+def suite_stages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_lab_stages", SUITE / "lab_stages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.STAGES
+
+
+def build_class(env: dict[str, str], groups: list[str], workdir: Path, parallel: int):
+    """`build_in_local_azure` against a local Azure in another process: every lab with the
+    suite's stages; returns the SSH key and the failures (the Azure CLI stage fails without
+    one configured, as in the demo)."""
+    from azure.identity import ClientSecretCredential
+
+    from pytest_milab.provision import ProvisionContext, run_stages, ssh_key_pair
+    from pytest_milab.spec import LabSpec
+
+    os.environ.update(env)
+    key_path, public = ssh_key_pair(workdir)
+    credential = ClientSecretCredential(env["AZURE_TENANT_ID"], env["AZURE_CLIENT_ID"],
+                                        env["AZURE_CLIENT_SECRET"])
+    operator = principal_claims(credential)["oid"]
+    stages = suite_stages()
+
+    def build(group: str) -> list:
+        ctx = ProvisionContext(credential, env["AZURE_SUBSCRIPTION_ID"], env["AZURE_TENANT_ID"],
+                               operator, group, LabSpec(), "bench", public, str(key_path),
+                               int(env.get("MILAB_SSH_PORT", "22")))
+        return [f"{group}: {f}" for f in run_stages(ctx, stages)]
+
+    with ThreadPoolExecutor(parallel) as pool:
+        failures = [f for fs in pool.map(build, groups) for f in fs]
+    return key_path, failures
+
+
+# -- grading ------------------------------------------------------------------------------------
+def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args) -> dict:
+    run = workdir / f"grade-{len(groups)}"
+    run.mkdir(exist_ok=True)
+    roster = run / "roster.csv"
+    with roster.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "subscription", "student"])
+        for g in groups:
+            writer.writerow([g, env["AZURE_SUBSCRIPTION_ID"], f"student-{g}"])
+    child_env = dict(_clean_env(), **env)
+    child_env.update(AZURE_CLIENT_ID=env["MILAB_GRADER_CLIENT_ID"],
+                     AZURE_CLIENT_SECRET=env["MILAB_GRADER_CLIENT_SECRET"])
+    report = run / "grades.json"
+    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q",
+           "--rootdir", str(run), "-c", os.devnull, "--milab-roster", str(roster),
+           "--milab-report", str(report), "--milab-ssh-key", str(key),
+           "--milab-ssh-port", env.get("MILAB_SSH_PORT", "22")]
+    if args.workers:
+        cmd += ["-n", str(args.workers)]
+    if args.concurrency:
+        cmd += ["--milab-concurrency", str(args.concurrency)]
+    with (run / "output.txt").open("w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=child_env, cwd=run, stdout=out, stderr=subprocess.STDOUT)
+        peaks: dict[int, int] = {}
+        watcher = threading.Thread(target=_watch_rss, args=(proc, peaks), daemon=True)
+        watcher.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        watcher.join()
+    outcomes: dict[str, int] = {}
+    labs = 0
+    if report.exists():
+        for lab in json.loads(report.read_text())["groups"]:
+            labs += 1
+            for step in lab["steps"]:
+                outcomes[step["outcome"]] = outcomes.get(step["outcome"], 0) + 1
+    return {"seconds": seconds, "returncode": proc.returncode, "labs_reported": labs,
+            "outcomes": outcomes, "peak_rss_mb": max(peaks.values(), default=0) / 1024,
+            "cpu": usage.ru_utime + usage.ru_stime, "output": str(run)}
+
+
+def _watch_rss(proc: subprocess.Popen, peaks: dict[int, int]) -> None:
+    """The high-water RSS (VmHWM, kB) of the grading process and its children (xdist workers),
+    read from /proc until it ends. (wait4's ru_maxrss would count this script's own size,
+    which the child had before it exec'd pytest.)"""
+    while proc.returncode is None:
+        pids, frontier = {proc.pid}, [proc.pid]
+        children = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        while frontier:
+            kids = children.get(frontier.pop(), [])
+            pids.update(kids)
+            frontier += kids
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
+        time.sleep(0.2)
+
+
+# -- the baseline: by hand, one thing at a time ----------------------------------------------------
+CURLS = (
+    'curl -s -H Metadata:true "http://169.254.169.254/metadata/instance?api-version=2020-09-01"',
+    'curl -s -H Metadata:true "http://169.254.169.254/metadata/identity/oauth2/token?'
+    'api-version=2018-02-01&resource=https://management.azure.com/"',
+    'token=$(curl -s -H Metadata:true "http://169.254.169.254/metadata/identity/oauth2/token?'
+    'api-version=2018-02-01&resource=https://management.azure.com/" | python3 -c "import json,'
+    'sys; print(json.load(sys.stdin)[\'access_token\'])"); curl -s -H "Authorization: Bearer '
+    '$token" "https://management.azure.com{group}/resources?api-version=2020-06-01"',
+    'token=$(curl -s -H Metadata:true "http://169.254.169.254/metadata/identity/oauth2/token?'
+    'api-version=2018-02-01&resource=https://management.azure.com/" | python3 -c "import json,'
+    'sys; print(json.load(sys.stdin)[\'access_token\'])"); curl -s -H "Authorization: Bearer '
+    '$token" "https://{vault}.vault.azure.net/secrets/portal-phrase?api-version=7.1"',
+    'curl -s -H Metadata:true "http://169.254.169.254/metadata/identity/oauth2/token?'
+    'api-version=2018-02-01&resource=https://vault.azure.net"',
+    'token=$(curl -s -H Metadata:true "http://169.254.169.254/metadata/identity/oauth2/token?'
+    'api-version=2018-02-01&resource=https://vault.azure.net" | python3 -c "import json,sys; '
+    'print(json.load(sys.stdin)[\'access_token\'])"); curl -s -H "Authorization: Bearer $token" '
+    '"https://{vault}.vault.azure.net/secrets/portal-phrase?api-version=7.1"',
+)
+
+
+def baseline(env: dict[str, str], groups: list[str], key: Path) -> float:
+    """Per lab: ten ARM GETs with a token, then each of the lab's curl commands over its own SSH
+    connection. Returns the wall time."""
+    import paramiko
+    import requests
+
+    from pytest_milab.spec import LabSpec
+
+    spec = LabSpec()
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"https": env["HTTPS_PROXY"]}
+    session.verify = env["REQUESTS_CA_BUNDLE"]
+    sub = env["AZURE_SUBSCRIPTION_ID"]
+    port = int(env.get("MILAB_SSH_PORT", "22"))
+    t0 = time.perf_counter()
+    token = session.post(
+        f"https://login.microsoftonline.com/{env['AZURE_TENANT_ID']}/oauth2/v2.0/token",
+        data={"grant_type": "client_credentials", "client_id": env["MILAB_GRADER_CLIENT_ID"],
+              "client_secret": env["MILAB_GRADER_CLIENT_SECRET"],
+              "scope": f"{ARM}/.default"}).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def get(path: str, version: str) -> dict:
+        r = session.get(f"{ARM}{path}?api-version={version}", headers=headers, timeout=60)
+        return r.json() if r.ok else {}
+
+    for g in groups:
+        group = f"/subscriptions/{sub}/resourceGroups/{g}"
+        net = f"{group}/providers/Microsoft.Network"
+        get(group, "2021-04-01")
+        get(f"{group}/resources", "2021-04-01")
+        vault = spec.vault_name(group)
+        get(f"{group}/providers/Microsoft.KeyVault/vaults/{vault}", "2023-07-01")
+        vm = get(f"{group}/providers/Microsoft.Compute/virtualMachines/{spec.vm_name}",
+                 "2024-07-01")
+        get(f"{net}/networkInterfaces/{spec.vm_name}VMNic", "2023-09-01")
+        pip = get(f"{net}/publicIPAddresses/{spec.public_ip}", "2023-09-01")
+        get(f"{net}/virtualNetworks/{spec.vnet}", "2023-09-01")
+        get(f"{net}/networkSecurityGroups/{spec.vm_name}NSG", "2023-09-01")
+        get(f"{group}/providers/Microsoft.Authorization/roleAssignments", "2022-04-01")
+        get(f"{group}/providers/Microsoft.Authorization/permissions", "2022-04-01")
+        host = (pip.get("properties") or {}).get("ipAddress")
+        user = ((vm.get("properties") or {}).get("osProfile") or {}).get("adminUsername")
+        for command in CURLS:
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            client.connect(host, port=port, username=user, key_filename=str(key),
+                           look_for_keys=False, allow_agent=False, timeout=30)
+            try:
+                _, stdout, _ = client.exec_command(command.format(group=group, vault=vault),
+                                                   timeout=60)
+                stdout.read()
+            finally:
+                client.close()
+    return time.perf_counter() - t0
+
+
+# -- main -----------------------------------------------------------------------------------------
+def _latency(text: str) -> tuple[str, float]:
+    service, _, seconds = text.partition("=")
+    return service, float(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, action="append", help="labs graded (repeatable)")
+    parser.add_argument("--workers", type=int, default=0, help="pytest-xdist -n")
+    parser.add_argument("--throttle", action="store_true", help="ARM throttling on")
+    parser.add_argument("--latency", type=_latency, action="append", default=[],
+                        metavar="SERVICE=SECONDS", help="override one service's latency")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="--milab-concurrency (default: the plugin's)")
+    parser.add_argument("--baseline-n", type=int, default=None)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--build-parallel", type=int, default=12)
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+    ns = sorted(set(args.n or [1, 10, 50]))
+    latency = dict(LATENCY, **dict(args.latency))
+    workdir = Path(tempfile.mkdtemp(prefix="milab-bench-"))
+    emulator = Emulator(workdir, latency, args.throttle)
+    try:
+        groups = [f"lab-{i:03d}" for i in range(1, max(ns) + 1)]
+        t0 = time.perf_counter()
+        key, failures = build_class(emulator.env, groups, workdir, args.build_parallel)
+        unexpected = [f for f in failures if "azure cli" not in f]
+        print(json.dumps({"built": len(groups), "build_seconds": round(time.perf_counter() - t0, 1),
+                          "stage_failures": unexpected[:5]}), flush=True)
+        grader_oid = _grader_oid(emulator.env, emulator.env["MILAB_GRADER_CLIENT_ID"])
+        emulator.knobs(on=True)
+        results = {}
+        for n in ns:
+            if args.throttle:
+                time.sleep(READ_BUCKET / READ_REFILL)  # the grader's bucket full again
+            before, cpu_before = emulator.stats(), emulator.cpu_seconds()
+            run = grade(emulator.env, groups[:n], key, workdir, args)
+            after, cpu_after = emulator.stats(), emulator.cpu_seconds()
+            arm = after["arm_requests"] - before["arm_requests"]
+            arm_grader = (after["arm_by_caller"].get(grader_oid, 0)
+                          - before["arm_by_caller"].get(grader_oid, 0))
+            ssh = after["ssh_connections"] - before["ssh_connections"]
+            line = {"n": n, "seconds": round(run["seconds"], 2), "arm_requests": arm,
+                    "arm_requests_grader": arm_grader, "ssh_connections": ssh,
+                    "peak_rss_mb": round(run["peak_rss_mb"], 1),
+                    "arm_requests_per_lab": round(arm / n, 2),
+                    "arm_requests_grader_per_lab": round(arm_grader / n, 2),
+                    "ssh_connections_per_lab": round(ssh / n, 2),
+                    "grader_cpu_seconds": round(run["cpu"], 1),
+                    "emulator_cpu_seconds": (round(cpu_after - cpu_before, 1)
+                                             if cpu_before is not None else None),
+                    "workers": args.workers, "throttle": args.throttle,
+                    "arm_429": after["arm_throttled"] - before["arm_throttled"],
+                    "labs_reported": run["labs_reported"], "outcomes": run["outcomes"],
+                    "returncode": run["returncode"]}
+            if args.throttle:
+                floor = max(0, arm_grader - READ_BUCKET) / READ_REFILL
+                line["throttle_floor_seconds"] = round(floor, 2)
+                line["seconds_over_floor"] = round(run["seconds"] / floor, 2) if floor else None
+            results[n] = line
+            print(json.dumps(line), flush=True)
+        if not args.no_baseline:
+            bn = args.baseline_n or min(50, max(ns))
+            if args.throttle:
+                time.sleep(READ_BUCKET / READ_REFILL)
+            seconds = baseline(emulator.env, groups[:bn], key)
+            out = {"baseline_n": bn, "baseline_seconds": round(seconds, 2)}
+            if bn in results:
+                out["ratio"] = round(seconds / results[bn]["seconds"], 1)
+            print(json.dumps(out), flush=True)
+    finally:
+        emulator.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _grader_oid(env: dict[str, str], client_id: str) -> str:
+    """The grader's object id, as the audit records callers (from a token's claims)."""
+    from azure.identity import ClientSecretCredential
+
+    with contextlib.suppress(KeyError):
+        return _grader_oid.cache[client_id]
+    cred = ClientSecretCredential(env["AZURE_TENANT_ID"], client_id,
+                                  env["MILAB_GRADER_CLIENT_SECRET"])
+    _grader_oid.cache[client_id] = principal_claims(cred)["oid"]
+    return _grader_oid.cache[client_id]
+
+
+_grader_oid.cache = {}
+
+if __name__ == "__main__":
+    main()
