@@ -6,6 +6,7 @@
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -17,15 +18,6 @@ SECRET_FIELDS = {"value", "access_token", "refresh_token", "password", "client_s
                  "clientsecret", "secrettext", "id_token"}
 CLAIMS = ("aud", "iss", "oid", "sub", "tid", "appid", "appidacr", "idtyp", "ver", "xms_mirid",
           "xms_az_rid", "iat", "nbf", "exp")
-
-
-def which(name):
-    """The command's path on PATH, as `command -v` finds it (shutil.which, without shutil)."""
-    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(folder or ".", name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 def digest(text):
@@ -84,112 +76,32 @@ def _proxy(scheme, host):
     return None
 
 
-class Connection:
-    """One HTTP/1.1 connection: TLS for https (through the proxy's CONNECT tunnel when the
-    environment names one), plain for http (absolute URLs to a proxy). A small client of its
-    own: http.client would cost the probe more to import than all its calls take."""
+def _connection(scheme, host, port, timeout):
+    """A new connection and whether requests on it name the absolute URL (plain proxy)."""
+    import http.client
 
-    def __init__(self, scheme, host, port, timeout):
-        import socket
-
-        proxy = _proxy(scheme, host)
-        default = 443 if scheme == "https" else 80
-        self.host_header = host if port == default else f"{host}:{port}"
-        self.absolute = scheme == "http" and proxy is not None
-        sock = socket.create_connection(proxy or (host, port), timeout=timeout)
-        try:
-            if scheme == "https":
-                if proxy:
-                    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}"
-                                 "\r\n\r\n".encode("latin-1"))
-                    head = sock.makefile("rb")  # the proxy says nothing more until TLS starts
-                    status, _, _ = _read_head(head)
-                    head.close()
-                    if status != 200:
-                        raise OSError(f"the proxy refused a tunnel to {host}: {status}")
-                if not _CONTEXT:
-                    import ssl
-                    _CONTEXT.append(ssl.create_default_context())
-                sock = _CONTEXT[0].wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-        self.file = sock.makefile("rb")
-
-    def exchange(self, method, target, headers, body, timeout):
-        """Send one request, read its response: (status, headers, body, keep alive)."""
-        self.sock.settimeout(timeout)
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body or b'')}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-        while True:
-            status, version, hdrs = _read_head(self.file)
-            if not 100 <= status < 200:
-                break
-        lower = {k.lower(): v for k, v in hdrs.items()}
-        keep = version == "HTTP/1.1" and "close" not in lower.get("connection", "").lower()
-        if method == "HEAD" or status in (204, 304):
-            raw = b""
-        elif "chunked" in lower.get("transfer-encoding", "").lower():
-            raw = _read_chunked(self.file)
-        elif "content-length" in lower:
-            raw = _read_exactly(self.file, int(lower["content-length"]))
-        else:
-            raw, keep = self.file.read(), False
-        return status, hdrs, raw, keep
-
-    def close(self):
-        for part in (self.file, self.sock):
-            try:
-                part.close()
-            except OSError:
-                pass
-
-
-def _read_head(file):
-    """Status line and headers: (status, version, {name: value}). A closed connection raises
-    ConnectionResetError, so a kept connection the server dropped is replaced."""
-    line = file.readline(65537)
-    if not line:
-        raise ConnectionResetError("the server closed the connection")
-    parts = line.decode("latin-1").split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ConnectionError(f"not an HTTP response: {line[:80]!r}")
-    headers = {}
-    for _ in range(200):
-        raw = file.readline(65537)
-        if raw in (b"\r\n", b"\n", b""):
-            return int(parts[1]), parts[0], headers
-        name, _, value = raw.decode("latin-1").partition(":")
-        headers[name.strip()] = value.strip()
-    raise ConnectionError("too many response headers")
-
-
-def _read_exactly(file, size):
-    data = file.read(size)
-    if len(data) < size:
-        raise ConnectionResetError("the response ended early")
-    return data
-
-
-def _read_chunked(file):
-    chunks = []
-    while True:
-        size = int(file.readline(1026).split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while file.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        chunks.append(_read_exactly(file, size))
-        file.readline(3)
+    proxy = _proxy(scheme, host)
+    if scheme == "https":
+        if not _CONTEXT:
+            import ssl
+            _CONTEXT.append(ssl.create_default_context())
+        if proxy:
+            conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout,
+                                               context=_CONTEXT[0])
+            conn.set_tunnel(host, port)
+            return conn, False
+        return http.client.HTTPSConnection(host, port, timeout=timeout,
+                                           context=_CONTEXT[0]), False
+    if proxy:
+        return http.client.HTTPConnection(proxy[0], proxy[1], timeout=timeout), True
+    return http.client.HTTPConnection(host, port, timeout=timeout), False
 
 
 def _once(method, url, headers, data, timeout):
     """One HTTP exchange: (status, headers, body). HTTPS connections are reused (kept alive,
     at most PER_HOST at once per host); a kept one found closed is replaced once."""
+    import http.client
+
     parts = urllib.parse.urlsplit(url)
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
     port = parts.port or (443 if scheme == "https" else 80)
@@ -207,15 +119,18 @@ def _once(method, url, headers, data, timeout):
                 with _POOL_LOCK:
                     idle = _POOL.get(key) or []
                     conn = idle.pop() if idle else None
-            reused = conn is not None
+            reused, absolute = conn is not None, False
             if conn is None:
-                conn = Connection(scheme, host, port, timeout)
+                conn, absolute = _connection(scheme, host, port, timeout)
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
             try:
-                status, hdrs, raw, keep = conn.exchange(
-                    method, url if conn.absolute else path,
-                    {"User-Agent": "milab-probe", "Accept-Encoding": "identity", **headers},
-                    data, timeout)
-            except (ConnectionResetError, BrokenPipeError):
+                conn.request(method, url if absolute else path, body=data,
+                             headers={"User-Agent": "milab-probe", **headers})
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 conn.close()
                 if reused:
                     continue  # the kept connection had gone stale: once more on a new one
@@ -223,12 +138,12 @@ def _once(method, url, headers, data, timeout):
             except BaseException:
                 conn.close()
                 raise
-            if pooled and keep:
+            if pooled and not resp.will_close:
                 with _POOL_LOCK:
                     _POOL.setdefault(key, []).append(conn)
             else:
                 conn.close()
-            return status, hdrs, raw
+            return resp.status, dict(resp.headers), raw
     finally:
         if pooled:
             slot.release()
@@ -239,6 +154,8 @@ def request(method, url, headers=None, body=None, timeout=20, attempts=4, redire
     """One HTTP call, retried on 429/5xx and connection errors (honouring Retry-After), with
     redirects followed for GET. Azure still answering 429/5xx once the retries are spent is
     not an answer about the lab: that raises, so the check cannot decide rather than fail."""
+    import http.client
+
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else body.encode()
@@ -248,7 +165,7 @@ def request(method, url, headers=None, body=None, timeout=20, attempts=4, redire
     for attempt in range(attempts):
         try:
             status, hdrs, raw = _once(method, url, dict(headers or {}), data, timeout)
-        except (OSError, ValueError) as exc:  # not reached, reset, timed out, not HTTP
+        except (OSError, http.client.HTTPException) as exc:
             last = exc
             timeouts += isinstance(exc, TimeoutError)
             if timeouts >= 2:  # twice without an answer: a third wait would not decide more
@@ -518,10 +435,9 @@ def main():
         return out
 
     def az_login():
-        az = which("az")
+        az = shutil.which("az")
         if not az:
             return {"installed": False}
-        import shutil
         import subprocess
         import tempfile
 
@@ -549,7 +465,7 @@ def main():
     az.start()
     concurrently(results, [
         ("imds_instance", instance), ("imds_tags", tags_path),
-        ("jq", lambda: {"path": which("jq")}), ("az", lambda: {"path": which("az")}),
+        ("jq", lambda: {"path": shutil.which("jq")}), ("az", lambda: {"path": shutil.which("az")}),
         ("management_token", lambda: imds_token(management)),
         ("vault_token", lambda: imds_token("https://vault.azure.net")),
     ])
