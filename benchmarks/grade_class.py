@@ -3,6 +3,7 @@ against a grader doing the same checks by hand.
 
     python benchmarks/grade_class.py --n 1 --n 10 --n 50 --n 200 [--workers 2] [--throttle]
            [--latency arm=0.08 ...] [--concurrency 48] [--baseline-n 50 | --no-baseline]
+           [--pytest-args '-p some_plugin']
 
 What it does:
 
@@ -20,7 +21,8 @@ What it does:
    (the largest high-water RSS among the grading process and its workers), CPU seconds of the grader (its processes) and
    of the emulator (with the VMs' commands: on one machine they share the cores), the
    outcomes, and with `--throttle` the floor
-   the grader's read bucket imposes, `(reads - 250) / 25` seconds, and `seconds / floor`.
+   the grader's read bucket imposes, `(reads - 429s - 250) / 25` seconds, and
+   `seconds / floor`.
    Counts come from the emulator process: SIGUSR1 makes it print one `stats` line (requests per
    service, ARM requests per caller, 429s, SSH connections accepted by the VMs).
 4. Times a baseline over the first `--baseline-n` labs (default: 50, or the largest N if
@@ -40,6 +42,7 @@ import csv
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -193,6 +196,7 @@ def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args
         cmd += ["-n", str(args.workers)]
     if args.concurrency:
         cmd += ["--milab-concurrency", str(args.concurrency)]
+    cmd += shlex.split(args.pytest_args)
     with (run / "output.txt").open("w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=child_env, cwd=run, stdout=out, stderr=subprocess.STDOUT)
@@ -336,6 +340,8 @@ def main() -> None:
                         metavar="SERVICE=SECONDS", help="override one service's latency")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="--milab-concurrency (default: the plugin's)")
+    parser.add_argument("--pytest-args", default="", help="more arguments for the grading "
+                        "pytest, e.g. '-p myplugin'")
     parser.add_argument("--baseline-n", type=int, default=None)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--build-parallel", type=int, default=12)
@@ -378,8 +384,8 @@ def main() -> None:
                     "arm_429": after["arm_throttled"] - before["arm_throttled"],
                     "labs_reported": run["labs_reported"], "outcomes": run["outcomes"],
                     "returncode": run["returncode"]}
-            if args.throttle:
-                floor = max(0, arm_grader - READ_BUCKET) / READ_REFILL
+            if args.throttle:  # refused reads take no token: the floor counts the others
+                floor = max(0, arm_grader - line["arm_429"] - READ_BUCKET) / READ_REFILL
                 line["throttle_floor_seconds"] = round(floor, 2)
                 line["seconds_over_floor"] = round(run["seconds"] / floor, 2) if floor else None
             results[n] = line

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from ..errors import AzureError, CredentialError
 
 ARM_SCOPE = "https://management.azure.com/.default"
+ARM = "https://management.azure.com"
 
 
 def make_credential():
@@ -46,7 +47,14 @@ def _client_kwargs(timeout: float, transport=None) -> dict:
 
 
 def shared_transport(pool_size: int):
-    """One HTTP connection pool for all clients, sized for the labs gathered at once."""
+    """One HTTP connection pool for all clients, sized for the labs gathered at once.
+
+    The environment's proxy and CA bundle (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE,
+    CURL_CA_BUNDLE) are read once, here: requests would otherwise walk `os.environ` on every
+    call, from many threads, while pytest rewrites PYTEST_CURRENT_TEST in it for each test
+    (a KeyError when a lab is gathered while another is judged)."""
+    import os
+
     import requests
     from azure.core.pipeline.transport import RequestsTransport
 
@@ -54,10 +62,11 @@ def shared_transport(pool_size: int):
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool_size))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    return RequestsTransport(session=session, session_owner=False)
-
-
-ARM = "https://management.azure.com"
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(ARM)
+    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return RequestsTransport(session=session, session_owner=False, use_env_settings=False,
+                             connection_verify=verify)
 
 
 class ArmPacer:
@@ -164,7 +173,7 @@ class ArmReader:
 
         self.timeout = timeout
         self.pacer = pacer or ArmPacer()
-        self._client = PipelineClient(ARM, transport=transport, policies=[
+        self._client = PipelineClient(ARM, transport=transport or shared_transport(10), policies=[
             policies.HeadersPolicy({"Accept": "application/json"}),
             policies.UserAgentPolicy(base_user_agent="pytest-milab"),
             _pacing_policy(self.pacer),
