@@ -176,12 +176,14 @@ class ArmReader:
         self._client = PipelineClient(ARM, transport=transport or shared_transport(10), policies=[
             policies.HeadersPolicy({"Accept": "application/json"}),
             policies.UserAgentPolicy(base_user_agent="pytest-milab"),
-            _pacing_policy(self.pacer),
             # Up to 5 retries on 429/5xx (azure-core's default is 3): a burst of throttling or
             # server errors is ridden out; a longer one ends the read "could not decide".
             policies.RetryPolicy(retry_total=6, retry_status=5, retry_backoff_factor=0.5,
                                  retry_backoff_max=20, timeout=timeout),
             policies.BearerTokenCredentialPolicy(credential, ARM_SCOPE),
+            # Each attempt, retries too, waits its turn: refused reads retried all at once
+            # after their Retry-After would only be refused again.
+            _pacing_policy(self.pacer),
         ])
 
     def get(self, url: str, api_version: str | None = None):
