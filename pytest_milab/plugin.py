@@ -6,6 +6,7 @@ The work is done elsewhere: `settings` resolves options, `evidence` gathers what
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = session
     config.pluginmanager.register(session, "milab-session")
     if session.settings.active:
+        # Registered before pytest's own clean-ups, so it runs after them: their final
+        # collector passes still skip what `pytest_collection_finish` froze.
+        config.add_cleanup(gc.unfreeze)
         try:
             session.start()
         except MilabError as exc:
@@ -145,6 +149,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     # Labs one after another, each lab's steps with prerequisites first.
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The labs this process grades, in order: evidence is gathered for these only (not for
+    labs that `-k` deselected, nor under xdist for another worker's share)."""
+    milab = _session(session.config)
+    if not milab.settings.active:
+        return
+    labels: dict[str, None] = {}
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        target = callspec.params.get("_milab_target") if callspec is not None else None
+        if target is not None:
+            labels.setdefault(target.label, None)
+    milab.set_collected_labs(list(labels))
+    # What is alive now (modules, SDK clients, the collected items) lives until the end:
+    # keep it out of the collector's full passes, which otherwise rescan it again and again
+    # as a class's evidence and reports pile up (a second or more per 50 labs).
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,53 @@
-"""pytest-xdist scheduling by lab: every check of one lab goes to the same worker, in order."""
+"""pytest-xdist scheduling by lab: every check of one lab goes to the same worker, in order,
+and to the worker whose share of the labs it is (see `sharing`)."""
 
 from __future__ import annotations
 
 from xdist.scheduler import LoadScopeScheduling
 
+from .sharing import lab_scope, owner_index
+
 
 class LabScheduling(LoadScopeScheduling):
-    """Like `--dist loadscope`, with the lab (the test id's parameter) as the scope.
+    """Like `--dist loadscope`, with the lab (the test id's parameter) as the scope and each lab
+    sent to the worker that owns it. Tests that grade no lab keep their module as their scope
+    and go to any worker."""
 
-    Tests that grade no lab keep their module as their scope."""
+    def __init__(self, config, log=None) -> None:
+        super().__init__(config, log)
+        self._owners: dict[str, str] | None = None
 
     def _split_scope(self, nodeid: str) -> str:
-        if nodeid.endswith("]") and "[" in nodeid:
-            return "lab:" + nodeid[nodeid.rindex("[") + 1:-1]
-        return nodeid.split("::", 1)[0]
+        return lab_scope(nodeid) or nodeid.split("::", 1)[0]
+
+    def _owner_of(self, scope: str) -> str | None:
+        if self._owners is None:
+            # As the workers count themselves (`workercount`: all that were started).
+            counts = [n.workerinput.get("workercount", 0) for n in self.nodes]
+            workers = max(counts + [len(self.nodes), 1])
+            order: dict[str, None] = {}
+            for nodeid in self.collection or ():
+                lab = lab_scope(nodeid)
+                if lab is not None:
+                    order.setdefault(lab, None)
+            self._owners = {lab: f"gw{owner_index(k, workers)}" for k, lab in enumerate(order)}
+        return self._owners.get(scope)
+
+    def _takes(self, node, scope: str) -> bool:
+        owner = self._owner_of(scope)
+        if owner is None:
+            return True
+        live = {getattr(n.gateway, "id", None) for n in self.assigned_work}
+        return owner == getattr(node.gateway, "id", None) or owner not in live
+
+    def _assign_work_unit(self, node) -> None:
+        for scope in self.workqueue:
+            if self._takes(node, scope):
+                break
+        else:
+            return  # the labs left belong to other workers: this one has finished its share
+        work_unit = self.workqueue.pop(scope)
+        self.assigned_work.setdefault(node, {})[scope] = work_unit
+        collection = self.registered_collections[node]
+        node.send_runtest_some([collection.index(nodeid)
+                                for nodeid, completed in work_unit.items() if not completed])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import pytest
 
 from . import grading
 from .errors import CouldNotDecide, MilabError
-from .evidence import Connections, Gatherer, LabEvidence, dump, load
+from .evidence import Connections, Gatherer, LabEvidence
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import NeedsStep
 from .settings import LabTarget, Settings, resolve
+from .sharing import lab_share
 from .spec import LabSpec
 from .vm.probe import Vm
 
@@ -38,6 +40,8 @@ class MilabSession:
         self._lab_infos: dict[str, LabInfo] = {}
         self._evidence: dict[str, LabEvidence] | None = None
         self._evidence_lock = threading.Lock()
+        self._pending: dict[str, Future] = {}
+        self._labs_to_gather: list[str] | None = None  # None: every lab of the roster
         self._stale: set[str] = set()
         self._saved_env: dict[str, str | None] = {}
         self.azure = None  # the in-process local Azure (--milab-emulator)
@@ -201,6 +205,8 @@ class MilabSession:
                              "ssh_port": s.ssh_port, "subscription": s.subscription}}
 
     def stop(self) -> None:
+        if self.gatherer is not None:
+            self.gatherer.close()  # a run that ends early gathers no more labs
         self.connections.close_all()
         if self.azure is not None:
             self.azure.stop()
@@ -229,27 +235,32 @@ class MilabSession:
                 return self._evidence[target.label]
         with self._evidence_lock:
             if self._evidence is None:
-                self._evidence = self._gather_once(spec, request)
+                self._evidence, self._pending = {}, self._gather_once(spec)
+            if target.label not in self._evidence:
+                pending = self._pending.get(target.label)
+                # This lab only: the next ones are still being gathered while it is judged.
+                # A lab outside this process's share (under xdist, its worker gone) is
+                # gathered now.
+                self._evidence[target.label] = (pending.result() if pending is not None
+                                                else self.gatherer.gather(target))
         return self._evidence[target.label]
 
-    def _gather_once(self, spec: LabSpec, request: pytest.FixtureRequest):
+    def set_collected_labs(self, labels: list[str]) -> None:
+        """The labs whose checks were collected, in order; under xdist, this worker's share
+        of them (see `scheduling`)."""
+        worker = getattr(self.config, "workerinput", None)
+        if worker is not None:
+            labels = lab_share(labels, worker.get("workerid", ""), worker.get("workercount", 1))
+        self._labs_to_gather = labels
+
+    def _gather_once(self, spec: LabSpec) -> dict[str, Future]:
+        """Start gathering the evidence of every lab this process grades, at once."""
         assert self.gatherer is not None
         self.gatherer.spec = spec
-        targets = [t for t in self.settings.targets if not t.problem]
-        worker = getattr(self.config, "workerinput", None)
-        if worker is None:
-            return self.gatherer.gather_all(targets)
-        # Under xdist the first worker gathers for everyone; the others read its file.
-        from filelock import FileLock
-
-        shared = request.getfixturevalue("tmp_path_factory").getbasetemp().parent
-        path = shared / f"milab-evidence-{worker['testrunuid']}.json"
-        with FileLock(str(path) + ".lock"):
-            if path.exists():
-                return load(path.read_text())
-            evidence = self.gatherer.gather_all(targets)
-            path.write_text(dump(evidence))
-            return evidence
+        wanted = self._labs_to_gather
+        targets = [t for t in self.settings.targets if not t.problem
+                   and (wanted is None or t.label in wanted)]
+        return self.gatherer.start_all(targets)
 
     def vm_for(self, target: LabTarget, evidence: LabEvidence) -> Vm:
         from .errors import SshError

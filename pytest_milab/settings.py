@@ -56,7 +56,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("mode", "discover grades finished labs read-only; provision builds a lab step by step",
            "str", "discover", choices=("discover", "provision")),
     Option("keep", "provision mode: keep what the run created", "flag", False),
-    Option("concurrency", "labs gathered at once", "int", 16, metavar="N"),
+    Option("concurrency", "labs gathered at once", "int", 32, metavar="N"),
     Option("timeout", "seconds an Azure or SSH call may take, retries included", "float", 60.0,
            metavar="SECONDS"),
     Option("propagation-deadline", "seconds to wait for a change to take effect", "float",
@@ -101,7 +101,7 @@ class Settings:
     emulator: bool = False
     mode: str = "discover"
     keep: bool = False
-    concurrency: int = 16
+    concurrency: int = 32
     timeout: float = 60.0
     propagation_deadline: float = 120.0
     targets: tuple[LabTarget, ...] = field(default_factory=tuple)

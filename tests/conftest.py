@@ -18,7 +18,6 @@ import azure.mgmt.network  # noqa: E402,F401
 import azure.mgmt.resource  # noqa: E402,F401
 import azure.mgmt.subscription  # noqa: E402,F401
 import fabric  # noqa: E402,F401
-import filelock  # noqa: E402,F401
 import msal  # noqa: E402,F401
 import requests  # noqa: E402,F401
 

@@ -1,0 +1,95 @@
+"""A class graded at once: each lab's evidence is gathered exactly once, by the process that
+judges it. Under `-n 2` each worker gathers its own share of the labs (not one worker for all,
+not both for all); with `-k` only the selected labs are gathered."""
+
+from __future__ import annotations
+
+import pytest
+from defects import suite_stages
+from e2ekit import grade
+
+from pytest_milab.emulator import LocalAzure
+from pytest_milab.provision import build_in_local_azure
+
+LABS = ["share-a", "share-b", "share-c", "share-d", "share-e"]
+
+
+@pytest.fixture(scope="module")
+def azure():
+    with LocalAzure() as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def key(azure):
+    key, _ = build_in_local_azure(azure, LABS, suite_stages())
+    return key
+
+
+GATHER_LOG = """
+import os
+from pytest_milab import evidence
+
+_gather = evidence.Gatherer.gather
+
+
+def gather(self, target):
+    with open(os.environ["GATHER_LOG"], "a") as log:
+        log.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {target.group}\\n")
+    return _gather(self, target)
+
+
+evidence.Gatherer.gather = gather
+"""
+
+
+@pytest.fixture
+def gather_log(tmp_path, monkeypatch):
+    """`-p gather_log`: each process notes the labs it gathers evidence for."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "gather_log.py").write_text(GATHER_LOG)
+    log = tmp_path / "gathered.txt"
+    monkeypatch.setenv("PYTHONPATH", str(plugins))
+    monkeypatch.setenv("GATHER_LOG", str(log))
+
+    def read() -> list[tuple[str, str]]:
+        return [tuple(line.split()) for line in log.read_text().splitlines()]
+
+    return read
+
+
+def _graded(run) -> dict[str, tuple[int, int]]:
+    return {g["group"]: (g["score"], g["max_score"]) for g in run.report["groups"]}
+
+
+def test_xdist_workers_gather_their_own_share(azure, key, tmp_path, gather_log):
+    before = azure.stats()
+    run = grade(azure, key, tmp_path / "run", *LABS, extra=("-n", "2", "-p", "gather_log"))
+    after = azure.stats()
+    assert run.returncode == 0, run.output[-3000:]
+    graded = _graded(run)
+    assert set(graded) == set(LABS)
+    assert all(score == top and top > 0 for score, top in graded.values()), graded
+    # One SSH connection per lab in all: no lab gathered twice, none by both workers.
+    assert after["ssh_connections"] - before["ssh_connections"] == len(LABS)
+    # Both workers graded labs (the share is split, not all on one worker).
+    workers = {line.split("]")[0] for line in run.output.splitlines()
+               if line.startswith("[gw") and "PASSED" in line}
+    assert workers == {"[gw0", "[gw1"}, run.output[-2000:]
+    # Each lab gathered once, in turn by the worker that owns it.
+    gathered = gather_log()
+    assert sorted(group for _, group in gathered) == LABS
+    assert dict((group, worker) for worker, group in gathered) == {
+        lab: f"gw{k % 2}" for k, lab in enumerate(LABS)}
+
+
+def test_deselected_labs_are_not_gathered(azure, key, tmp_path, gather_log):
+    before = azure.stats()
+    run = grade(azure, key, tmp_path / "run", *LABS, extra=("-k", "share-c", "-p", "gather_log"))
+    after = azure.stats()
+    assert run.returncode == 0, run.output[-3000:]
+    assert after["ssh_connections"] - before["ssh_connections"] == 1
+    scores = {g["group"]: g["score"] for g in run.report["groups"]}
+    assert scores["share-c"] > 0
+    assert gather_log() == [("main", "share-c")]
