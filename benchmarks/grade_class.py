@@ -18,9 +18,10 @@ What it does:
    the Reader-only grader, and prints one JSON line: `n`, `seconds` (the grading process's wall
    time), `arm_requests` (all ARM requests during grading, in-VM ones included),
    `arm_requests_grader` (the grader's own), `ssh_connections`, the same per lab, `peak_rss_mb`
-   (the largest high-water RSS among the grading process and its workers), CPU seconds of the grader (its processes) and
-   of the emulator (with the VMs' commands: on one machine they share the cores), the
-   outcomes, and with `--throttle` the floor
+   (the largest high-water RSS among the grading process and its workers), CPU seconds of the
+   grader (its processes) and of the emulator (with the VMs' commands: on one machine they
+   share the cores), `cpu_floor_seconds` (all that CPU divided by the cores: the shortest
+   wall time any schedule could reach here), the outcomes, and with `--throttle` the floor
    the grader's read bucket imposes, `(reads - 429s - 250) / 25` seconds, and
    `seconds / floor`.
    Counts come from the emulator process: SIGUSR1 makes it print one `stats` line (requests per
@@ -371,6 +372,8 @@ def main() -> None:
             arm_grader = (after["arm_by_caller"].get(grader_oid, 0)
                           - before["arm_by_caller"].get(grader_oid, 0))
             ssh = after["ssh_connections"] - before["ssh_connections"]
+            emulator_cpu = (cpu_after - cpu_before) if cpu_before is not None else 0.0
+            cores = os.cpu_count() or 1
             line = {"n": n, "seconds": round(run["seconds"], 2), "arm_requests": arm,
                     "arm_requests_grader": arm_grader, "ssh_connections": ssh,
                     "peak_rss_mb": round(run["peak_rss_mb"], 1),
@@ -378,8 +381,11 @@ def main() -> None:
                     "arm_requests_grader_per_lab": round(arm_grader / n, 2),
                     "ssh_connections_per_lab": round(ssh / n, 2),
                     "grader_cpu_seconds": round(run["cpu"], 1),
-                    "emulator_cpu_seconds": (round(cpu_after - cpu_before, 1)
+                    "emulator_cpu_seconds": (round(emulator_cpu, 1)
                                              if cpu_before is not None else None),
+                    # All the CPU the run took (grader, local Azure, the VMs' commands) spread
+                    # over every core: no schedule on this machine finishes sooner.
+                    "cpu_floor_seconds": round((run["cpu"] + emulator_cpu) / cores, 1),
                     "workers": args.workers, "throttle": args.throttle,
                     "arm_429": after["arm_throttled"] - before["arm_throttled"],
                     "labs_reported": run["labs_reported"], "outcomes": run["outcomes"],

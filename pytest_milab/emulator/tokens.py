@@ -41,6 +41,9 @@ def _b64url_uint(n: int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+VERIFIED_KEPT = 4096  # tokens whose signature was checked, remembered
+
+
 @dataclass(frozen=True)
 class Token:
     value: str
@@ -61,6 +64,7 @@ class TokenIssuer:
         self._public = self._key.public_key()
         thumb = hashlib.sha1(self._public.public_numbers().n.to_bytes(256, "big")).digest()
         self.kid = base64.urlsafe_b64encode(thumb).rstrip(b"=").decode()
+        self._verified: dict[str, dict] = {}  # token -> claims, signature already checked
 
     @property
     def issuer(self) -> str:
@@ -95,13 +99,21 @@ class TokenIssuer:
 
     def verify(self, value: str, *, audiences: tuple[str, ...] | None = None) -> dict:
         """Return the claims of a token this tenant signed, or raise TokenRejected."""
-        try:
-            claims = jwt.decode(
-                value, self._public, algorithms=["RS256"],
-                options={"verify_aud": False, "verify_exp": False},
-            )
-        except jwt.PyJWTError as exc:
-            raise TokenRejected("malformed", str(exc)) from None
+        claims = self._verified.get(value)
+        if claims is None:
+            try:
+                claims = jwt.decode(
+                    value, self._public, algorithms=["RS256"],
+                    options={"verify_aud": False, "verify_exp": False},
+                )
+            except jwt.PyJWTError as exc:
+                raise TokenRejected("malformed", str(exc)) from None
+            # A client sends the same token many times: check its signature once. (Expiry,
+            # issuer and audience are still checked on every call.)
+            if len(self._verified) >= VERIFIED_KEPT:
+                self._verified.clear()
+            self._verified[value] = claims
+        claims = dict(claims)
         if claims.get("iss") != self.issuer:
             raise TokenRejected("malformed", "issuer", claims)
         if int(claims.get("exp", 0)) <= self._clock():
