@@ -297,6 +297,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     milab = _session(config)
     if not milab.settings.active:
         return
+    # What is alive now (evidence, reports) lives until the end: out of the final collector
+    # passes (the xdist controller, which collects nothing, froze nothing before).
+    gc.freeze()
     milab.finish_provision()  # in the process that built the labs (a worker, under xdist)
     if _is_worker(config):
         config.workeroutput["milab_notes"] = list(milab.notes)

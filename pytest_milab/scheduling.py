@@ -51,3 +51,16 @@ class LabScheduling(LoadScopeScheduling):
         collection = self.registered_collections[node]
         node.send_runtest_some([collection.index(nodeid)
                                 for nodeid, completed in work_unit.items() if not completed])
+
+    def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
+        """As loadscope does, then forget a lab once all its checks are done: xdist counts the
+        pending checks of every scope a worker was ever given, after each test, which grows
+        with the square of the class (seconds of CPU for a few thousand checks)."""
+        nodeid = self.registered_collections[node][item_index]
+        scope = self._split_scope(nodeid)
+        work_unit = self.assigned_work[node][scope]
+        work_unit[nodeid] = True
+        if all(work_unit.values()):
+            del self.assigned_work[node][scope]
+        self._reschedule(node)
+
