@@ -28,6 +28,7 @@ def key(azure):
 
 GATHER_LOG = """
 import os
+import time
 from pytest_milab import evidence
 
 _gather = evidence.Gatherer.gather
@@ -36,7 +37,19 @@ _gather = evidence.Gatherer.gather
 def gather(self, target):
     with open(os.environ["GATHER_LOG"], "a") as log:
         log.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {target.group}\\n")
-    return _gather(self, target)
+    try:
+        return _gather(self, target)
+    finally:
+        _note(f"gathered {target.group}")
+
+
+def _note(what):
+    with open(os.environ["GATHER_LOG"] + ".times", "a") as log:
+        log.write(f"{time.monotonic()} {what}\\n")
+
+
+def pytest_runtest_call(item):
+    _note(f"judged {item.callspec.params['_milab_target'].group}")
 
 
 evidence.Gatherer.gather = gather
@@ -53,7 +66,10 @@ def gather_log(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(plugins))
     monkeypatch.setenv("GATHER_LOG", str(log))
 
-    def read() -> list[tuple[str, str]]:
+    def read(times: bool = False) -> list[tuple]:
+        if times:  # (seconds, "gathered"|"judged", group), in order
+            lines = (tmp_path / "gathered.txt.times").read_text().splitlines()
+            return sorted((float(t), what, group) for t, what, group in map(str.split, lines))
         return [tuple(line.split()) for line in log.read_text().splitlines()]
 
     return read
@@ -93,3 +109,24 @@ def test_deselected_labs_are_not_gathered(azure, key, tmp_path, gather_log):
     scores = {g["group"]: g["score"] for g in run.report["groups"]}
     assert scores["share-c"] > 0
     assert gather_log() == [("main", "share-c")]
+
+
+def test_a_lab_is_judged_while_slower_labs_are_still_gathered(azure, key, tmp_path,
+                                                               gather_log):
+    """The first lab's checks do not wait for the whole class: the last lab's VM answers its
+    probe 6 s late, and the first lab is judged before that."""
+    vm = (f"/subscriptions/{azure.subscription_id}/resourceGroups/{LABS[-1]}/providers/"
+          "Microsoft.Compute/virtualMachines/ubuntu")
+    azure.knobs.faults.hang_commands(vm, 6.0, count=1)
+    try:
+        run = grade(azure, key, tmp_path / "run", *LABS, extra=("-p", "gather_log"))
+    finally:
+        azure.knobs.faults.clear()
+    assert run.returncode == 0, run.output[-3000:]
+    events = gather_log(times=True)
+    last_gathered = next(t for t, what, group in events
+                         if what == "gathered" and group == LABS[-1])
+    first_judged = next(t for t, what, group in events if what == "judged" and group == LABS[0])
+    assert first_judged < last_gathered - 3, events
+    assert all(score == top for score, top in _graded(run).values())
+
