@@ -1,7 +1,8 @@
 """Grading a class: wall time, ARM requests, SSH connections and memory as the class grows,
 against a grader doing the same checks by hand.
 
-    python benchmarks/grade_class.py --n 1 --n 10 --n 50 --n 200 [--workers 2] [--throttle]
+    python benchmarks/grade_class.py --n 1 --n 10 --n 50 --n 200 [--workers 0 --workers 2]
+           [--throttle]
            [--latency arm=0.08 ...] [--concurrency 48] [--baseline-n 50 | --no-baseline]
            [--pytest-args '-p some_plugin']
 
@@ -14,7 +15,8 @@ What it does:
 2. Builds max(N) complete labs in it as its operator (the example suite's stages, as
    `build_in_local_azure` does, several labs at once), then switches the knobs on (SIGUSR2).
 3. For each N, grades the first N labs with one pytest process (`python -m pytest
-   example_suites/managed_identity --milab-roster roster.csv ...`, `-n WORKERS` if given) as
+   example_suites/managed_identity --milab-roster roster.csv ...`; with `-n WORKERS` for each
+   `--workers` given; one warm-up run first, and bytecode kept, as on a grader's machine) as
    the Reader-only grader, and prints one JSON line: `n`, `seconds` (the grading process's wall
    time), `arm_requests` (all ARM requests during grading, in-VM ones included),
    `arm_requests_grader` (the grader's own), `ssh_connections`, the same per lab, `peak_rss_mb`
@@ -33,6 +35,10 @@ What it does:
    `baseline_seconds / seconds` of the graded run of the same N.
 
 With `--throttle`, each graded run waits first for the grader's bucket to refill (10 s).
+
+Grader, local Azure and every VM's commands share the machine's cores here, so compare
+`seconds` with `cpu_floor_seconds`: on the 2-core development machine the local Azure and its
+VMs take about two thirds of all the CPU of a run (0.26 CPU-s per lab, the grader 0.09).
 """
 
 from __future__ import annotations
