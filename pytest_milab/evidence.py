@@ -65,6 +65,22 @@ class Connections:
                 self._by_label[label] = conn
             return conn
 
+    def close(self, label: str) -> None:
+        """Close one lab's connection (opened again if that lab needs its VM later)."""
+        with self._lock:
+            conn = self._by_label.get(label)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing is best effort
+                pass
+
+    @property
+    def open_now(self) -> int:
+        with self._lock:
+            conns = list(self._by_label.values())
+        return sum(c.is_connected for c in conns)
+
     @property
     def opened(self) -> int:
         return sum(c.connections_opened for c in self._by_label.values())

@@ -178,7 +178,12 @@ def milab_spec() -> LabSpec:
 
 @pytest.fixture(scope="session")
 def _milab_target(request: pytest.FixtureRequest):
-    return request.param
+    target = request.param
+    yield target
+    # pytest moves on to the next lab (labs run one after another): this one's SSH connection
+    # is no longer needed. A class of hundreds does not keep hundreds open.
+    if target is not None:
+        _session(request.config).connections.close(target.label)
 
 
 @pytest.fixture

@@ -50,6 +50,8 @@ def _note(what):
 
 def pytest_runtest_call(item):
     _note(f"judged {item.callspec.params['_milab_target'].group}")
+    milab = item.config.pluginmanager.get_plugin("milab-session")
+    _note(f"ssh-open {milab.connections.open_now}")
 
 
 evidence.Gatherer.gather = gather
@@ -129,4 +131,9 @@ def test_a_lab_is_judged_while_slower_labs_are_still_gathered(azure, key, tmp_pa
     first_judged = next(t for t, what, group in events if what == "judged" and group == LABS[0])
     assert first_judged < last_gathered - 3, events
     assert all(score == top for score, top in _graded(run).values())
+    # Each lab's SSH connection is closed once its checks are done: judging the last lab,
+    # only its own is open (a class of hundreds does not hold hundreds).
+    open_then = [int(after[2]) for before, after in zip(events[:-1], events[1:], strict=True)
+                 if before[1:] == ("judged", LABS[-1]) and after[1] == "ssh-open"]
+    assert open_then and set(open_then) == {1}, events[-10:]
 
