@@ -18,6 +18,7 @@ from .grading import StepInfo
 from .lab import Lab, NeedsStep
 from .session import MilabSession
 from .settings import OPTIONS
+from .sharing import lab_scope
 from .spec import LabSpec
 from .steps import MARKER, MARKER_DOC, StepMarkerError, StepRegistry, step_from_marker
 
@@ -157,13 +158,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     milab = _session(session.config)
     if not milab.settings.active:
         return
-    labels: dict[str, None] = {}
+    # Scopes as the xdist scheduler sees them (from the test ids, in collection order), each
+    # with the labs its checks grade: worker and scheduler then count the same way.
+    scopes: dict[str, list[str]] = {}
     for item in session.items:
         callspec = getattr(item, "callspec", None)
         target = callspec.params.get("_milab_target") if callspec is not None else None
-        if target is not None:
-            labels.setdefault(target.label, None)
-    milab.set_collected_labs(list(labels))
+        scope = lab_scope(item.nodeid)
+        if scope is not None:
+            labels = scopes.setdefault(scope, [])
+            if target is not None and target.label not in labels:
+                labels.append(target.label)
+    milab.set_collected_labs(scopes)
     # What is alive now (modules, SDK clients, the collected items) lives until the end:
     # keep it out of the collector's full passes, which otherwise rescan it again and again
     # as a class's evidence and reports pile up (a second or more per 50 labs).

@@ -245,13 +245,17 @@ class MilabSession:
                                                 else self.gatherer.gather(target))
         return self._evidence[target.label]
 
-    def set_collected_labs(self, labels: list[str]) -> None:
-        """The labs whose checks were collected, in order; under xdist, this worker's share
-        of them (see `scheduling`)."""
+    def set_collected_labs(self, scopes: dict[str, list[str]]) -> None:
+        """The labs whose checks were collected, by scheduling scope in collection order; under
+        xdist, only the labs of this worker's share of the scopes (see `sharing`)."""
+        names = list(scopes)
         worker = getattr(self.config, "workerinput", None)
         if worker is not None:
-            labels = lab_share(labels, worker.get("workerid", ""), worker.get("workercount", 1))
-        self._labs_to_gather = labels
+            names = lab_share(names, worker.get("workerid", ""), worker.get("workercount", 1))
+        labels: dict[str, None] = {}
+        for name in names:
+            labels.update(dict.fromkeys(scopes[name]))
+        self._labs_to_gather = list(labels)
 
     def _gather_once(self, spec: LabSpec) -> dict[str, Future]:
         """Start gathering the evidence of every lab this process grades, at once."""

@@ -4,9 +4,11 @@ not both for all); with `-k` only the selected labs are gathered."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from defects import suite_stages
-from e2ekit import grade
+from e2ekit import SUITE, grade
 
 from pytest_milab.emulator import LocalAzure
 from pytest_milab.provision import build_in_local_azure
@@ -49,7 +51,10 @@ def _note(what):
 
 
 def pytest_runtest_call(item):
-    _note(f"judged {item.callspec.params['_milab_target'].group}")
+    target = getattr(item, "callspec", None) and item.callspec.params.get("_milab_target")
+    if target is None:
+        return
+    _note(f"judged {target.group}")
     milab = item.config.pluginmanager.get_plugin("milab-session")
     _note(f"ssh-open {milab.connections.open_now}")
 
@@ -81,9 +86,28 @@ def _graded(run) -> dict[str, tuple[int, int]]:
     return {g["group"]: (g["score"], g["max_score"]) for g in run.report["groups"]}
 
 
-def test_xdist_workers_gather_their_own_share(azure, key, tmp_path, gather_log):
+OTHER_PARAMETRIZED = """
+import pytest
+
+
+@pytest.mark.parametrize("word", ["alpha"])
+def test_a_parametrized_check_of_no_lab(word):
+    assert word
+"""
+
+
+@pytest.mark.parametrize("suite_kind", ["example", "with-other-parametrized-test"])
+def test_xdist_workers_gather_their_own_share(azure, key, tmp_path, gather_log, suite_kind):
+    suite = SUITE
+    if suite_kind != "example":
+        # A parametrized test that grades no lab, collected first: workers and scheduler must
+        # still count the labs alike.
+        suite = tmp_path / "suite"
+        shutil.copytree(SUITE, suite, ignore=shutil.ignore_patterns("__pycache__"))
+        (suite / "test_aaa_other.py").write_text(OTHER_PARAMETRIZED)
     before = azure.stats()
-    run = grade(azure, key, tmp_path / "run", *LABS, extra=("-n", "2", "-p", "gather_log"))
+    run = grade(azure, key, tmp_path / "run", *LABS, extra=("-n", "2", "-p", "gather_log"),
+                suite=suite)
     after = azure.stats()
     assert run.returncode == 0, run.output[-3000:]
     graded = _graded(run)
@@ -98,8 +122,9 @@ def test_xdist_workers_gather_their_own_share(azure, key, tmp_path, gather_log):
     # Each lab gathered once, in turn by the worker that owns it.
     gathered = gather_log()
     assert sorted(group for _, group in gathered) == LABS
+    first = 1 if suite_kind != "example" else 0  # the other test's scope is counted first
     assert dict((group, worker) for worker, group in gathered) == {
-        lab: f"gw{k % 2}" for k, lab in enumerate(LABS)}
+        lab: f"gw{(k + first) % 2}" for k, lab in enumerate(LABS)}
 
 
 def test_deselected_labs_are_not_gathered(azure, key, tmp_path, gather_log):
