@@ -3,7 +3,6 @@ gathered once per lab and concurrently across labs, with one SSH connection per 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -193,6 +192,12 @@ class Gatherer:
         self.cli_unavailable: str | None = None
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
+        # How far gathering may run ahead of judging (start_all's `ahead`).
+        self._turn = threading.Condition()
+        self._position: dict[str, int] = {}
+        self._judged = 0  # the furthest lab (by position) being judged
+        self._ahead: int | None = None
+        self._closed = False
 
     def subscription_for(self, target: LabTarget) -> str:
         if target.subscription:
@@ -216,17 +221,24 @@ class Gatherer:
         finally:
             self.close()
 
-    def start_all(self, targets: list[LabTarget]) -> dict[str, Future]:
+    def start_all(self, targets: list[LabTarget], ahead: int | None = None) -> dict[str, Future]:
         """Start gathering every lab (in the targets' order) and return at once: a future of
         `LabEvidence` per label, so a lab can be judged while the next ones are gathered. The
-        threads go when the last lab is done; `close()` stops a run that ends early."""
+        threads go when the last lab is done; `close()` stops a run that ends early.
+
+        `ahead`: at most this many labs past the one being judged (`judging`) are gathered,
+        so a slow lab at the front does not leave hundreds of SSH connections open behind it.
+        None: no limit (nobody judges as the labs come in)."""
         labs = max(1, min(self.settings.concurrency, len(targets)))
+        self._position = {t.label: i for i, t in enumerate(targets)}
+        self._judged, self._ahead, self._closed = 0, ahead, False  # the first is judged first
         # Each lab reads up to five things at once; the reads share the HTTP connection pool.
         self._reads = ThreadPoolExecutor(max_workers=max(4, min(labs * 5, self.clients.pool_size)),
                                          thread_name_prefix="milab-read")
         self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
         self.clients.warm()
-        futures = {t.label: self._labs.submit(self.gather, t) for t in targets}
+        futures = {t.label: self._labs.submit(self._gather_in_turn, i, t)
+                   for i, t in enumerate(targets)}
         left, lock = [len(futures)], threading.Lock()
 
         def one_done(_) -> None:
@@ -248,8 +260,32 @@ class Gatherer:
             if pool is not None:
                 pool.shutdown(wait=wait, cancel_futures=cancel)
 
+    def judging(self, label: str) -> None:
+        """The session judges this lab now: the labs up to `ahead` after it may be gathered."""
+        position = self._position.get(label)
+        if position is None:
+            return
+        with self._turn:
+            if position > self._judged:
+                self._judged = position
+                self._turn.notify_all()
+
+    def _gather_in_turn(self, position: int, target: LabTarget) -> LabEvidence:
+        with self._turn:
+            while (self._ahead is not None and not self._closed
+                   and position > self._judged + self._ahead):
+                self._turn.wait()
+            if self._closed:
+                return LabEvidence(label=target.label, group=target.group,
+                                   student=target.student,
+                                   problem="not gathered: the run ended first")
+        return self.gather(target)
+
     def close(self) -> None:
         """The session ends: labs not begun are not gathered, those begun finish on their own."""
+        with self._turn:
+            self._closed = True
+            self._turn.notify_all()
         self.finish(wait=False, cancel=True)
 
     def gather(self, target: LabTarget) -> LabEvidence:
@@ -335,21 +371,3 @@ class Gatherer:
         ev.ssh.update(refused=False, error=(
             f"{ev.ssh['error']} for {conn.refused_seconds:.0f}s although the VM {running} and "
             "its NSGs let SSH in: could not decide (grade again later)"))
-
-
-def ready(evidence: dict[str, LabEvidence]) -> dict[str, Future]:
-    """Evidence already gathered (read from another xdist worker's file) as `start_all`'s
-    futures."""
-    futures = {}
-    for label, value in evidence.items():
-        futures[label] = Future()
-        futures[label].set_result(value)
-    return futures
-
-
-def dump(evidence: dict[str, LabEvidence]) -> str:
-    return json.dumps({k: v.to_json() for k, v in evidence.items()})
-
-
-def load(text: str) -> dict[str, LabEvidence]:
-    return {k: LabEvidence.from_json(v) for k, v in json.loads(text).items()}

@@ -237,6 +237,7 @@ class MilabSession:
             if self._evidence is None:
                 self._evidence, self._pending = {}, self._gather_once(spec)
             if target.label not in self._evidence:
+                self.gatherer.judging(target.label)
                 pending = self._pending.get(target.label)
                 # This lab only: the next ones are still being gathered while it is judged.
                 # A lab outside this process's share (under xdist, its worker gone) is
@@ -264,7 +265,9 @@ class MilabSession:
         wanted = self._labs_to_gather
         targets = [t for t in self.settings.targets if not t.problem
                    and (wanted is None or t.label in wanted)]
-        return self.gatherer.start_all(targets)
+        # Gathering runs ahead of judging by twice the labs gathered at once: enough to keep
+        # the pool busy, and a bound on the labs (and SSH connections) waiting to be judged.
+        return self.gatherer.start_all(targets, ahead=2 * self.settings.concurrency)
 
     def vm_for(self, target: LabTarget, evidence: LabEvidence) -> Vm:
         from .errors import SshError

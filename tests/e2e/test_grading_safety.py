@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -69,7 +70,7 @@ def test_gathered_evidence_holds_no_secret_or_token(canary_run, local_azure):
     from azure.identity import ClientSecretCredential
 
     from pytest_milab.azure.clients import ClientPool
-    from pytest_milab.evidence import Connections, Gatherer, dump
+    from pytest_milab.evidence import Connections, Gatherer
     from pytest_milab.settings import LabTarget, Settings
 
     _, secrets, _ = canary_run
@@ -85,7 +86,7 @@ def test_gathered_evidence_holds_no_secret_or_token(canary_run, local_azure):
             evidence = gatherer.gather_all([LabTarget("canary-lab", label="canary-lab")])
         finally:
             connections.close_all()
-    text = dump(evidence)
+    text = json.dumps({label: ev.to_json() for label, ev in evidence.items()})
     assert evidence["canary-lab"].probe["secret_read"]["status"] == 200
     for secret in secrets:
         assert secret not in text
