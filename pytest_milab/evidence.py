@@ -38,10 +38,6 @@ class LabEvidence:
     def to_json(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict) -> LabEvidence:
-        return cls(**data)
-
 
 class Connections:
     """The session's SSH connections, one per lab's VM, closed at the end.
@@ -68,30 +64,27 @@ class Connections:
         """Close one lab's connection (opened again if that lab needs its VM later)."""
         with self._lock:
             conn = self._by_label.get(label)
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # closing is best effort
-                pass
+        _close_quietly([conn] if conn is not None else [])
 
     @property
     def open_now(self) -> int:
+        """How many of the connections are open at the moment (a class holds few)."""
         with self._lock:
             conns = list(self._by_label.values())
         return sum(c.is_connected for c in conns)
 
-    @property
-    def opened(self) -> int:
-        return sum(c.connections_opened for c in self._by_label.values())
-
     def close_all(self) -> None:
         with self._lock:
             conns, self._by_label = list(self._by_label.values()), {}
-        for conn in conns:
-            try:
-                conn.close()
-            except Exception:  # closing is best effort at session end
-                pass
+        _close_quietly(conns)
+
+
+def _close_quietly(conns: list[VmConnection]) -> None:
+    for conn in conns:
+        try:
+            conn.close()
+        except Exception:  # closing is best effort
+            pass
 
 
 def ssh_target_for(evidence: LabEvidence, target: LabTarget, settings: Settings) -> SshTarget:

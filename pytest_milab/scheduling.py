@@ -33,17 +33,13 @@ class LabScheduling(LoadScopeScheduling):
             self._owners = {lab: f"gw{owner_index(k, workers)}" for k, lab in enumerate(order)}
         return self._owners.get(scope)
 
-    def _takes(self, node, scope: str) -> bool:
-        owner = self._owner_of(scope)
-        if owner is None:
-            return True
-        live = {getattr(n.gateway, "id", None) for n in self.assigned_work}
-        return owner == getattr(node.gateway, "id", None) or owner not in live
-
     def _assign_work_unit(self, node) -> None:
+        me = getattr(node.gateway, "id", None)
+        live = {getattr(n.gateway, "id", None) for n in self.assigned_work}
         for scope in self.workqueue:
-            if self._takes(node, scope):
-                break
+            owner = self._owner_of(scope)
+            if owner is None or owner == me or owner not in live:
+                break  # its own lab, a lab whose owner is gone, or a test that grades no lab
         else:
             return  # the labs left belong to other workers: this one has finished its share
         work_unit = self.workqueue.pop(scope)

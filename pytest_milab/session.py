@@ -103,7 +103,7 @@ class MilabSession:
             self.gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
                                              "(set MILAB_AZ_CLI to an `az` to check this step)")
         if self.provisioning:
-            self._prepare_builds(given is None)
+            self._prepare_builds()
 
     @property
     def provisioning(self) -> bool:
@@ -150,7 +150,7 @@ class MilabSession:
         self.settings = replace(self.settings, targets=tuple(targets), ssh_key=str(key_path),
                                 ssh_port=port, subscription=sub)
 
-    def _prepare_builds(self, controller: bool) -> None:
+    def _prepare_builds(self) -> None:
         """Provision mode: one `LabBuild` per lab; nothing is created until a check needs it."""
         import tempfile
 

@@ -89,7 +89,6 @@ class ArmPacer:
         self._at: dict[str, float] = {}
         self._in_flight: dict[str, int] = {}
         self._throttled: set[str] = set()  # subscriptions ARM has answered 429 for
-        self.waited = 0.0  # seconds reads spent waiting, for diagnostics
 
     def before(self, subscription: str) -> None:
         """Take a token for one read, waiting for it if the bucket is spent."""
@@ -102,7 +101,6 @@ class ArmPacer:
                 self._tokens[subscription], self._at[subscription] = tokens - 1, now
                 if tokens < 1:
                     wait = (1 - tokens) / self.rate
-            self.waited += wait
         if wait:
             time.sleep(wait)
 
