@@ -1,27 +1,51 @@
-"""pytest-milab: verify deployed Azure managed-identity labs.
+"""pytest-milab: verify deployed Azure identity labs.
 
-A suite marks each check with the lab step it proves and reads the lab through fixtures::
+The engine gathers, grades, reports, schedules and provisions; a suite (a folder of checks and
+a conftest implementing the hooks in `pytest_milab.hookspecs`) says what its lab is. A check
+marks the lab step it proves and judges the lab through fixtures::
 
     import pytest
 
     @pytest.mark.milab_step("vm-identity", title="The VM has a system identity", needs=("vm",))
     def test_vm_identity(lab):
-        assert lab.identity_principal_id, "enable the VM's system-assigned identity"
+        assert lab.read("vm").get("identity"), "enable the VM's system-assigned identity"
 
-Fixtures: `lab` (a `Lab`), `vm` (a `Vm` over SSH), `evidence` (`LabEvidence`), `milab_spec`
-(a `LabSpec`; override it to change the lab's constants). A check ends `failed` on an
+Fixtures: `lab` (a `Lab`; a suite returns its own subclass), `vm` (a `Vm` over SSH),
+`evidence` (`LabEvidence`), `milab_spec` (the suite's spec). A check ends `failed` on an
 assertion, `error` with `CouldNotDecide`, `not-propagated` with `NotPropagated`, `skipped` with
 `pytest.skip`.
 """
 
-from .errors import CouldNotDecide, MilabError, NotPropagated
+from . import probe
+from .azure.builtins import ROLES, role_definition_id, role_name
+from .azure.reads import Read
+from .errors import (
+    AzureError,
+    ConfigError,
+    CouldNotDecide,
+    CredentialError,
+    MilabError,
+    NotPropagated,
+    ReadFailed,
+    RosterError,
+    SshError,
+    StepMarkerError,
+    StepOutcome,
+    SuiteError,
+)
 from .evidence import LabEvidence
 from .lab import Lab, NeedsStep
+from .probe import Probe
 from .provision import ProvisionContext, Stage
-from .spec import LabSpec
 from .vm.probe import Vm
+from .vm.reach import Machine
 from .vm.ssh import CommandResult
 
-__version__ = "0.1.0"
-__all__ = ["CommandResult", "CouldNotDecide", "Lab", "LabEvidence", "LabSpec", "MilabError",
-           "NeedsStep", "NotPropagated", "ProvisionContext", "Stage", "Vm"]
+__version__ = "0.2.0"
+__all__ = [
+    "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide", "CredentialError",
+    "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep", "NotPropagated", "Probe",
+    "ProvisionContext", "Read", "ReadFailed", "RosterError", "SshError", "Stage",
+    "StepMarkerError", "StepOutcome", "SuiteError", "Vm", "probe", "role_definition_id",
+    "role_name",
+]

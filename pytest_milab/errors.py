@@ -3,12 +3,18 @@
     MilabError
     ├── ConfigError             an option, ini value or environment variable is wrong
     │   └── RosterError         a roster line is malformed (carries its line number)
+    ├── SuiteError              a suite is written wrong: its hooks, reads, probe or markers
+    │   └── StepMarkerError     a `milab_step` marker is malformed or disagrees with another
     ├── CredentialError         no Azure credential could be obtained
     ├── AzureError              an Azure call failed after retries (throttled, 5xx, refused)
-    ├── SshError                the VM could not be reached or the probe failed to run
+    ├── ReadFailed              one declared ARM read could not decide (not a 404)
+    ├── SshError                the machine could not be reached or the probe failed to run
     └── StepOutcome             raised by checks to end a step other than passed/failed
         ├── CouldNotDecide      outcome `error`: the check could not decide (never costs points)
         └── NotPropagated       outcome `not-propagated`: a change exists but is not yet in force
+
+`NeedsStep` (in `lab`) is an `AssertionError`, not a `MilabError`: a check that fails because
+a prerequisite of the lab is missing fails like any assertion, with "needs <step>".
 """
 
 from __future__ import annotations
@@ -29,6 +35,19 @@ class RosterError(ConfigError):
         super().__init__(f"roster {path}, line {line}: {message}")
         self.path = path
         self.line = line
+
+
+class SuiteError(MilabError):
+    """A suite is written wrong (an unknown step in `needs`, a read or probe part used but not
+    declared, a hook returning the wrong thing): the message names the fix."""
+
+
+class StepMarkerError(SuiteError):
+    """A `milab_step` marker is malformed or disagrees with another."""
+
+
+class ReadFailed(MilabError):
+    """A read that could not decide (not a 404): the message says why."""
 
 
 class CredentialError(MilabError):

@@ -1,42 +1,52 @@
-"""Evidence first, verdicts second: what each lab shows (control plane + one in-VM probe),
-gathered once per lab and concurrently across labs, with one SSH connection per VM."""
+"""Evidence first, verdicts second: what each lab shows (the suite's declared ARM reads and one
+in-machine probe), gathered once per lab and concurrently across labs, with one SSH connection
+per machine. Knows no lab: the suite's `reads`, `machine` and `probe` say what to gather."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .azure.clients import ClientPool
-from .azure.discover import Discovery
-from .errors import MilabError, SshError
+from .errors import CouldNotDecide, MilabError, SshError
 from .settings import LabTarget, Settings
-from .spec import LabSpec
-from .vm.probe import run_probe
 from .vm.ssh import SshTarget, VmConnection
+
+if TYPE_CHECKING:
+    from .azure.clients import ClientPool
+    from .suite import Suite
 
 
 @dataclass
 class LabEvidence:
-    """The standard facts of one lab. Holds no secret and no token, so it may be stored."""
+    """The facts of one lab. Holds no secret and no token, so it may be stored."""
 
     label: str
     group: str
     subscription: str | None = None
     student: str | None = None
     problem: str | None = None  # the lab could not be graded at all (bad roster line, ...)
-    control: dict[str, Any] = field(default_factory=dict)  # ARM JSON by name
-    errors: dict[str, str] = field(default_factory=dict)  # name -> why it could not be read
-    ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error
-    probe: dict[str, Any] | None = None  # the in-VM probe's results
+    control: dict[str, Any] = field(default_factory=dict)  # read name -> ARM JSON (None: 404)
+    errors: dict[str, str] = field(default_factory=dict)  # read name -> why it could not be read
+    machine: dict[str, Any] = field(default_factory=dict)  # host, user, source
+    ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error, host_key
+    probe: dict[str, Any] | None = None  # the in-machine probe's results by part
     cli_unavailable: str | None = None  # why the Azure CLI cannot be installed (local Azure)
     mode: str = "discover"  # provision: gathered as the lab is built, step by step
     seconds: float = 0.0
+    declared_reads: frozenset[str] | None = None  # None: anything may be read (tests)
+    declared_parts: frozenset[str] | None = None
+    digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("digest_key")
+        for name in ("declared_reads", "declared_parts"):
+            out[name] = sorted(out[name]) if out[name] is not None else None
+        return out
 
 
 class Connections:
@@ -87,102 +97,20 @@ def _close_quietly(conns: list[VmConnection]) -> None:
             pass
 
 
-def ssh_target_for(evidence: LabEvidence, target: LabTarget, settings: Settings) -> SshTarget:
-    """Where the lab's VM answers SSH, from the roster, the options and ARM."""
-    vm = evidence.control.get("vm") or {}
-    pip = evidence.control.get("public_ip") or {}
-    host = target.ssh_host or (pip.get("properties") or {}).get("ipAddress")
-    if not host:
-        raise SshError("the VM has no public IP address to SSH to (expected "
-                       "public IP resource with an address on its NIC)", refused=True)
-    user = (target.ssh_user or settings.ssh_user
-            or ((vm.get("properties") or {}).get("osProfile") or {}).get("adminUsername"))
-    if not user:
-        raise SshError("no SSH user: the VM's admin user is not readable; pass --milab-ssh-user")
-    return SshTarget(host=host, user=user, port=settings.ssh_port,
-                     key_filename=target.ssh_key or settings.ssh_key)
-
-
-_ANY_SOURCE = ("*", "any", "internet", "0.0.0.0/0", "::/0")
-
-
-def _ssh_rule(rule: dict) -> bool:
-    """An inbound rule that covers TCP 22."""
-    props = rule.get("properties") or rule
-    if str(props.get("direction", "")).lower() != "inbound":
-        return False
-    if str(props.get("protocol", "*")).lower() not in ("*", "tcp", "any"):
-        return False
-    ranges = list(props.get("destinationPortRanges") or [])
-    if props.get("destinationPortRange"):
-        ranges.append(props["destinationPortRange"])
-    for text in ranges:
-        low, _, high = str(text).strip().partition("-")
-        if low == "*":
-            return True
-        try:
-            if int(low) <= 22 <= int(high or low):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def nsg_blocking_ssh(control: dict) -> str | None:
-    """Why the lab's own NSGs keep SSH out, or None when they let it in (or may: an allow
-    rule for some sources only may well include the grader). As Azure: by priority, the first
-    inbound rule that covers TCP 22 decides; without one, DenyAllInBound does."""
-    for nsg in control.get("nsgs") or []:
-        rules = [r for r in (nsg.get("properties") or {}).get("securityRules") or []
-                 if _ssh_rule(r)]
-        rules.sort(key=lambda r: int((r.get("properties") or r).get("priority", 65000)))
-        verdict = None
-        for rule in rules:
-            props = rule.get("properties") or rule
-            sources = [str(s).strip().lower() for s in
-                       [props.get("sourceAddressPrefix"), *(props.get("sourceAddressPrefixes")
-                                                            or [])] if s]
-            if str(props.get("access", "")).lower() == "allow":
-                verdict = "allowed"
-                break
-            if any(s in _ANY_SOURCE for s in sources):
-                verdict = f"its rule {rule.get('name')!r} denies inbound TCP 22"
-                break
-        if verdict is None:
-            verdict = "no rule allows inbound TCP 22"
-        if verdict != "allowed":
-            return f"NSG {nsg.get('name')!r} on the VM's network path: {verdict}"
-    return None
-
-
-def power_state(view: dict | None) -> str | None:
-    """`running`, `deallocated`, ... from a VM's instance view."""
-    for status in (view or {}).get("statuses") or []:
-        code = str(status.get("code", ""))
-        if code.startswith("PowerState/"):
-            return code.split("/", 1)[1]
-    return None
-
-
-def probe_params(spec: LabSpec, subscription: str, group: str, vault: str) -> dict:
-    return {"subscription": subscription, "group": group, "vault": vault,
-            "secret": spec.secret_name, "secret_sha256": spec.secret_sha256,
-            "sp_secret_names": list(spec.sp_secret_names)}
-
-
 class Gatherer:
     """Gathers `LabEvidence` for many labs with a bounded pool of threads."""
 
-    def __init__(self, settings: Settings, spec: LabSpec, clients: ClientPool,
+    def __init__(self, settings: Settings, suite: Suite, clients: ClientPool,
                  connections: Connections, default_subscription) -> None:
         self.settings = settings
-        self.spec = spec
+        self.suite = suite
         self.clients = clients
         self.connections = connections
-        self._default_subscription = default_subscription  # callable, resolved once on demand
+        self._default_subscription = default_subscription  # callable, asked until it answers
         self._sub_lock = threading.Lock()
-        self._sub: str | None | MilabError = None
+        self._sub: str | None = None
         self.cli_unavailable: str | None = None
+        self.digest_key = secrets.token_bytes(32)  # this run's key for the probe's digests
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
         # How far gathering may run ahead of judging (start_all's `ahead`).
@@ -193,19 +121,16 @@ class Gatherer:
         self._closed = False
 
     def subscription_for(self, target: LabTarget) -> str:
+        """The lab's subscription: the roster's, the option's, else the credential's only one
+        (looked up once it answers; a failed look-up is tried again for the next lab)."""
         if target.subscription:
             return target.subscription
         if self.settings.subscription:
             return self.settings.subscription
         with self._sub_lock:
             if self._sub is None:
-                try:
-                    self._sub = self._default_subscription()
-                except MilabError as exc:
-                    self._sub = exc
-        if isinstance(self._sub, MilabError):
-            raise self._sub
-        return self._sub
+                self._sub = self._default_subscription()
+            return self._sub
 
     def gather_all(self, targets: list[LabTarget]) -> dict[str, LabEvidence]:
         futures = self.start_all(targets)
@@ -281,10 +206,17 @@ class Gatherer:
             self._turn.notify_all()
         self.finish(wait=False, cancel=True)
 
+    def _new_evidence(self, target: LabTarget) -> LabEvidence:
+        return LabEvidence(label=target.label, group=target.group, student=target.student,
+                           problem=target.problem, cli_unavailable=self.cli_unavailable,
+                           declared_reads=self.suite.read_names,
+                           declared_parts=self.suite.part_names, digest_key=self.digest_key)
+
     def gather(self, target: LabTarget) -> LabEvidence:
+        from .azure.reads import LabReads
+
         t0 = time.perf_counter()
-        ev = LabEvidence(label=target.label, group=target.group, student=target.student,
-                         problem=target.problem, cli_unavailable=self.cli_unavailable)
+        ev = self._new_evidence(target)
         if target.problem:
             return ev
         try:
@@ -295,14 +227,15 @@ class Gatherer:
         clients = self.clients.for_subscription(ev.subscription)
         reads = self._reads
         own = ThreadPoolExecutor(5, thread_name_prefix="milab-read") if reads is None else None
-        discovery = Discovery(clients, target.group, self.spec, reads or own)
+        lab_reads = LabReads(clients.arm, ev.subscription, target.group, self.suite.reads,
+                             self.suite.spec, reads or own)
         try:
             try:
-                discovery.run()
+                lab_reads.run()
             except Exception as exc:  # an SDK surprise must not lose the rest of the class
-                discovery.errors.setdefault("group",
-                                            f"discovery failed: {type(exc).__name__}: {exc}")
-            ev.control, ev.errors = discovery.control, discovery.errors
+                lab_reads.errors.setdefault("group", f"reading the lab failed: "
+                                                     f"{type(exc).__name__}: {exc}")
+            ev.control, ev.errors = lab_reads.control, lab_reads.errors
             self._probe(ev, target, clients)
         finally:
             if own is not None:
@@ -310,14 +243,50 @@ class Gatherer:
         ev.seconds = time.perf_counter() - t0
         return ev
 
-    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
-        if not ev.control.get("vm"):
-            reason = ("the VM could not be read" if "vm" in ev.errors
-                      else f"there is no VM '{self.spec.vm_name}'")
-            ev.ssh = {"ok": False, "refused": "vm" not in ev.errors, "error": reason}
-            return
+    def _machine(self, ev: LabEvidence):
+        """The suite's machine for this lab, or why there is none to reach."""
+        from .lab import Lab
+
+        if self.suite.machine is None or ev.control.get("group") is None:
+            return None
         try:
-            ssh_target = ssh_target_for(ev, target, self.settings)
+            return self.suite.machine(Lab(ev, self.suite.spec))
+        except CouldNotDecide as exc:
+            ev.ssh = {"ok": False, "refused": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the suite's trouble, never the student's
+            ev.ssh = {"ok": False, "refused": False,
+                      "error": f"the suite's pytest_milab_machine raised "
+                               f"{type(exc).__name__}: {exc}"}
+        return None
+
+    def ssh_target(self, ev: LabEvidence, target: LabTarget) -> SshTarget:
+        """Where the lab's machine answers SSH: the roster and options win over the suite."""
+        host = target.ssh_host or ev.machine.get("host")
+        if not host:
+            raise SshError("the machine has no address to SSH to", refused=True)
+        user = target.ssh_user or self.settings.ssh_user or ev.machine.get("user")
+        if not user:
+            raise SshError("no SSH user: the machine's admin user is not readable; pass "
+                           "--milab-ssh-user")
+        return SshTarget(host=host, user=user, port=self.settings.ssh_port,
+                         key_filename=target.ssh_key or self.settings.ssh_key)
+
+    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
+        from .vm.probe import run_probe
+
+        machine = self._machine(ev)
+        if machine is None:
+            if not ev.ssh:
+                ev.ssh = {"ok": False, "refused": "group" not in ev.errors,
+                          "error": "the lab has no machine" if "group" not in ev.errors
+                          else "the group could not be read"}
+            return
+        if machine.absent:
+            ev.ssh = {"ok": False, "refused": True, "error": machine.absent}
+            return
+        ev.machine = {"host": machine.host, "user": machine.user, "source": machine.source}
+        try:
+            ssh_target = self.ssh_target(ev, target)
         except SshError as exc:
             ev.ssh = {"ok": False, "refused": exc.refused, "error": str(exc)}
             return
@@ -326,34 +295,38 @@ class Gatherer:
         try:
             conn.connect()
             ev.ssh["ok"] = True
-            group_id = ev.control["group"]["id"]
-            params = probe_params(self.spec, ev.subscription, ev.group,
-                                  self.spec.vault_name(group_id))
+            ev.ssh["host_key"] = getattr(conn, "host_key", None)
+            if self.suite.probe is None:
+                return
             # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,
-            # a few at a time), `az login` within that too.
+            # a few at a time).
             deadline = max(2 * self.settings.timeout, 10)
-            params["az_timeout"] = max(5, deadline - 10)
-            ev.probe = run_probe(conn, params, timeout=deadline)
+            parts = self.suite.probe_program(ev, deadline)
+            ev.probe = run_probe(conn, parts, self.digest_key, timeout=deadline)
+        except CouldNotDecide as exc:  # the probe's fields could not be read
+            ev.ssh["error"] = str(exc)
         except SshError as exc:
             ev.ssh["error"] = str(exc)
             if exc.refused:
-                self._explain_refusal(ev, conn, clients)
+                self._explain_refusal(ev, machine, conn, clients)
 
-    def _explain_refusal(self, ev: LabEvidence, conn: VmConnection, clients) -> None:
-        """The VM did not answer SSH for as long as the grader waited. That is the student's
-        doing only when the lab itself explains it: an NSG keeps TCP 22 out, or the VM is not
-        running. Otherwise (running, port open, still refused: rebooting, sshd restarting,
-        trouble between grader and VM) nobody can tell from outside, so the steps inside the
-        VM end `error` rather than cost points; grading again later decides them."""
-        blocked = nsg_blocking_ssh(ev.control)
+    def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients) -> None:
+        """The machine did not answer SSH for as long as the grader waited. That is the
+        student's doing only when the lab itself explains it: an NSG keeps TCP 22 out, or the
+        VM is not running. Otherwise (running, port open, still refused: rebooting, sshd
+        restarting, trouble between grader and machine) nobody can tell from outside, so the
+        in-machine steps end `error` rather than cost points; grading again decides them."""
+        from .azure.builtins import API
+        from .vm.reach import nsg_blocking_ssh, power_state
+
+        blocked = nsg_blocking_ssh(machine.nsgs)
         if blocked:
             ev.ssh.update(refused=True, error=f"{ev.ssh['error']}; {blocked}")
             return
         state = None
-        if clients is not None:
-            vm_id = ev.control["vm"].get("id", "")
+        if clients is not None and machine.instance_view:
             try:
-                status, body = clients.arm.get(f"{vm_id}/instanceView", "2024-07-01")
+                status, body = clients.arm.get(machine.instance_view, API["Microsoft.Compute"])
                 state = power_state(body) if status == 200 else None
             except Exception:  # noqa: BLE001 - then the power state is unknown
                 state = None
@@ -362,5 +335,5 @@ class Gatherer:
             return
         running = "is running" if state == "running" else "is not known to be stopped"
         ev.ssh.update(refused=False, error=(
-            f"{ev.ssh['error']} for {conn.refused_seconds:.0f}s although the VM {running} and "
-            "its NSGs let SSH in: could not decide (grade again later)"))
+            f"{ev.ssh['error']} for {conn.refused_seconds:.0f}s although the machine {running} "
+            "and nothing in the lab keeps SSH out: could not decide (grade again later)"))

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 PASSED, FAILED, ERROR, NOT_PROPAGATED, SKIPPED = (
     "passed", "failed", "error", "not-propagated", "skipped")
-OUTCOMES = (PASSED, FAILED, ERROR, NOT_PROPAGATED, SKIPPED)
 # When several checks of one step disagree, the first of these wins.
 _PRECEDENCE = (FAILED, ERROR, NOT_PROPAGATED, PASSED, SKIPPED)
 COUNTED = (PASSED, FAILED)  # outcomes that count in max_score

@@ -1,28 +1,28 @@
-"""pytest hooks: options, the `milab_step` marker, one test case per lab, outcomes and reports.
-
-The work is done elsewhere: `settings` resolves options, `evidence` gathers what labs show,
-`grading` and `reports` turn results into grades; this module only wires them into pytest.
-"""
+"""pytest hooks and fixtures: options, the `milab_step` marker, one test case per lab, outcomes
+and reports. The work is done elsewhere (`run`, `store`, `results`, `grading`, `reports`);
+this module only wires it into pytest."""
 
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 from pathlib import Path
 
 import pytest
 
 from . import grading, reports
-from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, StepOutcome
-from .grading import StepInfo
+from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, StepOutcome, SuiteError
+from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
-from .session import MilabSession
+from .results import Reported
+from .run import Run, settings_from
 from .settings import OPTIONS
 from .sharing import lab_scope
-from .spec import LabSpec
-from .steps import MARKER, MARKER_DOC, StepMarkerError, StepRegistry, step_from_marker
+from .steps import MARKER, MARKER_DOC, StepRegistry, step_from_marker
+from .suite import Suite
 
-_SESSION_KEY = pytest.StashKey["MilabSession"]()
+_RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
 _OUTCOME_WORDS = {
     grading.FAILED: ("failed", "F", "FAILED"),
@@ -32,13 +32,13 @@ _OUTCOME_WORDS = {
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hooks
+    from . import hookspecs
 
-    pluginmanager.add_hookspecs(hooks)
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("milab", "managed-identity labs (pytest-milab)")
+    group = parser.getgroup("milab", "identity labs (pytest-milab)")
     for option in OPTIONS:
         kwargs: dict = {"dest": option.dest, "help": f"{option.help} [env {option.env}]"}
         if option.kind == "flag":
@@ -57,56 +57,51 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
     try:
-        session = MilabSession.from_config(config)
-    except ConfigError as exc:
+        run = Run(config, settings_from(config), Suite.from_hooks(config))
+    except (ConfigError, SuiteError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
-    config.stash[_SESSION_KEY] = session
-    config.pluginmanager.register(session, "milab-session")
-    if session.settings.active:
+    config.stash[_RUN_KEY] = run
+    config.pluginmanager.register(run.results, "milab-results")
+    if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
         config.add_cleanup(gc.unfreeze)
         try:
-            session.start()
+            run.start()
         except MilabError as exc:
-            session.stop()
+            run.stop()
             raise pytest.UsageError(f"milab: {exc}") from None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(_SESSION_KEY, None)
-    if session is not None:
-        session.stop()
+    run = config.stash.get(_RUN_KEY, None)
+    if run is not None:
+        run.stop()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    milab = config.stash.get(_SESSION_KEY, None)
-    if milab is None or not milab.settings.active:
+    run = config.stash.get(_RUN_KEY, None)
+    if run is None or not run.settings.active:
         return []
-    lines = [f"milab: {milab.settings.mode} mode, {len(milab.settings.targets)} lab(s)"
-             + (" in a local Azure" if milab.azure is not None else "")]
-    return lines + [f"milab: {note}" for note in milab.notes]
+    lines = [f"milab: {run.settings.mode} mode, {len(run.settings.targets)} lab(s)"
+             + (" in a local Azure" if run.azure is not None else "")]
+    return lines + [f"milab: {note}" for note in run.notes]
 
 
-def _session(config: pytest.Config) -> MilabSession:
-    return config.stash[_SESSION_KEY]
-
-
-def _uses_lab(metafunc: pytest.Metafunc) -> bool:
-    """Whether the test needs a lab: `_milab_target` is in its closure, i.e. it uses our
-    `lab`/`vm`/`evidence` or a fixture of its own built on them (a same-named fixture of
-    another origin does not count)."""
-    return "_milab_target" in metafunc.fixturenames
+def _run(config: pytest.Config) -> Run:
+    return config.stash[_RUN_KEY]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not _uses_lab(metafunc):
+    # A test grades a lab when `_milab_target` is in its closure: it uses `lab`, `vm`,
+    # `evidence` or a fixture of its own built on them.
+    if "_milab_target" not in metafunc.fixturenames:
         return
-    session = _session(metafunc.config)
-    targets = [t for t in session.settings.targets if not t.problem]
+    run = _run(metafunc.config)
+    targets = [t for t in run.settings.targets if not t.problem]
     if not targets:
         reason = ("no lab to grade: pass --milab-group, --milab-roster or --milab-emulator"
-                  if not session.settings.targets else "no valid lab in the roster")
+                  if not run.settings.targets else "no valid lab in the roster")
         metafunc.parametrize("_milab_target", [pytest.param(None, marks=pytest.mark.skip(
             reason=reason))], ids=["no-lab"], indirect=True, scope="session")
         return
@@ -114,38 +109,48 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                          indirect=True, scope="session")
 
 
+def _check_suite(run: Run, items: list[pytest.Item]) -> None:
+    """Reads and probe parts the suite's code uses but never declared."""
+    from .suitecheck import check_uses, suite_files
+
+    suite = run.suite
+    if suite.spec is None and not suite.reads and suite.probe is None:
+        return  # no suite hooks: checks judge evidence a test made itself
+    modules = {Path(str(item.path)) for item in items if item.stash.get(_STEP_KEY, None)}
+    check_uses(suite_files(modules), suite.read_names, suite.part_names)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     registry = StepRegistry()
-    for item in items:
-        markers = list(item.iter_markers(MARKER))
-        if not markers:
-            continue
-        if len(markers) > 1:
-            raise pytest.UsageError(f"milab: {item.nodeid}: one milab_step marker per test")
-        try:
-            info = registry.add(step_from_marker(markers[0], item.nodeid), item.nodeid)
-        except StepMarkerError as exc:
-            raise pytest.UsageError(f"milab: {exc}") from None
-        item.stash[_STEP_KEY] = info
+    run = _run(config)
     try:
+        for item in items:
+            markers = list(item.iter_markers(MARKER))
+            if not markers:
+                continue
+            if len(markers) > 1:
+                raise SuiteError(f"{item.nodeid}: one milab_step marker per test")
+            info = registry.add(step_from_marker(markers[0], item.nodeid), item.nodeid)
+            item.stash[_STEP_KEY] = info
+        registry.check_needs()
         ordered = grading.order_steps(list(registry.steps.values()))
-    except ValueError as exc:
+        _check_suite(run, items)
+    except (SuiteError, ValueError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
-    milab = _session(config)
-    milab.set_steps(ordered)
+    run.results.set_steps(ordered)
     rank = {s.id: i for i, s in enumerate(ordered)}
-    lab_rank = {t.label: i for i, t in enumerate(milab.settings.targets)}
+    lab_rank = {t.label: i for i, t in enumerate(run.settings.targets)}
 
     def key(indexed):
         index, item = indexed
         info = item.stash.get(_STEP_KEY, None)
         if info is None or not hasattr(item, "callspec"):
-            return (0, "", 0, index)
+            return (0, 0, 0, 0, index)
         target = item.callspec.params.get("_milab_target")
         # Provision mode checks each step when the lab reaches its stage.
-        stage = milab.stage_rank(info.id) if milab.provisioning else 0
+        stage = run.driver.stage_rank(info.id) if run.driver is not None else 0
         return (1, lab_rank.get(getattr(target, "label", ""), -1), stage, rank[info.id], index)
 
     # Labs one after another, each lab's steps with prerequisites first.
@@ -155,21 +160,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The labs this process grades, in order: evidence is gathered for these only (not for
     labs that `-k` deselected, nor under xdist for another worker's share)."""
-    milab = _session(session.config)
-    if not milab.settings.active:
+    run = _run(session.config)
+    if run.store is None:
         return
     # Scopes as the xdist scheduler sees them (from the test ids, in collection order), each
     # with the labs its checks grade: worker and scheduler then count the same way.
     scopes: dict[str, list[str]] = {}
     for item in session.items:
-        callspec = getattr(item, "callspec", None)
-        target = callspec.params.get("_milab_target") if callspec is not None else None
+        target = _lab_of(item)
         scope = lab_scope(item.nodeid)
         if scope is not None:
             labels = scopes.setdefault(scope, [])
             if target is not None and target.label not in labels:
                 labels.append(target.label)
-    milab.set_collected_labs(scopes)
+    run.store.set_collected_labs(scopes, getattr(session.config, "workerinput", None))
     # What is alive now (modules, SDK clients, the collected items) lives until the end:
     # keep it out of the collector's full passes, which otherwise rescan it again and again
     # as a class's evidence and reports pile up (a second or more per 50 labs).
@@ -177,9 +181,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def milab_spec() -> LabSpec:
-    """The lab's constants; override this fixture in a suite's conftest to change them."""
-    return LabSpec()
+def milab_spec(request: pytest.FixtureRequest):
+    """The lab's constants, as the suite's `pytest_milab_spec` hook gives them."""
+    return _run(request.config).suite.spec
 
 
 @pytest.fixture(scope="session")
@@ -189,27 +193,30 @@ def _milab_target(request: pytest.FixtureRequest):
     # pytest moves on to the next lab (labs run one after another): this one's SSH connection
     # is no longer needed. A class of hundreds does not keep hundreds open.
     if target is not None:
-        _session(request.config).connections.close(target.label)
+        _run(request.config).connections.close(target.label)
 
 
 @pytest.fixture
 def evidence(request: pytest.FixtureRequest, _milab_target, milab_spec):
-    """The standard facts of the lab (control plane and the in-VM probe), gathered once."""
-    return _session(request.config).evidence_for(_milab_target, milab_spec, request)
+    """What the lab shows (the suite's reads and the in-machine probe), gathered once."""
+    run = _run(request.config)
+    if milab_spec is not run.suite.spec and milab_spec != run.suite.spec:
+        raise SuiteError("the milab_spec fixture was overridden: give the lab's spec with the "
+                         "pytest_milab_spec hook instead, so gathering and building use it too")
+    return run.store.evidence_for(_milab_target)
 
 
 @pytest.fixture
 def lab(evidence, milab_spec) -> Lab:
-    """One lab: names and ids, the ARM resources found read-only, the vault, the VM, its
-    identity, and the in-VM probe's results."""
+    """One lab as gathered; a suite overrides this fixture to return its own `Lab` subclass."""
     return Lab(evidence, milab_spec)
 
 
 @pytest.fixture
 def vm(request: pytest.FixtureRequest, _milab_target, evidence):
-    """The lab's VM over SSH: `run(cmd)`, `imds(path)`, `token(resource)` (claims only) and
-    `http(method, url, resource=...)`, acting as its managed identity."""
-    return _session(request.config).vm_for(_milab_target, evidence)
+    """The lab's machine over SSH: `run(cmd)`, `imds(path)`, `token(resource)` (claims only)
+    and `http(method, url, resource=...)`, acting as its managed identity."""
+    return _run(request.config).store.machine_for(_milab_target, evidence)
 
 
 def _lab_of(item: pytest.Item):
@@ -219,18 +226,22 @@ def _lab_of(item: pytest.Item):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function):
-    """Short-circuit a check whose prerequisite already did not pass for this lab."""
+    """Short-circuit a check whose prerequisite already did not pass for this lab; in
+    provision mode, build the lab up to the check's stage first."""
     info = pyfuncitem.stash.get(_STEP_KEY, None)
     target = _lab_of(pyfuncitem)
     if info is None or target is None:
         return None
-    milab = _session(pyfuncitem.config)
-    inherited = milab.prerequisite(target.label, info)
+    run = _run(pyfuncitem.config)
+    inherited = run.results.prerequisite(target.label, info)
     if inherited is None:
-        if milab.provisioning:
-            milab.run_provisioned(pyfuncitem, info, target)
-            return True
-        return None
+        if run.driver is None:
+            return None
+        params = inspect.signature(pyfuncitem.obj).parameters
+        args = {name: value for name, value in pyfuncitem.funcargs.items() if name in params}
+        run.driver.check(target.label, info.id, lambda: pyfuncitem.obj(**args),
+                         lambda changed: run.store.refresh(target, changed))
+        return True
     outcome, reason = inherited
     if outcome == grading.FAILED:
         raise NeedsStep(reason)
@@ -277,18 +288,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if isinstance(exc, (StepOutcome, NeedsStep)):
             # The plugin's own outcomes need no traceback: the reason says it all.
             report.longrepr = f"{item.nodeid}: {outcome}: {reason}"
-        _session(item.config).record_local(target.label, info.id, outcome)
-        props = [
-            ("milab_step", info.id), ("milab_title", info.title), ("milab_points", info.points),
-            ("milab_needs", ",".join(info.needs)), ("milab_lab", target.label),
-            ("milab_group", target.group), ("milab_student", target.student or ""),
-            ("milab_subscription", _session(item.config).subscription_of(target.label)),
-            ("milab_outcome", outcome), ("milab_reason", reason),
-            ("milab_step_rank", _session(item.config).step_rank(info.id)),
-        ]
-        report.user_properties.extend(props)
+        run = _run(item.config)
+        check = CheckResult(target.label, info.id, outcome, reason, item.nodeid)
+        run.results.record_local(check)
+        lab = LabInfo(target.label, target.group,
+                      target.subscription or run.store.subscription_of(target.label),
+                      target.student)
+        # Plain data on the report: pytest-xdist carries it to the controller as it is.
+        report.milab = Reported(info, run.results.step_rank(info.id), lab, check).to_data()
         # JUnit XML writes the properties of the teardown report, which come from the item.
-        item.user_properties.extend(props)
+        item.user_properties.extend([("milab_step", info.id), ("milab_points", info.points),
+                                     ("milab_outcome", outcome), ("milab_lab", target.label)])
     return report
 
 
@@ -305,39 +315,39 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
-    milab = _session(config)
-    if not milab.settings.active:
+    run = _run(config)
+    if not run.settings.active:
         return
     # What is alive now (evidence, reports) lives until the end: out of the final collector
     # passes (the xdist controller, which collects nothing, froze nothing before).
     gc.freeze()
-    milab.finish_provision()  # in the process that built the labs (a worker, under xdist)
+    run.finish_provision()  # in the process that built the labs (a worker, under xdist)
     if _is_worker(config):
-        config.workeroutput["milab_notes"] = list(milab.notes)
+        config.workeroutput["milab_notes"] = list(run.notes)
         return
-    results, steps = milab.grade()
-    for path in milab.settings.reports:
+    results, steps = run.results.grade(run.settings.targets)
+    for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
-    if any(t.problem for t in milab.settings.targets) and session.exitstatus == 0:
+    if any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if _is_worker(config):
         return
-    milab = _session(config)
-    if not milab.settings.active or milab.results is None:
+    run = _run(config)
+    if not run.settings.active or run.results.graded is None:
         return
     terminalreporter.write_sep("=", "milab: grades")
-    for line in reports.terminal_lines(milab.results):
+    for line in reports.terminal_lines(run.results.graded):
         terminalreporter.write_line(line)
-    for target in milab.settings.targets:
+    for target in run.settings.targets:
         if target.problem:
             terminalreporter.write_line(f"milab: not graded: {target.problem}", red=True)
-    for note in milab.notes:
+    for note in run.notes:
         terminalreporter.write_line(f"milab: {note}")
-    for path in milab.settings.reports:
+    for path in run.settings.reports:
         terminalreporter.write_line(f"milab: report written to {os.path.abspath(path)}")
 
 
@@ -345,15 +355,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 def pytest_testnodedown(node, error) -> None:
     """pytest-xdist: the notes a worker left (labs it removed or kept)."""
     notes = getattr(node, "workeroutput", {}).get("milab_notes", [])
-    _session(node.config).notes.extend(notes)
+    _run(node.config).notes.extend(notes)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """pytest-xdist: all of a lab's checks on one worker, in order (a provisioned lab is built
     by the worker that checks it). Grouped by the lab's test id, not with `--dist loadgroup`."""
-    milab = config.stash.get(_SESSION_KEY, None)
-    if milab is None or not milab.settings.active:
+    run = config.stash.get(_RUN_KEY, None)
+    if run is None or not run.settings.active:
         return None
     from .scheduling import LabScheduling
 
@@ -363,5 +373,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """pytest-xdist: hand the workers what the controller started (the local Azure)."""
-    session = _session(node.config)
-    node.workerinput["milab"] = session.worker_input()
+    run = _run(node.config)
+    if run.settings.active:
+        node.workerinput["milab"] = run.worker_input()

@@ -8,7 +8,7 @@ A suite declares its lab's stages in its conftest with the `pytest_milab_stages`
         ctx.clients.resource.resource_groups.create_or_update(
             ctx.group, {"location": ctx.spec.location, "tags": ctx.tags})
 
-    def pytest_milab_stages():
+    def pytest_milab_stages(config, spec):
         return [Stage("resource group", create_group, checks=("resource-group",)), ...]
 
 In provision mode the plugin runs the stages in order and runs each stage's `checks` (step ids)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotPropagated
-from .spec import LabSpec
+from .retry import backoff
 
 RUN_TAG = "milab-run"
 
@@ -74,16 +75,17 @@ def new_run_id() -> str:
 
 @dataclass
 class ProvisionContext:
-    """What a stage needs: a credential and SDK clients, the lab's names, SSH into its VM, and
-    `state` to pass values between stages. Everything a stage creates carries `tags`
-    (resources) or `app_tags` (app registrations), so `milab cleanup` can find leftovers."""
+    """What a stage needs: a credential and SDK clients, the lab's names and spec, SSH into its
+    machine (once a stage has set `ssh_host` and `ssh_user`), and `state` to pass values
+    between stages. Everything a stage creates carries `tags` (resources) or `app_tags` (app
+    registrations), so `milab cleanup` can find leftovers."""
 
     credential: Any
     subscription_id: str
     tenant_id: str
     operator_object_id: str
     group: str
-    spec: LabSpec
+    spec: Any
     run_id: str
     ssh_public_key: str
     ssh_key_path: str
@@ -92,7 +94,8 @@ class ProvisionContext:
     propagation_deadline: float = 120.0
     state: dict[str, Any] = field(default_factory=dict)
     created_apps: list[str] = field(default_factory=list)  # Graph object ids to delete
-    notes: list[str] = field(default_factory=list)
+    ssh_host: str | None = None  # the lab's machine, for run_in_vm
+    ssh_user: str | None = None
 
     def __post_init__(self) -> None:
         from .azure.clients import SubscriptionClients
@@ -112,12 +115,14 @@ class ProvisionContext:
         return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.group}"
 
     def run_in_vm(self, command: str, *, timeout: float = 600):
-        """Run a command in the lab's VM over SSH, as its admin user (state `public_ip`,
-        `admin_user`)."""
+        """Run a command in the lab's machine over SSH (at `ssh_host`, as `ssh_user`)."""
         from .vm.ssh import SshTarget, VmConnection
 
-        conn = VmConnection(SshTarget(self.state["public_ip"], self.state["admin_user"],
-                                      self.ssh_port, self.ssh_key_path), refused_for=180)
+        if not self.ssh_host or not self.ssh_user:
+            raise RuntimeError("run_in_vm needs the machine: set ctx.ssh_host and ctx.ssh_user "
+                               "in the stage that creates it")
+        conn = VmConnection(SshTarget(self.ssh_host, self.ssh_user, self.ssh_port,
+                                      self.ssh_key_path), refused_for=180)
         try:
             return conn.run(command, timeout=timeout)
         finally:
@@ -128,22 +133,19 @@ class ProvisionContext:
         moments ago has not propagated yet), up to the propagation deadline."""
         from azure.core.exceptions import HttpResponseError
 
-        deadline = time.monotonic() + self.propagation_deadline
-        delay = 1.0
+        delays = backoff(time.monotonic() + self.propagation_deadline)
         while True:
             try:
                 return fn()
             except HttpResponseError as exc:
                 if exc.status_code != 403:
                     raise
-                if time.monotonic() + delay > deadline:
+                delay = next(delays, None)
+                if delay is None:
                     raise NotPropagated(f"{what or 'a call'} was still refused "
                                         f"{self.propagation_deadline:.0f}s on: "
                                         f"{one_line(exc)}") from None
-            self.notes.append(f"{what or 'a call'} was refused (403); retrying while the "
-                              "grant propagates")
             time.sleep(delay)
-            delay = min(delay * 1.5, 10.0)
 
     def graph(self, method: str, path: str, body: dict | None = None) -> dict:
         """A Microsoft Graph v1.0 call as the credential; creating an application records it
@@ -212,7 +214,7 @@ def cleanup(credential, subscription_id: str, run_id: str | None = None,
             timeout: float = 60.0) -> list[str]:
     """Delete every resource group and app registration tagged by a provision run (`run_id`,
     or any run); return what was deleted."""
-    ctx = ProvisionContext(credential, subscription_id, "", "", "", LabSpec(), run_id or "",
+    ctx = ProvisionContext(credential, subscription_id, "", "", "", None, run_id or "",
                            "", "", timeout=timeout)
     deleted = []
     for group in ctx.clients.resource.resource_groups.list():
@@ -240,8 +242,8 @@ def ssh_key_pair(directory: Path) -> tuple[Path, str]:
     return key, generate_key_pair(key)
 
 
-def build_in_local_azure(azure, groups: Iterable[str], stages: list[Stage], *,
-                         state: dict | None = None, spec: LabSpec | None = None,
+def build_in_local_azure(azure, groups: Iterable[str], stages: list[Stage], spec: Any, *,
+                         state: dict | None = None,
                          run_id: str = "demo") -> tuple[Path, list[StageFailed]]:
     """Build labs in a started `LocalAzure` as its operator, with the suite's stages; return
     the SSH key that reaches their VMs and any stage that failed."""
@@ -254,7 +256,7 @@ def build_in_local_azure(azure, groups: Iterable[str], stages: list[Stage], *,
         credential = ClientSecretCredential(op.tenant_id, op.client_id, op.client_secret)
         for group in groups:
             ctx = ProvisionContext(credential, azure.subscription_id, azure.tenant_id,
-                                   op.object_id, group, spec or LabSpec(), run_id, public,
+                                   op.object_id, group, spec, run_id, public,
                                    str(key_path), int(azure.env.get("MILAB_SSH_PORT", "22")),
                                    state=dict(state or {}))
             failures += run_stages(ctx, stages)
@@ -269,7 +271,7 @@ class LabBuild:
         self.stages = stages
         self.done = 0  # stages run
         self.failed: dict[int, StageFailed] = {}
-        self.lock = __import__("threading").Lock()
+        self.lock = threading.Lock()
 
     def stage_of(self, step_id: str) -> int:
         """The index of the stage after which `step_id` is checked (the last one if none)."""
@@ -304,3 +306,80 @@ class LabBuild:
             if i in self.failed and not self.stages[i].checks:
                 return self.failed[i]
         return None
+
+
+class ProvisionDriver:
+    """Provision mode for one process: a `LabBuild` per lab, each built up to the stage of the
+    check about to run, checks re-run until a grant propagates, teardown at the end."""
+
+    def __init__(self, stages: list[Stage], *, keep: bool, propagation_deadline: float,
+                 run_id: str) -> None:
+        self.stages = stages
+        self.keep = keep
+        self.deadline = propagation_deadline
+        self.run_id = run_id
+        self.builds: dict[str, LabBuild] = {}
+        self._rank: dict[str, int] = {}
+        for i, stage in enumerate(stages):
+            for step in stage.checks:
+                self._rank.setdefault(step, i)
+
+    def add(self, label: str, ctx: ProvisionContext) -> None:
+        self.builds[label] = LabBuild(ctx, self.stages)
+
+    def stage_rank(self, step_id: str) -> int:
+        """The stage after which a step is checked (steps of no stage: after the last)."""
+        return self._rank.get(step_id, len(self.stages))
+
+    def check(self, label: str, step_id: str, run: Callable[[], None],
+              refresh: Callable[[bool], None]) -> None:
+        """Build the lab up to this step's stage, then run its check on fresh evidence
+        (`refresh(stages_ran)`); a polled check is re-run, with fresh evidence, until the
+        deadline. A failing check that a failed stage explains says so."""
+        build = self.builds[label]
+        refresh(build.run_until(build.stage_of(step_id)))
+        failure = build.failure_for(step_id)
+        delays = backoff(time.monotonic() + self.deadline)
+        while True:
+            try:
+                run()
+                return
+            except AssertionError as exc:
+                from .lab import NeedsStep
+
+                if isinstance(exc, NeedsStep):
+                    raise
+                if failure is not None and failure.propagating:
+                    raise NotPropagated(f"{failure} ({one_line(exc)})") from None
+                if failure is not None:
+                    raise AssertionError(f"{failure} ({one_line(exc)})") from None
+                if not build.polled(step_id):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    text = str(exc).strip().splitlines()
+                    raise NotPropagated(f"not in force {self.deadline:.0f}s after the change: "
+                                        f"{text[0] if text else repr(exc)}") from None
+            time.sleep(delay)
+            refresh(True)
+
+    def finish(self) -> list[str]:
+        """Tear down what this process built, unless kept; the notes that say what remains."""
+        notes: list[str] = []
+        for label, build in self.builds.items():
+            if build.done == 0:
+                continue
+            ctx = build.ctx
+            notes += [f"lab {label}: {f}" for f in build.failed.values()]
+            if self.keep:
+                notes.append(f"kept lab {label}: group {ctx.group}, {len(ctx.created_apps)} app "
+                             f"registration(s); remove with `milab cleanup --run {self.run_id}`")
+                continue
+            remains = teardown(ctx)
+            if remains:
+                notes.append(f"could not remove {'; '.join(remains)}: run "
+                             f"`milab cleanup --run {self.run_id}`")
+            else:
+                notes.append(f"removed lab {label} (group {ctx.group})")
+        self.builds = {}
+        return notes

@@ -62,7 +62,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("propagation-deadline", "seconds to wait for a change to take effect", "float",
            120.0, metavar="SECONDS"),
 )
-OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
 ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -83,10 +82,6 @@ class LabTarget:
     line: int | None = None
     problem: str | None = None  # why this lab cannot be graded (bad roster line)
     label: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{(self.subscription or '').lower()}/{self.group.lower()}|{self.label}"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
+from .errors import StepMarkerError
 from .grading import StepInfo
 
 MARKER = "milab_step"
@@ -11,10 +13,6 @@ MARKER_DOC = ("milab_step(id, points=1, title='', needs=()): this test checks la
               "`needs` names steps it depends on")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _KEYWORDS = ("points", "title", "needs")
-
-
-class StepMarkerError(Exception):
-    """A `milab_step` marker is malformed or disagrees with another."""
 
 
 def step_from_marker(marker, where: str) -> StepInfo:
@@ -63,7 +61,8 @@ class StepRegistry:
             if a != b:
                 raise StepMarkerError(
                     f"{where}: step {info.id!r} has {attr} {b!r} here but {a!r} at "
-                    f"{self.first_seen[info.id]}")
+                    f"{self.first_seen[info.id]}: give one step id one {attr}, or use "
+                    "another id")
         merged = StepInfo(known.id, known.title or info.title, known.points,
                           tuple(dict.fromkeys(known.needs + info.needs)))
         self.steps[info.id] = merged
@@ -73,5 +72,7 @@ class StepRegistry:
         for step in self.steps.values():
             for need in step.needs:
                 if need not in self.steps:
+                    close = difflib.get_close_matches(need, list(self.steps), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise StepMarkerError(f"{self.first_seen[step.id]}: step {step.id!r} needs "
-                                          f"{need!r}, which no test checks")
+                                          f"{need!r}, which no test checks{hint}")

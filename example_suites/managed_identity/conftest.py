@@ -1,20 +1,37 @@
-"""The managed-identity lab (Azure Citadel): constants shared by its checks.
-
-The lab's names and values are those of `pytest_milab.LabSpec`; override `milab_spec` here to
-grade a variant of the lab (another region, another secret)."""
+"""The managed-identity lab (Azure Citadel) as a pytest-milab suite: its spec, what to read,
+where its VM is, what the probe runs inside it and how the lab is built, through the hooks of
+`pytest_milab.hookspecs`. Grade a variant of the lab by returning another spec."""
 
 import pytest
 
-from pytest_milab import LabSpec
+from .probe_parts import build
+from .reads import READS, machine
+from .spec import ManagedIdentitySpec
+from .view import ManagedIdentityLab
 
 
-@pytest.fixture(scope="session")
-def milab_spec():
-    return LabSpec()
+def pytest_milab_spec(config):
+    return ManagedIdentitySpec()
 
 
-def pytest_milab_stages(config):
-    """The lab's stages, for provision mode and the --milab-emulator demo."""
-    from lab_stages import STAGES
+def pytest_milab_reads(spec):
+    return READS
+
+
+def pytest_milab_machine(spec, lab):
+    return machine(spec, lab)
+
+
+def pytest_milab_probe(spec):
+    return build(spec)
+
+
+def pytest_milab_stages(config, spec):
+    from .stages import STAGES
 
     return STAGES
+
+
+@pytest.fixture
+def lab(evidence, milab_spec):
+    return ManagedIdentityLab(evidence, milab_spec)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from functools import cached_property
 from urllib.parse import quote
 
 from ..errors import AzureError, CredentialError
+from .builtins import API
 
 ARM_SCOPE = "https://management.azure.com/.default"
 ARM = "https://management.azure.com"
@@ -209,7 +209,7 @@ def default_subscription(credential, timeout: float = 60.0) -> str:
 
     reader = ArmReader(credential, timeout)
     subs: list[str] = []
-    url: str | None = "/subscriptions?api-version=2022-12-01"
+    url: str | None = f"/subscriptions?api-version={API['subscriptions']}"
     while url:
         try:
             status, body = reader.get(url)
@@ -323,12 +323,3 @@ class ClientPool:
                 self._clients[key] = SubscriptionClients(self.credential, subscription_id,
                                                          self.timeout, self._transport, arm)
             return self._clients[key]
-
-
-def to_json(model) -> dict:
-    """An SDK model as the REST JSON ARM returned (camelCase, nested `properties`)."""
-    if model is None:
-        return None
-    if isinstance(model, Mapping):
-        return model.as_dict() if hasattr(model, "as_dict") else dict(model)
-    return model.serialize(keep_readonly=True)

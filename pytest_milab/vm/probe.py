@@ -1,11 +1,14 @@
-"""Running the in-VM probe: one SSH round trip returns statuses, error codes, token claims and
-hashes. The probe's source travels in the command line, so nothing of it stays on the VM."""
+"""Running the probe kit in a machine: one SSH command returns every part's result.
+
+The kit's source travels in the command line (compressed), so nothing of it stays on the
+machine; its result is the one output line framed by this run's nonce."""
 
 from __future__ import annotations
 
 import base64
 import functools
 import json
+import secrets
 import shlex
 import zlib
 from importlib import resources
@@ -16,15 +19,12 @@ from .ssh import CommandResult, VmConnection
 MARK = "MILAB-PROBE-RESULT "
 
 
-def probe_source() -> str:
-    return resources.files(__package__).joinpath("probe_script.py").read_text()
-
-
 @functools.lru_cache(maxsize=1)
 def probe_command_prefix() -> str:
-    """`python3 -c` with the probe compressed into the command line. (Not stdin: SSH is slow
-    to signal end-of-input, and the probe must not write itself to the VM's disk.)"""
-    packed = base64.b64encode(zlib.compress(probe_source().encode(), 9)).decode()
+    """`python3 -c` with the kit compressed into the command line. (Not stdin: SSH is slow to
+    signal end-of-input, and the kit must not write itself to the machine's disk.)"""
+    source = resources.files(__package__).joinpath("probe_kit.py").read_text()
+    packed = base64.b64encode(zlib.compress(source.encode(), 9)).decode()
     loader = ("import base64,sys,zlib;sys.argv[0]='milab-probe';"
               f"exec(compile(zlib.decompress(base64.b64decode('{packed}')),'milab-probe','exec'))")
     # -I -S: the standard library only, untouched by PYTHON* variables, user or site packages
@@ -32,64 +32,89 @@ def probe_command_prefix() -> str:
     return "python3 -I -S -c " + shlex.quote(loader)
 
 
-def _invoke(conn: VmConnection, params: dict, timeout: float | None = None) -> dict:
-    command = probe_command_prefix() + " " + shlex.quote(json.dumps(params, separators=(",", ":")))
+def run_probe(conn: VmConnection, parts: list[dict], key: bytes,
+              timeout: float | None = None) -> dict:
+    """Run the parts (as `Part.program` gives them) at once in the machine: their results by
+    name. Only the line framed by a fresh nonce counts."""
+    nonce = secrets.token_hex(8)
+    program = {"parts": parts, "key": key.hex(), "nonce": nonce}
+    command = probe_command_prefix() + " " + shlex.quote(json.dumps(program, separators=(",", ":")))
     result = conn.run(command, timeout=timeout)
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+    return _result(result, MARK + nonce + " ")
+
+
+def _result(result: CommandResult, mark: str) -> dict:
+    found = [line for line in result.stdout.splitlines() if line.startswith(mark)]
+    if len(found) == 1:
+        try:
+            data = json.loads(found[0][len(mark):])
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return data
+        raise SshError("the probe's result line is not a JSON object")
+    if len(found) > 1:
+        raise SshError("the probe's result line appeared more than once")
     detail = (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
     if result.exit_code == 127 or "python3: not found" in result.stderr:
-        raise SshError("the VM has no python3, which the probe needs")
+        raise SshError("the machine has no python3, which the probe needs")
     raise SshError(f"the probe did not report (exit {result.exit_code}: {detail})")
 
 
-def run_probe(conn: VmConnection, params: dict, timeout: float | None = None) -> dict:
-    """The whole standard probe of a lab: one command, one JSON result."""
-    return _invoke(conn, params, timeout)
-
-
 class Vm:
-    """The `vm` fixture: commands and HTTP calls inside a lab's VM, acting as its identity.
+    """The `vm` fixture: commands and HTTP calls inside a lab's machine, acting as its identity.
 
-    Tokens never leave the VM: `token()` returns claims, `http()` sends the token from inside the
-    VM and returns status, headers and JSON with secret-bearing fields replaced by their SHA-256
-    and length.
+    Tokens never leave the machine: `token()` returns claims, `http()` sends the token from
+    inside and returns status and JSON with secret-bearing fields replaced by keyed digests.
     """
 
-    def __init__(self, conn: VmConnection) -> None:
+    def __init__(self, conn: VmConnection, key: bytes, source: str = "imds") -> None:
         self._conn = conn
+        self._key = key
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"<Vm {self._conn.target.describe()}>"
 
     @property
     def target(self):
         return self._conn.target
 
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
-        """Run a shell command in the VM; its output is the student's, returned as is."""
+        """Run a shell command in the machine; its output is the student's, returned as is."""
         try:
             return self._conn.run(command, timeout=timeout)
         except SshError as exc:
             raise CouldNotDecide(str(exc)) from None
 
-    def _single(self, **params) -> dict:
+    def _single(self, part) -> dict:
         try:
-            result = _invoke(self._conn, params)
+            result = run_probe(self._conn, [part.program({})], self._key).get(part.name)
         except SshError as exc:
             raise CouldNotDecide(str(exc)) from None
-        if "error" in result and len(result) == 1:
-            raise CouldNotDecide(f"in the VM: {result['error']}")
+        if not isinstance(result, dict) or set(result) == {"error"}:
+            raise CouldNotDecide(f"in the machine: {(result or {}).get('error', 'no result')}")
         return result
 
     def imds(self, path: str) -> dict:
-        """GET an IMDS path (with `Metadata: true`): {"status", "json", "text"}."""
-        return self._single(op="imds", path=path)
+        """GET a metadata path (with `Metadata: true`): {"status", "json", "text"}."""
+        from .. import probe
+
+        return self._single(probe.imds("imds", path, source=self.source))
 
     def token(self, resource: str) -> dict:
-        """Ask IMDS for a token: {"status", "claims", "code", "message"}; never the token."""
-        return self._single(op="token", resource=resource)
+        """Ask the identity endpoint for a token: {"status", "claims", "code", "message"}."""
+        from .. import probe
+
+        return self._single(probe.token("token", resource, source=self.source))
 
     def http(self, method: str, url: str, *, resource: str | None = None,
              body=None, headers: dict | None = None) -> dict:
-        """An HTTP call from inside the VM, with a token for `resource` if given."""
-        return self._single(op="http", method=method, url=url, resource=resource, body=body,
-                            headers=headers)
+        """An HTTP call from inside the machine, with a token for `resource` if given."""
+        from .. import probe
+
+        part = probe.http("http", url, method=method, token=resource, source=self.source,
+                          json=body, attempts=1)
+        if headers:
+            part = probe.Part(part.name, part.op, {**part.args, "headers": headers})
+        return self._single(part)

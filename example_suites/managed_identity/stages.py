@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from pytest_milab import ProvisionContext, Stage
+from pytest_milab import ProvisionContext, Stage, role_definition_id
 
-READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
-CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 UBUNTU_2204 = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy",
                "sku": "22_04-lts-gen2", "version": "latest"}
 ADMIN_USER = "azureuser"
@@ -101,8 +99,8 @@ def virtual_machine(ctx: ProvisionContext) -> None:
             "networkProfile": {"networkInterfaces": [{"id": nic.id}]},
         }}).result()
     ctx.state["identity"] = vm.identity.principal_id if vm.identity else None
-    ctx.state["admin_user"] = ADMIN_USER
-    ctx.state["public_ip"] = net.public_ip_addresses.get(g, spec.public_ip).properties.ip_address
+    ctx.ssh_user = ADMIN_USER
+    ctx.ssh_host = net.public_ip_addresses.get(g, spec.public_ip).properties.ip_address
 
 
 def in_vm(ctx: ProvisionContext, command: str) -> None:
@@ -118,13 +116,12 @@ def install_jq(ctx: ProvisionContext) -> None:
 
 def assign(ctx: ProvisionContext, scope: str, role: str, principal: str) -> None:
     ctx.clients.authorization.role_assignments.create(scope, str(uuid.uuid4()), {
-        "role_definition_id": f"/subscriptions/{ctx.subscription_id}/providers/"
-                              f"Microsoft.Authorization/roleDefinitions/{role}",
+        "role_definition_id": role_definition_id(ctx.subscription_id, role),
         "principal_id": principal, "principal_type": "ServicePrincipal"})
 
 
 def reader_assignment(ctx: ProvisionContext) -> None:
-    assign(ctx, ctx.group_id, READER, ctx.state["identity"])
+    assign(ctx, ctx.group_id, "Reader", ctx.state["identity"])
 
 
 def identity_access_policy(ctx: ProvisionContext) -> None:
@@ -142,7 +139,7 @@ def service_principal(ctx: ProvisionContext) -> None:
                          {"passwordCredential": {"displayName": "rbac"}})
     sp = ctx.graph("POST", "/servicePrincipals", {"appId": app["appId"]})
     ctx.state.update(sp_app=app, sp_password_key=password["keyId"])
-    assign(ctx, ctx.group_id, CONTRIBUTOR, sp["id"])
+    assign(ctx, ctx.group_id, "Contributor", sp["id"])
     creds = {"appId": app["appId"], "displayName": app["displayName"],
              "password": password["secretText"], "tenant": ctx.tenant_id}
     client = secrets_client(ctx)

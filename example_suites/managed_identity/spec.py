@@ -1,4 +1,5 @@
-"""What a lab is expected to contain: names and values a suite may override."""
+"""The managed-identity lab's constants (the Azure Citadel lab); another variant of the lab is
+another `ManagedIdentitySpec`, returned from the suite's `pytest_milab_spec` hook."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class LabSpec:
-    """The managed-identity lab's constants (steps.md); override them in a suite's
-    `milab_spec` fixture, e.g. ``LabSpec(location="westeurope")``."""
-
+class ManagedIdentitySpec:
+    group: str = "managed_identity_lab"  # the group the lab document uses (and the demo builds)
     location: str = "uksouth"
     vm_name: str = "ubuntu"
     os_disk: str = "ubuntu-os"
@@ -21,7 +20,8 @@ class LabSpec:
     vault_prefix: str = "keyvault-"
     retention_days: int = 7
     secret_name: str = "portal-phrase"
-    secret_value: str = "TheCakeIsALie"
+    # The value is compared on the grader with the probe's keyed digest; never printed.
+    secret_value: str = field(default="TheCakeIsALie", repr=False)
     sp_secret_names: tuple[str, ...] = ("tenant-id", "client-id", "client-secret",
                                         "service-principal")
     image_publisher: str = "Canonical"
@@ -32,10 +32,6 @@ class LabSpec:
         """The lab's `keyvault-$(md5sum <<< $resourceGroupId | cut -c1-8)`: a here-string
         appends a newline before hashing."""
         return self.vault_prefix + hashlib.md5((group_id + "\n").encode()).hexdigest()[:8]
-
-    @property
-    def secret_sha256(self) -> str:
-        return hashlib.sha256(self.secret_value.encode()).hexdigest()
 
     def expected_tags(self, vault_name: str) -> dict[str, str]:
         return {**self.tags, "vault": vault_name}

@@ -1,0 +1,257 @@
+"""Declared ARM reads: what a suite wants to see of a lab, read by the engine.
+
+A suite lists `Read`s (hook `pytest_milab_reads`); the engine reads them for every lab through
+its paced, retrying ARM reader, as many at once as their dependencies allow, and records each
+one's JSON (None when ARM says 404) or why it could not be read. Every read is a GET: discover
+mode never writes.
+
+    Read("vm", "{group_id}/providers/Microsoft.Compute/virtualMachines/{spec.vm_name}",
+         "2024-07-01")
+    Read("nic", lambda r: first_nic_id(r.got("vm")), "2023-09-01", after=("vm",))
+
+A path is a format string (fields `group_id`, `group`, `subscription`, `spec`) or a function
+of the lab's reads so far (`r.got(name)`, `r.group_id`, `r.spec`, `r.subscription`) that
+returns a path, several paths (`many=True`) or None (nothing to read: the value is None). The
+resource group itself is always read, as `group`, alongside the reads that come after no
+other; if it is not there the lab's other reads are dropped. Paths are made with the group's
+id as given and made again if ARM spells it otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ReadFailed, SuiteError
+from .builtins import API
+
+MAX_PAGES = 50  # of a list; a lab's group lists in one
+GROUP = "group"
+
+
+@dataclass(frozen=True)
+class Read:
+    """One GET of a lab's control plane, recorded under `name`."""
+
+    name: str
+    path: str | Callable[..., Any]
+    api_version: str
+    after: tuple[str, ...] = ()
+    list: bool = False  # page through `value`/`nextLink`; the value is the items
+    many: bool = False  # the path function gives several paths; the value lists those found
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise SuiteError(f"Read {self.name!r}: a read needs a name")
+        if not callable(self.path) and not isinstance(self.path, str):
+            raise SuiteError(f"Read {self.name!r}: the path must be text or a function")
+        if self.many and not callable(self.path):
+            raise SuiteError(f"Read {self.name!r}: many=True needs a path function")
+
+
+def check_reads(reads: Sequence[Read]) -> list[Read]:
+    """The suite's reads, validated: unique names, known dependencies, no cycle."""
+    names: dict[str, Read] = {}
+    for read in reads:
+        if not isinstance(read, Read):
+            raise SuiteError(f"pytest_milab_reads returned {read!r}, not a pytest_milab.Read")
+        if read.name in names or read.name == GROUP:
+            raise SuiteError(f"two reads are named {read.name!r}"
+                             + (" (the engine reads the group itself)" if read.name == GROUP
+                                else ""))
+        names[read.name] = read
+    for read in reads:
+        for need in read.after:
+            if need != GROUP and need not in names:
+                raise SuiteError(f"read {read.name!r} comes after {need!r}, which no read is "
+                                 f"named (reads: {', '.join(names) or 'none'})")
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in trail:
+            raise SuiteError("reads come after each other in a cycle: "
+                             + " -> ".join(trail + (name,)))
+        for need in names[name].after if name in names else ():
+            visit(need, trail + (name,))
+
+    for read in reads:
+        visit(read.name, ())
+    return list(reads)
+
+
+def _failure(status: int, body: Any) -> ReadFailed:
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    if status == 403:
+        return ReadFailed(f"the grader may not read this ({code or 403}); give it Reader on "
+                          "the lab's subscription or group")
+    return ReadFailed(f"Azure answered {status} {code or ''}".strip())
+
+
+def get_json(arm, path: str, api_version: str | None, *, paged: bool = False) -> Any:
+    """One read through the engine's `ArmReader`: the JSON (the items of every page when
+    `paged`), None on 404, `ReadFailed` when it could not decide."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        status, body = arm.get(path, api_version)
+        if not paged:
+            if status == 404:
+                return None
+            if status != 200 or not isinstance(body, dict):
+                raise _failure(status, body)
+            return body
+        items: list = []
+        for _ in range(MAX_PAGES):
+            if status == 404:
+                return None
+            if status != 200 or not isinstance(body, dict):
+                raise _failure(status, body)
+            items += body.get("value") or []
+            if not body.get("nextLink"):
+                break
+            status, body = arm.get(body["nextLink"])
+        return items
+    except AzureError as exc:  # not reached, reset, timed out, retries spent
+        raise ReadFailed(f"Azure could not be reached ({type(exc).__name__})") from None
+
+
+class _Fields(dict):
+    """Format fields of a path; a missing one is the suite's mistake, said as such."""
+
+    def __missing__(self, key: str) -> Any:
+        raise SuiteError(f"a read's path names {{{key}}}; paths may use {{group_id}}, "
+                         "{group}, {subscription} and {spec.<field>}")
+
+
+class LabReads:
+    """Runs one lab's reads: `control` (name -> JSON or None) and `errors` (name -> why)."""
+
+    def __init__(self, arm, subscription: str, group: str, reads: Sequence[Read], spec: Any,
+                 executor: Executor | None = None) -> None:
+        self.arm = arm
+        self.subscription = subscription
+        self.group = group
+        self.group_id = f"/subscriptions/{subscription}/resourceGroups/{group}"
+        self.reads = {r.name: r for r in reads}
+        self.spec = spec
+        self.executor = executor
+        self.control: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self._paths: dict[str, Any] = {}
+
+    def got(self, name: str) -> Any:
+        """The value of an earlier read (None when absent or unreadable)."""
+        return self.control.get(name)
+
+    def _paths_of(self, read: Read) -> Any:
+        if callable(read.path):
+            return read.path(self)
+        fields = _Fields(group_id=self.group_id, group=self.group,
+                         subscription=self.subscription, spec=self.spec)
+        return read.path.format_map(fields)
+
+    def _fetch(self, read: Read, paths: Any) -> Any:
+        if paths is None:
+            return None
+        if not read.many:
+            return get_json(self.arm, _as_path(paths), read.api_version, paged=read.list)
+        found, seen = [], set()
+        for path in paths or ():
+            key = _as_path(path).lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            value = get_json(self.arm, _as_path(path), read.api_version, paged=read.list)
+            if value is not None:
+                found.append(value)
+        return found
+
+    def _submit(self, read: Read) -> Future:
+        paths = self._paths_of(read)
+        self._paths[read.name] = paths
+        if self.executor is None:
+            future: Future = Future()
+            try:
+                future.set_result(self._fetch(read, paths))
+            except BaseException as exc:  # noqa: BLE001 - recorded below
+                future.set_exception(exc)
+            return future
+        return self.executor.submit(self._fetch, read, paths)
+
+    def run(self) -> None:
+        group_read = Read(GROUP, "{group_id}", API["Microsoft.Resources"])
+        pending = dict(self.reads)
+        started: dict[Future, Read] = {self._submit(group_read): group_read}
+        ready = [r for r in pending.values() if not r.after]
+        for read in ready:  # what needs no other read goes out with the group
+            started[self._submit(read)] = read
+            del pending[read.name]
+        group_seen = False
+        while started:
+            done, _ = wait(list(started), return_when=FIRST_COMPLETED)
+            for future in done:
+                read = started.pop(future)
+                try:
+                    self.control[read.name] = future.result()
+                except ReadFailed as exc:
+                    self.errors[read.name] = str(exc)
+                if read.name == GROUP:
+                    group_seen = True
+            if group_seen and self.control.get(GROUP) is None:
+                self._abandon(started)  # no group: nothing else of this lab can be there
+                return
+            if group_seen and self._group_renamed(started):
+                continue
+            for name in list(pending):
+                read = pending[name]
+                if not all(n in self.control or n in self.errors for n in read.after):
+                    continue
+                del pending[name]
+                failed = [n for n in read.after if n in self.errors]
+                if failed:
+                    self.errors[name] = f"needs {failed[0]}, which could not be read"
+                    self.control.pop(name, None)
+                    continue
+                started[self._submit(read)] = read
+        for name in pending:  # after a read that never finished
+            self.errors.setdefault(name, "not read")
+
+    def _group_renamed(self, started: dict[Future, Read]) -> bool:
+        """The group's id as ARM spells it may differ in case from the name given: reads whose
+        path depends on it are made again with the real id (the id was guessed to start them
+        at once)."""
+        real = (self.control.get(GROUP) or {}).get("id")
+        if not real or real == self.group_id:
+            return False
+        self.group_id, self.group = real, real.rsplit("/", 1)[-1]
+        again = False
+        for read in [r for r in self.reads.values() if r.name in self._paths]:
+            if self._paths_of(read) != self._paths[read.name]:
+                for future, other in list(started.items()):
+                    if other is read:
+                        future.cancel()
+                        del started[future]
+                self.control.pop(read.name, None)
+                self.errors.pop(read.name, None)
+                started[self._submit(read)] = read
+                again = True
+        return again
+
+    def _abandon(self, started: dict[Future, Read]) -> None:
+        for future in started:
+            future.cancel()
+        started.clear()
+        for name in list(self.control):
+            if name != GROUP:
+                del self.control[name]
+        for name in list(self.errors):
+            if name != GROUP:
+                del self.errors[name]
+
+
+def _as_path(value: Any) -> str:
+    text = str(value)
+    return text if text.startswith(("/", "https://")) else "/" + text.strip("/")
+

@@ -1,0 +1,85 @@
+"""`Results`: every check's outcome as it is reported, typed end to end, and the grades.
+
+A check's result travels on its test report as `report.milab` (plain data, so pytest-xdist
+carries it from the workers to the controller unchanged); the controller grades them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from . import grading
+from .grading import CheckResult, LabInfo, StepInfo
+from .settings import LabTarget
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What one check's report carries: the step, the lab and the outcome."""
+
+    step: StepInfo
+    rank: int
+    lab: LabInfo
+    check: CheckResult
+
+    def to_data(self) -> dict:
+        return {"step": asdict(self.step), "rank": self.rank, "lab": asdict(self.lab),
+                "check": asdict(self.check)}
+
+    @classmethod
+    def from_data(cls, data: dict) -> Reported:
+        step = dict(data["step"])
+        step["needs"] = tuple(step.get("needs") or ())
+        return cls(StepInfo(**step), int(data["rank"]), LabInfo(**data["lab"]),
+                   CheckResult(**data["check"]))
+
+
+class Results:
+    """Collects reported checks (registered as a plugin: it sees every report, the workers'
+    too under xdist) and what this process already knows of each lab's steps."""
+
+    def __init__(self) -> None:
+        self._local: dict[tuple[str, str], list[CheckResult]] = {}
+        self._steps: dict[str, tuple[int, StepInfo]] = {}
+        self._labs: dict[str, LabInfo] = {}
+        self._checks: list[CheckResult] = []
+        self.graded: list[grading.LabResult] | None = None
+        self._ranks: dict[str, int] = {}
+
+    def set_steps(self, steps: list[StepInfo]) -> None:
+        """The collected steps in catalogue order (prerequisites first)."""
+        self._ranks = {s.id: i for i, s in enumerate(steps)}
+
+    def step_rank(self, step_id: str) -> int:
+        return self._ranks.get(step_id, len(self._ranks))
+
+    def record_local(self, check: CheckResult) -> None:
+        """A check this process ran: its dependents here may short-circuit on it."""
+        self._local.setdefault((check.lab, check.step), []).append(check)
+
+    def prerequisite(self, label: str, info: StepInfo) -> tuple[str, str] | None:
+        """What this process already knows of the step's prerequisites for this lab."""
+        known = {need: grading.combine(self._local[(label, need)])
+                 for need in info.needs if (label, need) in self._local}
+        return grading.prerequisite_outcome(info, known)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        data = getattr(report, "milab", None)
+        if report.when == "teardown" or not data:
+            return
+        reported = Reported.from_data(data)
+        self._steps.setdefault(reported.step.id, (reported.rank, reported.step))
+        self._labs.setdefault(reported.lab.label, reported.lab)
+        self._checks.append(reported.check)
+
+    def grade(self, targets: tuple[LabTarget, ...]) -> tuple[list[grading.LabResult],
+                                                            list[StepInfo]]:
+        steps = [s for _, s in sorted(self._steps.values(), key=lambda x: x[0])]
+        labs = []
+        for target in targets:
+            if target.problem:
+                labs.append(LabInfo(target.label, target.group, target.subscription,
+                                    target.student, target.problem))
+            elif target.label in self._labs:
+                labs.append(self._labs[target.label])
+        self.graded = grading.grade(labs, steps, self._checks)
+        return self.graded, steps

@@ -1,0 +1,188 @@
+"""`Run`: one pytest run's settings and surroundings — the suite, the local Azure when asked
+for, the credential, what xdist workers are handed — and the parts that do the work: the
+evidence store, provision mode's driver and the results."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .errors import MilabError
+from .evidence import Connections, Gatherer
+from .results import Results
+from .settings import OPTIONS, LabTarget, Settings, resolve
+from .store import EvidenceStore
+from .suite import Suite
+
+if TYPE_CHECKING:
+    from .provision import ProvisionDriver
+
+
+def settings_from(config: pytest.Config) -> Settings:
+    cli = {o.name: config.getoption(o.dest) for o in OPTIONS}
+    ini = {}
+    for o in OPTIONS:
+        value = config.getini(f"milab_{o.name.replace('-', '_')}")
+        ini[o.name] = value if value not in ("", []) else None
+    return resolve(cli, ini, rootdir=Path(str(config.rootpath)))
+
+
+class Run:
+    def __init__(self, config: pytest.Config, settings: Settings, suite: Suite) -> None:
+        self.config = config
+        self.settings = settings
+        self.suite = suite
+        self.results = Results()
+        self.connections = Connections()
+        self.store: EvidenceStore | None = None
+        self.driver: ProvisionDriver | None = None
+        self.azure = None  # the in-process local Azure (--milab-emulator)
+        self.notes: list[str] = []
+        self.run_id = ""
+        self._saved_env: dict[str, str | None] = {}
+
+    @property
+    def provisioning(self) -> bool:
+        return self.settings.mode == "provision"
+
+    # -- start and stop ----------------------------------------------------------------------
+    def start(self) -> None:
+        from .azure.clients import (
+            ClientPool,
+            check_credential,
+            default_subscription,
+            make_credential,
+        )
+        from .provision import new_run_id
+
+        worker = getattr(self.config, "workerinput", None)
+        given = worker.get("milab") if worker is not None else None
+        if given:
+            self._apply_env(given["env"])
+            settings = dict(given["settings"])
+            settings["targets"] = tuple(LabTarget(**t) for t in settings["targets"])
+            self.settings = replace(self.settings, **settings)
+            self.run_id = given["run_id"]
+        else:
+            self.run_id = new_run_id()
+            if self.settings.emulator:
+                self._start_local_azure()
+            if self.provisioning and not self.settings.targets:
+                group = f"milab-lab-{self.run_id}"
+                self.settings = replace(self.settings,
+                                        targets=(LabTarget(group=group, label=group),))
+        credential = make_credential()
+        if worker is None:
+            check_credential(credential)
+        pool = ClientPool(credential, self.settings.timeout, self.settings.concurrency * 2)
+        gatherer = Gatherer(self.settings, self.suite, pool, self.connections,
+                            lambda: default_subscription(credential, self.settings.timeout))
+        local = self.settings.emulator or os.environ.get("MILAB_LOCAL_AZURE") == "1"
+        if local and not os.environ.get("MILAB_AZ_CLI"):
+            gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
+                                        "(set MILAB_AZ_CLI to an `az` to check this step)")
+        if self.provisioning:
+            self._prepare_builds(credential, gatherer)
+        self.store = EvidenceStore(self.settings, gatherer, self.connections,
+                                   provisioning=self.provisioning)
+
+    def _start_local_azure(self) -> None:
+        try:
+            from .emulator import LocalAzure
+        except ImportError as exc:
+            raise MilabError(f"--milab-emulator needs the emulator extra ({exc.name} is "
+                             "missing): pip install 'pytest-milab[emulator]'") from None
+        from .provision import build_in_local_azure, ssh_key_pair
+
+        stages = self.suite.stages()
+        self.azure = LocalAzure().start()
+        env = dict(self.azure.env)
+        port = int(env.get("MILAB_SSH_PORT", "22"))
+        sub = self.azure.subscription_id
+        if self.provisioning:
+            # Provision mode builds as the operator (Owner); the lab is built by the run itself.
+            key_path, _ = ssh_key_pair(Path(self.azure.workdir) / "grader-ssh")
+            self._apply_env(env)
+            self.settings = replace(self.settings, ssh_key=str(key_path), ssh_port=port,
+                                    subscription=sub)
+            return
+        groups = self.settings.groups or (self.suite.demo_group,)
+        key_path, failures = build_in_local_azure(self.azure, groups, stages, self.suite.spec)
+        # A stage the local Azure cannot play (no Azure CLI to install) still leaves a lab to
+        # grade; its steps say so.
+        self.notes += [f"building the demo lab: {f}" for f in failures]
+        # The demo grades as the local Azure's Reader, as a grader would.
+        env.update({"AZURE_CLIENT_ID": self.azure.grader.client_id,
+                    "AZURE_CLIENT_SECRET": self.azure.grader.client_secret})
+        self._apply_env(env)
+        targets = [LabTarget(group=g, label=g) for g in groups]
+        self.settings = replace(self.settings, targets=tuple(targets), ssh_key=str(key_path),
+                                ssh_port=port, subscription=sub)
+
+    def _prepare_builds(self, credential, gatherer: Gatherer) -> None:
+        """Provision mode: one `LabBuild` per lab; nothing is created until a check needs it."""
+        from .azure.clients import default_subscription
+        from .provision import ProvisionContext, ProvisionDriver, principal_claims, ssh_key_pair
+
+        if self.settings.ssh_key:
+            key = Path(self.settings.ssh_key)
+            pub = key.with_name(key.name + ".pub")
+            if not pub.exists():
+                raise MilabError(f"--milab-ssh-key {key}: provision mode also needs {pub}, the "
+                                 "public key the machines will accept")
+            public = pub.read_text().strip()
+        else:
+            key, public = ssh_key_pair(Path(tempfile.mkdtemp(prefix="milab-ssh-")))
+            self.settings = replace(self.settings, ssh_key=str(key))
+        subscription = (self.settings.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+                        or default_subscription(credential, self.settings.timeout))
+        self.settings = replace(self.settings, subscription=subscription)
+        gatherer.settings = self.settings
+        claims = principal_claims(credential)
+        self.driver = ProvisionDriver(self.suite.stages(), keep=self.settings.keep,
+                                      propagation_deadline=self.settings.propagation_deadline,
+                                      run_id=self.run_id)
+        for target in self.settings.targets:
+            if target.problem:
+                continue
+            self.driver.add(target.label, ProvisionContext(
+                credential, target.subscription or subscription, claims["tid"], claims["oid"],
+                target.group, self.suite.spec, self.run_id, public, str(key),
+                self.settings.ssh_port, self.settings.timeout,
+                self.settings.propagation_deadline))
+
+    def _apply_env(self, env: dict[str, str]) -> None:
+        for key, value in env.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def worker_input(self) -> dict:
+        """What the controller decided that workers must share: the local Azure's env, the
+        labs (with fresh group names in provision mode), the run id and SSH key."""
+        s = self.settings
+        return {"env": {k: os.environ[k] for k in self._saved_env}, "run_id": self.run_id,
+                "settings": {"targets": [asdict(t) for t in s.targets], "ssh_key": s.ssh_key,
+                             "ssh_port": s.ssh_port, "subscription": s.subscription}}
+
+    def finish_provision(self) -> None:
+        if self.driver is not None:
+            self.notes += self.driver.finish()
+
+    def stop(self) -> None:
+        if self.store is not None:
+            self.store.close()  # a run that ends early gathers no more labs
+        self.connections.close_all()
+        if self.azure is not None:
+            self.azure.stop()
+            self.azure = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
