@@ -145,13 +145,21 @@ def principal_claims(credential) -> dict:
 
 
 # -- building the class as the operator ----------------------------------------------------------
-def suite_stages():
-    import importlib.util
+def suite_module(name: str):
+    """A module of the example suite (a package, imported by name as pytest imports it)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("_bench_lab_stages", SUITE / "lab_stages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.STAGES
+    if str(SUITE.parent) not in sys.path:
+        sys.path.insert(0, str(SUITE.parent))
+    return importlib.import_module(f"{SUITE.name}.{name}")
+
+
+def suite_spec():
+    return suite_module("conftest").pytest_milab_spec(config=None)
+
+
+def suite_stages():
+    return suite_module("conftest").pytest_milab_stages(config=None, spec=suite_spec())
 
 
 def build_class(env: dict[str, str], groups: list[str], workdir: Path, parallel: int):
@@ -161,7 +169,6 @@ def build_class(env: dict[str, str], groups: list[str], workdir: Path, parallel:
     from azure.identity import ClientSecretCredential
 
     from pytest_milab.provision import ProvisionContext, run_stages, ssh_key_pair
-    from pytest_milab.spec import LabSpec
 
     os.environ.update(env)
     key_path, public = ssh_key_pair(workdir)
@@ -172,7 +179,7 @@ def build_class(env: dict[str, str], groups: list[str], workdir: Path, parallel:
 
     def build(group: str) -> list:
         ctx = ProvisionContext(credential, env["AZURE_SUBSCRIPTION_ID"], env["AZURE_TENANT_ID"],
-                               operator, group, LabSpec(), "bench", public, str(key_path),
+                               operator, group, suite_spec(), "bench", public, str(key_path),
                                int(env.get("MILAB_SSH_PORT", "22")))
         return [f"{group}: {f}" for f in run_stages(ctx, stages)]
 
@@ -284,9 +291,7 @@ def baseline(env: dict[str, str], groups: list[str], key: Path) -> float:
     import paramiko
     import requests
 
-    from pytest_milab.spec import LabSpec
-
-    spec = LabSpec()
+    spec = suite_spec()
     session = requests.Session()
     session.trust_env = False
     session.proxies = {"https": env["HTTPS_PROXY"]}

@@ -61,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ConfigError, SuiteError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
     config.stash[_RUN_KEY] = run
+    config.pluginmanager.register(run, "milab-run")
     config.pluginmanager.register(run.results, "milab-results")
     if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final

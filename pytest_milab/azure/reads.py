@@ -19,6 +19,7 @@ id as given and made again if ARM spells it otherwise.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ..errors import ReadFailed, SuiteError
 from .builtins import API
 
 MAX_PAGES = 50  # of a list; a lab's group lists in one
+FIELDS = ("group_id", "group", "subscription", "spec")
 GROUP = "group"
 
 
@@ -49,6 +51,13 @@ class Read:
             raise SuiteError(f"Read {self.name!r}: the path must be text or a function")
         if self.many and not callable(self.path):
             raise SuiteError(f"Read {self.name!r}: many=True needs a path function")
+        if isinstance(self.path, str):
+            for _, name, _, _ in string.Formatter().parse(self.path):
+                root = (name or "").split(".", 1)[0].split("[", 1)[0]
+                if name is not None and root not in FIELDS:
+                    raise SuiteError(f"Read {self.name!r}: its path names {{{name}}}; paths may "
+                                     "use {group_id}, {group}, {subscription} and "
+                                     "{spec.<field>}, or be a function")
 
 
 def check_reads(reads: Sequence[Read]) -> list[Read]:

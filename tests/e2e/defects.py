@@ -3,22 +3,14 @@ stage dropped, a value changed, or one more stage that undoes part of the lab.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 
-from e2ekit import SUITE
+from e2ekit import suite_stages
 
-from pytest_milab import ProvisionContext, Stage
+from pytest_milab import ProvisionContext, Stage, role_definition_id
 
 DEBIAN = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
-
-
-def suite_stages() -> list[Stage]:
-    spec = importlib.util.spec_from_file_location("_suite_lab_stages", SUITE / "lab_stages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.STAGES
 
 
 def _policy(ctx: ProvisionContext, object_id: str, secrets: list[str]) -> dict:
@@ -136,7 +128,5 @@ def contributor_to_reader(ctx):
         if ra.principal_id == sp["id"]:
             auth.role_assignments.delete_by_id(ra.id)
     auth.role_assignments.create(ctx.group_id, str(uuid.uuid4()), {
-        "role_definition_id": f"/subscriptions/{ctx.subscription_id}/providers/"
-                              "Microsoft.Authorization/roleDefinitions/"
-                              "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+        "role_definition_id": role_definition_id(ctx.subscription_id, "Reader"),
         "principal_id": sp["id"], "principal_type": "ServicePrincipal"})

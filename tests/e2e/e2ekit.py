@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -10,16 +10,46 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SUITE = Path(__file__).resolve().parents[2] / "example_suites" / "managed_identity"
+SUITES = Path(__file__).resolve().parents[2] / "example_suites"
+SUITE = SUITES / "managed_identity"
+ARC_SUITE = SUITES / "arc_managed_identity"
+# The suites are packages: imported by name, as pytest imports them.
+if str(SUITES) not in sys.path:
+    sys.path.insert(0, str(SUITES))
 
 
-def suite_needs() -> dict[str, tuple[str, ...]]:
+def suite_module(name: str, suite: Path = SUITE):
+    return importlib.import_module(f"{suite.name}.{name}")
+
+
+def suite_spec(suite: Path = SUITE):
+    """The spec the suite's `pytest_milab_spec` hook gives."""
+    return suite_module("conftest", suite).pytest_milab_spec(config=None)
+
+
+def suite_stages(suite: Path = SUITE) -> list:
+    """The suite's stages, in the lab's order."""
+    conftest = suite_module("conftest", suite)
+    return conftest.pytest_milab_stages(config=None, spec=suite_spec(suite))
+
+
+def engine_suite(suite: Path = SUITE):
+    """The engine's `Suite` as the suite's hooks describe it (for gathering without pytest)."""
+    from pytest_milab.azure.reads import check_reads
+    from pytest_milab.suite import Suite
+
+    conftest = suite_module("conftest", suite)
+    spec = suite_spec(suite)
+    return Suite(spec=spec, reads=check_reads(conftest.pytest_milab_reads(spec=spec)),
+                 machine=lambda lab: conftest.pytest_milab_machine(spec=spec, lab=lab),
+                 probe=conftest.pytest_milab_probe(spec=spec))
+
+
+def suite_needs(suite: Path = SUITE) -> dict[str, tuple[str, ...]]:
     """Each step's declared prerequisites, read from the suite's markers."""
     needs: dict[str, tuple[str, ...]] = {}
-    for path in sorted(SUITE.glob("test_*.py")):
-        spec = importlib.util.spec_from_file_location(f"_suite_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    for path in sorted(suite.glob("test_*.py")):
+        module = suite_module(path.stem, suite)
         for name in dir(module):
             for mark in getattr(getattr(module, name), "pytestmark", []):
                 if mark.name == "milab_step":
@@ -51,11 +81,17 @@ class GradingRun:
         return (self.directory / name).read_text()
 
 
+def _with_suites(env: dict[str, str]) -> dict[str, str]:
+    """Suites written in tests import the example suites' packages by name."""
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SUITES), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def grade(azure, key_path: Path, directory: Path, *groups: str, extra=(),
           suite: Path = SUITE) -> GradingRun:
     """Run the example suite in a subprocess over labs of a local Azure, as its Reader-only
     grader, with JSON, CSV and JUnit reports in `directory`."""
-    env = dict(os.environ, **azure.env)
+    env = _with_suites(dict(os.environ, **azure.env))
     env.update(AZURE_CLIENT_ID=azure.grader.client_id,
                AZURE_CLIENT_SECRET=azure.grader.client_secret, PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from defects import suite_stages
-from e2ekit import SUITE, grade
+from e2ekit import SUITE, grade, suite_spec, suite_stages
 
 from pytest_milab.emulator import LocalAzure
 from pytest_milab.provision import build_in_local_azure
+
+SPEC = suite_spec()
 
 LABS = ["share-a", "share-b", "share-c", "share-d", "share-e"]
 
@@ -24,7 +25,7 @@ def azure():
 
 @pytest.fixture(scope="module")
 def key(azure):
-    key, _ = build_in_local_azure(azure, LABS, suite_stages())
+    key, _ = build_in_local_azure(azure, LABS, suite_stages(), SPEC)
     return key
 
 
@@ -55,7 +56,7 @@ def pytest_runtest_call(item):
     if target is None:
         return
     _note(f"judged {target.group}")
-    milab = item.config.pluginmanager.get_plugin("milab-session")
+    milab = item.config.pluginmanager.get_plugin("milab-run")
     _note(f"ssh-open {milab.connections.open_now}")
 
 

@@ -7,10 +7,12 @@ This is what shows the example suite's checks are real."""
 from __future__ import annotations
 
 import pytest
-from defects import broken, suite_stages
-from e2ekit import dependents_of, grade, outcomes
+from defects import broken
+from e2ekit import dependents_of, grade, outcomes, suite_spec, suite_stages
 
 from pytest_milab.provision import build_in_local_azure
+
+SPEC = suite_spec()
 
 # What the failing step's reason must say, so a student knows what to fix.
 DEFECTS = {
@@ -40,8 +42,8 @@ def graded(local_azure, tmp_path_factory):
     groups = {defect: f"defect-{defect}" for defect in DEFECTS}
     for defect, group in groups.items():
         stages, state = broken(defect)
-        build_in_local_azure(local_azure, [group], stages, state=state)
-    key, failures = build_in_local_azure(local_azure, ["complete-lab"], suite_stages())
+        build_in_local_azure(local_azure, [group], stages, SPEC, state=state)
+    key, failures = build_in_local_azure(local_azure, ["complete-lab"], suite_stages(), SPEC)
     assert [f.stage for f in failures] == (["azure cli"] if not local_azure.az_cli else [])
     run = grade(local_azure, key, tmp_path_factory.mktemp("catalogue"), "complete-lab",
                 *groups.values())

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 
 import pytest
-from defects import suite_stages
-from e2ekit import grade, outcomes
+from e2ekit import engine_suite, grade, outcomes, suite_spec, suite_stages
 
-from pytest_milab import LabSpec
 from pytest_milab.provision import build_in_local_azure
+
+SPEC = suite_spec()
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}")
 
@@ -21,14 +22,14 @@ def canary_run(local_azure, tmp_path_factory):
     """A lab whose portal-phrase is a unique canary (so secret-read fails), graded with
     tracebacks showing locals."""
     canary = f"canary-{uuid.uuid4().hex}"
-    key, _ = build_in_local_azure(local_azure, ["canary-lab"], suite_stages(),
+    key, _ = build_in_local_azure(local_azure, ["canary-lab"], suite_stages(), SPEC,
                                   state={"secret_value": canary})
     from azure.identity import ClientSecretCredential
     from azure.keyvault.secrets import SecretClient
 
     op = local_azure.operator
     with local_azure.environment():
-        vault = LabSpec().vault_name(
+        vault = SPEC.vault_name(
             f"/subscriptions/{local_azure.subscription_id}/resourceGroups/canary-lab")
         client = SecretClient(f"https://{vault}.vault.azure.net",
                               ClientSecretCredential(op.tenant_id, op.client_id, op.client_secret))
@@ -81,7 +82,8 @@ def test_gathered_evidence_holds_no_secret_or_token(canary_run, local_azure):
     with local_azure.environment():
         cred = ClientSecretCredential(gr.tenant_id, gr.client_id, gr.client_secret)
         connections = Connections()
-        gatherer = Gatherer(settings, LabSpec(), ClientPool(cred), connections, lambda: None)
+        gatherer = Gatherer(settings, engine_suite(), ClientPool(cred), connections,
+                            lambda: None)
         try:
             evidence = gatherer.gather_all([LabTarget("canary-lab", label="canary-lab")])
         finally:
@@ -90,4 +92,6 @@ def test_gathered_evidence_holds_no_secret_or_token(canary_run, local_azure):
     assert evidence["canary-lab"].probe["secret_read"]["status"] == 200
     for secret in secrets:
         assert secret not in text
+        # Digests are keyed per run: no bare hash of a secret to look up or compare.
+        assert hashlib.sha256(secret.encode()).hexdigest() not in text
     assert not JWT.search(text)

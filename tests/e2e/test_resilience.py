@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from defects import suite_stages
-from e2ekit import grade, outcomes
+from e2ekit import grade, outcomes, suite_spec, suite_stages
 
 from pytest_milab.emulator import LocalAzure
 from pytest_milab.provision import build_in_local_azure
+
+SPEC = suite_spec()
 
 LAB = "resilient-lab"
 IN_VM = {"imds-instance", "imds-tags-path", "jq", "management-token", "reader-denied-before",
@@ -34,7 +35,7 @@ def azure():
 @pytest.fixture(scope="module")
 def lab(azure, tmp_path_factory):
     """The complete lab and its outcomes with no fault on."""
-    key, _ = build_in_local_azure(azure, [LAB], suite_stages())
+    key, _ = build_in_local_azure(azure, [LAB], suite_stages(), SPEC)
     run = grade(azure, key, tmp_path_factory.mktemp("no-fault"), LAB)
     clean = outcomes(run.report, LAB)
     assert {o for o, _ in clean.values()} <= {"passed", "skipped"}, clean

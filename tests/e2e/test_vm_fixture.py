@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import textwrap
 
-from defects import suite_stages
-from e2ekit import grade, outcomes
+from e2ekit import grade, outcomes, suite_spec, suite_stages
 
 from pytest_milab.provision import build_in_local_azure
+
+SPEC = suite_spec()
 
 SUITE = '''
 import pytest
@@ -34,17 +35,19 @@ def test_http(vm, lab):
     got = vm.http("GET", url, resource="https://vault.azure.net")
     assert got["status"] == 200
     value = got["json"]["value"]
-    assert set(value) == {"sha256", "length"} and value["length"] == len("TheCakeIsALie")
+    assert set(value) == {"hmac", "length"} and value["length"] == len("TheCakeIsALie")
     denied = vm.http("GET", url, resource="https://management.azure.com/")
     assert denied["status"] == 401 and "AKV10022" in denied["json"]["error"]["message"]
 '''
 
 
 def test_vm_fixture_runs_commands_and_calls_as_the_identity(local_azure, tmp_path):
-    key, _ = build_in_local_azure(local_azure, ["vm-fixture-lab"], suite_stages())
+    key, _ = build_in_local_azure(local_azure, ["vm-fixture-lab"], suite_stages(), SPEC)
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "test_vm.py").write_text(textwrap.dedent(SUITE))
+    # The managed-identity suite's hooks and `lab` fixture: this suite grades that lab.
+    (suite / "conftest.py").write_text("from managed_identity.conftest import *  # noqa\n")
     run = grade(local_azure, key, tmp_path / "run", "vm-fixture-lab", suite=suite)
     got = outcomes(run.report, "vm-fixture-lab")
     assert {k: o for k, (o, _) in got.items()} == {

@@ -8,7 +8,7 @@ import time
 
 from pytest_milab.evidence import Connections, Gatherer, LabEvidence
 from pytest_milab.settings import LabTarget, Settings
-from pytest_milab.spec import LabSpec
+from pytest_milab.suite import Suite
 
 
 class FakeClients:
@@ -22,7 +22,7 @@ class RecordingGatherer(Gatherer):
     """Gathers nothing from Azure: notes which labs were started."""
 
     def __init__(self, concurrency: int) -> None:
-        super().__init__(Settings(concurrency=concurrency), LabSpec(), FakeClients(),
+        super().__init__(Settings(concurrency=concurrency), Suite(), FakeClients(),
                          Connections(), lambda: "sub")
         self.started: list[str] = []
         self._lock = threading.Lock()

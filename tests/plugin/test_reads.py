@@ -1,0 +1,120 @@
+"""Declared reads: what a suite asks of a lab's control plane, read by the engine in as few
+rounds as their dependencies allow, with 404s, failures and a group spelled otherwise."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pytest_milab import Read, SuiteError
+from pytest_milab.azure.reads import LabReads, check_reads
+
+SUB = "00000000-0000-0000-0000-000000000001"
+
+
+class FakeArm:
+    """ARM as a dict of path -> (status, body); records what was asked, in order."""
+
+    def __init__(self, answers: dict[str, tuple[int, object]]) -> None:
+        self.answers = {k.lower(): v for k, v in answers.items()}
+        self.asked: list[str] = []
+        self.lock = threading.Lock()
+
+    def get(self, url, api_version=None):
+        with self.lock:
+            self.asked.append(url)
+        return self.answers.get(url.lower(), (404, {"error": {"code": "NotFound"}}))
+
+
+def group(name="lab"):
+    gid = f"/subscriptions/{SUB}/resourceGroups/{name}"
+    return gid, {"id": gid, "name": name}
+
+
+def run(arm, reads, name="lab", spec=None, executor=True):
+    pool = ThreadPoolExecutor(4) if executor else None
+    try:
+        lab = LabReads(arm, SUB, name, check_reads(reads), spec, pool)
+        lab.run()
+        return lab
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_reads_follow_their_dependencies():
+    gid, body = group()
+    arm = FakeArm({gid: (200, body), f"{gid}/vm": (200, {"id": "vm", "nic": f"{gid}/nic"}),
+                   f"{gid}/nic": (200, {"id": "nic"})})
+    lab = run(arm, [Read("vm", "{group_id}/vm", "v"),
+                    Read("nic", lambda r: r.got("vm")["nic"], "v", after=("vm",)),
+                    Read("disk", "{group_id}/disk", "v")])
+    assert lab.control == {"group": body, "vm": {"id": "vm", "nic": f"{gid}/nic"},
+                           "nic": {"id": "nic"}, "disk": None}
+    assert lab.errors == {}
+    assert arm.asked.index(f"{gid}/nic") > arm.asked.index(f"{gid}/vm")
+
+
+@pytest.mark.parametrize("executor", [True, False])
+def test_a_missing_group_drops_the_other_reads(executor):
+    arm = FakeArm({})
+    lab = run(arm, [Read("vm", "{group_id}/vm", "v")], executor=executor)
+    assert lab.control == {"group": None} and lab.errors == {}
+
+
+def test_a_failed_read_fails_what_comes_after_it():
+    gid, body = group()
+    arm = FakeArm({gid: (200, body), f"{gid}/vm": (503, {"error": {"code": "ServerBusy"}})})
+    lab = run(arm, [Read("vm", "{group_id}/vm", "v"),
+                    Read("nic", lambda r: "/never", "v", after=("vm",))])
+    assert lab.errors == {"vm": "Azure answered 503 ServerBusy",
+                          "nic": "needs vm, which could not be read"}
+    assert "/never" not in arm.asked
+
+
+def test_a_refused_read_names_the_role_the_grader_lacks():
+    gid, body = group()
+    arm = FakeArm({gid: (200, body), f"{gid}/vm": (403, {"error": {"code": "AuthorizationFailed"}})})
+    lab = run(arm, [Read("vm", "{group_id}/vm", "v")])
+    assert "give it Reader" in lab.errors["vm"]
+
+
+def test_paths_are_made_again_with_the_group_id_as_arm_spells_it():
+    gid, body = group("Lab")
+    arm = FakeArm({gid: (200, body), f"{gid}/x": (200, {"id": "x"})})
+    lab = run(arm, [Read("x", lambda r: f"{r.group_id}/x" if r.group_id.endswith("Lab")
+                         else "/wrong-case", "v")], name="lab")
+    assert lab.control["x"] == {"id": "x"}
+    assert lab.group_id == gid
+
+
+def test_lists_page_and_many_paths_are_read_once():
+    gid, body = group()
+    arm = FakeArm({gid: (200, body),
+                   f"{gid}/items": (200, {"value": [1, 2], "nextLink": f"{gid}/page2"}),
+                   f"{gid}/page2": (200, {"value": [3]}),
+                   f"{gid}/a": (200, {"id": "a"})})
+    lab = run(arm, [Read("items", "{group_id}/items", "v", list=True),
+                    Read("nsgs", lambda r: [f"{r.group_id}/a", f"{r.group_id}/A",
+                                            f"{r.group_id}/gone"], "v", many=True)])
+    assert lab.control["items"] == [1, 2, 3]
+    assert lab.control["nsgs"] == [{"id": "a"}]
+    assert sum(p.lower() == f"{gid}/a".lower() for p in arm.asked) == 1
+
+
+@pytest.mark.parametrize("reads, message", [
+    ([Read("a", "/a", "v"), Read("a", "/b", "v")], "two reads are named 'a'"),
+    ([Read("group", "/a", "v")], "the engine reads the group itself"),
+    ([Read("a", "/a", "v", after=("b",))], "comes after 'b', which no read is named"),
+    ([Read("a", "/a", "v", after=("b",)), Read("b", "/b", "v", after=("a",))], "cycle"),
+])
+def test_suite_mistakes_in_reads_are_named(reads, message):
+    with pytest.raises(SuiteError, match=message):
+        check_reads(reads)
+
+
+def test_a_path_field_that_does_not_exist_is_the_suites_mistake():
+    with pytest.raises(SuiteError, match=r"names \{vault\}"):
+        Read("v", "{group_id}/{vault}", "v")
