@@ -9,6 +9,7 @@
     ├── AzureError              an Azure call failed after retries (throttled, 5xx, refused)
     ├── ReadFailed              one declared ARM read could not decide (not a 404)
     ├── SshError                the machine could not be reached or the probe failed to run
+    ├── StageFailed             provision mode: a stage Azure refused (its checks say why)
     └── StepOutcome             raised by checks to end a step other than passed/failed
         ├── CouldNotDecide      outcome `error`: the check could not decide (never costs points)
         └── NotPropagated       outcome `not-propagated`: a change exists but is not yet in force
@@ -90,3 +91,16 @@ class NotPropagated(StepOutcome):
     """The change exists but had not taken effect within the deadline."""
 
     outcome = "not-propagated"
+
+
+class StageFailed(MilabError):
+    """A provision stage raised: its checks fail with this one-line reason (or end
+    `not-propagated` when the stage was refused until the deadline for want of a grant still
+    propagating)."""
+
+    def __init__(self, stage: str, reason: str, *, propagating: bool = False) -> None:
+        verb = "could not finish" if propagating else "failed"
+        super().__init__(f"stage {stage!r} {verb}: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.propagating = propagating

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NotPropagated
+from .errors import NotPropagated, StageFailed
 from .retry import backoff
 
 RUN_TAG = "milab-run"
@@ -48,18 +48,6 @@ class Stage:
         if unknown:
             raise ValueError(f"stage {self.name!r}: poll names {sorted(unknown)[0]!r}, which is "
                              "not among its checks")
-
-
-class StageFailed(Exception):
-    """A stage raised: its checks fail with this one-line reason (or end `not-propagated` when
-    the stage was refused until the deadline for want of a grant still propagating)."""
-
-    def __init__(self, stage: str, reason: str, *, propagating: bool = False) -> None:
-        verb = "could not finish" if propagating else "failed"
-        super().__init__(f"stage {stage!r} {verb}: {reason}")
-        self.stage = stage
-        self.reason = reason
-        self.propagating = propagating
 
 
 def principal_claims(credential) -> dict:
