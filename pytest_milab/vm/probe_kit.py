@@ -257,25 +257,49 @@ def metadata(path, source):
     return request("GET", base + path, {"Metadata": "true"})
 
 
+def _read_key(realm):
+    """The challenge's key file: readable by root and the himds group only, so a user outside
+    that group reads it with sudo (without a password: never prompting)."""
+    try:
+        if os.path.getsize(realm) > 4096:
+            return None, "the challenge's key file is over 4096 bytes"
+        with open(realm, encoding="utf-8") as f:
+            return f.read(), "read"
+    except PermissionError:
+        pass
+    except OSError as exc:
+        return None, f"cannot read the challenge's key file ({exc.strerror})"
+    import subprocess
+
+    try:
+        proc = subprocess.run(["sudo", "-n", "cat", realm], capture_output=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"cannot read the challenge's key file ({type(exc).__name__})"
+    if proc.returncode != 0 or len(proc.stdout) > 4096:
+        return None, "cannot read the challenge's key file (not in the himds group, no sudo)"
+    return proc.stdout.decode("utf-8", "replace"), "read with sudo"
+
+
 def _himds_token(url):
     """Arc's challenge: a 401 names a key file (realm) that only root and the himds group may
     read; the request again with its content as Basic authorization gets the token."""
     status, hdrs, raw = request("GET", url, {"Metadata": "true"})
+    challenge = {"status": status}
     if status != 401:
-        return status, raw, None
-    challenge = hdrs.get("WWW-Authenticate") or hdrs.get("www-authenticate") or ""
-    realm = challenge.partition("realm=")[2].strip().strip('"')
+        return status, raw, {"challenge": challenge}
+    header = hdrs.get("WWW-Authenticate") or hdrs.get("www-authenticate") or ""
+    realm = header.partition("realm=")[2].strip().strip('"')
+    challenge["realm"] = realm[:300]
     if not realm.endswith(".key"):
-        return status, raw, {"challenge": "no key file named in the 401 challenge"}
-    try:
-        if os.path.getsize(realm) > 4096:
-            return status, raw, {"challenge": "the challenge's key file is over 4096 bytes"}
-        with open(realm, encoding="utf-8") as f:
-            secret = f.read()
-    except OSError as exc:
-        return status, raw, {"challenge": f"cannot read the challenge key file ({exc.strerror})"}
+        challenge["key"] = "no key file named in the 401 challenge"
+        return status, raw, {"challenge": challenge}
+    secret, how = _read_key(realm)
+    challenge["key"] = how
+    if secret is None:
+        return status, raw, {"challenge": challenge}
     status, _, raw = request("GET", url, {"Metadata": "true", "Authorization": "Basic " + secret})
-    return status, raw, {"challenge": "answered"}
+    return status, raw, {"challenge": challenge}
 
 
 def token(resource, source="imds"):
