@@ -11,7 +11,8 @@ import threading
 
 # Listed here, not imported: the emulator's dependencies are an extra (tests/emulator/
 # test_knobs.py checks these match emulator.faults.LATENCY_SERVICES and QUIRKS).
-LATENCY_SERVICES = ("arm", "keyvault", "entra", "graph", "imds", "aka.ms", "ssh_handshake")
+LATENCY_SERVICES = ("arm", "keyvault", "entra", "graph", "imds", "himds", "aka.ms",
+                    "ssh_handshake")
 QUIRK_NAMES = ("imds-wrong-resource-id", "imds-no-tags-path", "imds-token-audience-mismatch",
                "arm-permissions-too-wide", "arm-list-denied", "keyvault-accepts-any-audience")
 

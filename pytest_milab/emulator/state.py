@@ -154,6 +154,9 @@ class Cloud:
         # Callables(event, resource) told of lifecycle changes: "vm.changed", "vm.deleted",
         # "network.changed" (an NSG, NIC or public IP changed).
         self.listeners: list = []
+        # Set by the on-premises machines: `Connected` or `Disconnected` for a
+        # Microsoft.HybridCompute machine's ARM JSON (whether its agent is linked and answering).
+        self.arc_status = None
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> float:
