@@ -33,6 +33,7 @@ import os
 import pwd
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import threading
@@ -502,6 +503,16 @@ class ArcFleet:
         self.machines[name.lower()] = machine
         await self._listen(machine)
         return machine
+
+    async def remove(self, name: str) -> None:
+        machine = self.machines.pop(name.lower(), None)
+        if machine is None:
+            raise KeyError(f"no machine named {name!r}")
+        await machine.power_off()
+        shutil.rmtree(machine.root, ignore_errors=True)
+
+    def live(self, name: str) -> ArcMachine | None:
+        return self.machines.get(name.lower())
 
     async def _listen(self, machine: ArcMachine) -> None:
         refused_for = self.cloud.knobs.faults.ssh_refused_for(machine.arm())

@@ -200,6 +200,10 @@ class LocalAzure:
         live = self.run(self.machines.add(name, user=user, public_keys=list(public_keys)))
         return Machine(name, live.host_address, self.machines.ssh_port, user)
 
+    def remove_machine(self, name: str) -> None:
+        """Switch the machine off and throw it away (its Arc resource, if any, stays in ARM)."""
+        self.run(self.machines.remove(name))
+
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalAzure:
         t0 = time.perf_counter()

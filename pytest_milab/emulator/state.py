@@ -152,7 +152,8 @@ class Cloud:
         # local Azure on this machine, e.g. under pytest-xdist), so allocate_ip skips it.
         self.address_taken = None
         # Callables(event, resource) told of lifecycle changes: "vm.changed", "vm.deleted",
-        # "network.changed" (an NSG, NIC or public IP changed).
+        # "network.changed" (an NSG, NIC or public IP changed), "machine.deleted" (an Arc
+        # machine's resource).
         self.listeners: list = []
         # Set by the on-premises machines: `Connected` or `Disconnected` for a
         # Microsoft.HybridCompute machine's ARM JSON (whether its agent is linked and answering).
