@@ -483,6 +483,15 @@ class ArcFleet:
         self.himds_port = self._listener.port
         self.cloud.arc_status = self.status
         self.cloud.knobs.faults.subscribe(self._faults_changed)
+        try:
+            TOKENS_DIR.mkdir(parents=True, exist_ok=True)
+            usable = os.access(TOKENS_DIR, os.W_OK)
+        except OSError:
+            usable = False
+        if not usable:  # not root: curl's two steps still work, azure-identity will refuse
+            self.tokens_dir = self.workdir / "tokens"
+            log.warning("local Azure: %s is not writable; HIMDS key files go to %s",
+                        TOKENS_DIR, self.tokens_dir)
 
     async def stop(self) -> None:
         self.cloud.knobs.faults.unsubscribe(self._faults_changed)

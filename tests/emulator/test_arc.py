@@ -416,3 +416,47 @@ def test_ssh_refusal_applies_to_machines(local_azure, onprem):
         assert onprem.run("echo back").stdout == "back\n"
     finally:
         local_azure.knobs.faults.clear()
+
+
+def test_cli_adds_machines(monkeypatch, tmp_path, capsys):
+    import signal
+
+    import pytest_milab.emulator as emulator
+    from pytest_milab import cli
+
+    added = []
+
+    class Fake:
+        started_in = 0.0
+
+        def __init__(self, **kwargs):
+            pass
+
+        def start(self):
+            return self
+
+        def add_machine(self, name, *, user, public_keys):
+            added.append((name, user, public_keys))
+            return emulator.Machine(name, "127.10.0.9", 22, user)
+
+        def write_env_file(self, path):
+            os.kill(os.getpid(), signal.SIGTERM)  # the emulator's own handler stops it
+
+        def stop(self):
+            pass
+
+    key = tmp_path / "student.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMilab student@laptop\n")
+    monkeypatch.setattr(emulator, "LocalAzure", Fake)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
+                                                    signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        rc = cli.main(["emulator", "--env-file", str(tmp_path / "env"), "--machine", "onprem1",
+                       "--machine-key", str(key), "--machine-user", "admin"])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert rc == 0
+    assert added == [("onprem1", "admin", [key.read_text().strip()])]
+    assert "machine onprem1: ssh -p 22 admin@127.10.0.9" in capsys.readouterr().out
+    assert cli.main(["emulator", "--env-file", "x", "--machine", "onprem1"]) == 2
