@@ -313,6 +313,13 @@ class ArcMachine(LiveVm):
         self.etc.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.etc / "environment").touch()
+        if os.geteuid() == 0:
+            # Root's files here belong to another account, so the sessions (root without
+            # privileges) can read but not change the agent's state or /etc/environment.
+            uid, gid = _himds_account()
+            for path in (self.etc, self.etc / "environment", self.state_dir):
+                os.chown(path, uid, gid)
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
         run = self.root / "run"
         run.mkdir(exist_ok=True)
         if self.broker is None:

@@ -155,6 +155,10 @@ def write_config(config: dict | None) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(config, f, indent=2)
+    owner = os.stat(os.path.dirname(path))
+    if os.geteuid() == 0:  # the state belongs to the directory's owner, like the directory
+        os.chown(tmp, owner.st_uid, owner.st_gid)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

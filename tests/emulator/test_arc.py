@@ -223,6 +223,11 @@ def test_without_the_key_it_is_401_and_the_key_file_is_root_and_himds_only(onpre
     assert fetch(key) == "200"
     assert fetch(key) == "401"  # each key works once
     assert onprem.run(f"sudo test -e {realm}").exited == 1  # and is gone once used
+    # Nor can a session rewrite the agent's state to borrow another identity.
+    for variable, file in (("STATE", "agentconfig.json"), ("ETC", "environment")):
+        r = onprem.run(f"f=$(sed -n 's/^export AZCMAGENT_{variable}_DIR=//p' "
+                       f"$(command -v azcmagent))/{file}; cat $f >/dev/null && echo X=1 >> $f")
+        assert r.exited != 0 and "Permission denied" in r.stderr, file
 
 
 def test_instance_metadata(local_azure, onprem):
