@@ -344,6 +344,11 @@ def test_arm_machines_get_list_patch(azure_env, operator_credential, onprem):
     bad = arm(azure_env, "GET", onprem.resource_id, token, version="2020-01-01")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "NoRegisteredProviderFound"
     assert arm(azure_env, "GET", onprem.resource_id, None).status_code == 401
+    provider = arm(azure_env, "GET", f"/subscriptions/{sub}/providers/Microsoft.HybridCompute",
+                   token, version="2021-04-01").json()
+    assert provider["registrationState"] == "Registered"
+    machines = [t for t in provider["resourceTypes"] if t["resourceType"] == "machines"]
+    assert "2024-07-10" in machines[0]["apiVersions"]
 
 
 def test_disconnect_deletes_the_resource_and_the_identity(azure_env, operator_credential):
