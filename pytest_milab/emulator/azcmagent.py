@@ -308,28 +308,28 @@ def disconnect(flags: dict[str, str], switches: set[str]) -> int:
 
 def show(switches: set[str]) -> int:
     config = load_config() or {}
-    fields = [
-        ("Resource Name", config.get("resourceName", "")),
-        ("Resource Group Name", config.get("resourceGroup", "")),
-        ("Resource Namespace", "Microsoft.HybridCompute" if config else ""),
-        ("Resource Id", config.get("resourceId", "")),
-        ("Subscription ID", config.get("subscriptionId", "")),
-        ("Tenant ID", config.get("tenantId", "")),
-        ("VM ID", config.get("vmId") or ""),
-        ("Correlation ID", config.get("correlationId", "")),
-        ("Location", config.get("location", "")),
-        ("Cloud", config.get("cloud", "")),
-        ("Agent Version", VERSION),
-        ("Agent Logfile", "/var/opt/azcmagent/log/himds.log"),
-        ("Agent Status", "Connected" if config else "Disconnected"),
+    status = "Connected" if config else "Disconnected"
+    fields = [  # (text label, --json key, value)
+        ("Resource Name", "resourceName", config.get("resourceName", "")),
+        ("Resource Group Name", "resourceGroup", config.get("resourceGroup", "")),
+        ("Resource Namespace", "resourceNamespace",
+         "Microsoft.HybridCompute" if config else ""),
+        ("Resource Id", "resourceId", config.get("resourceId", "")),
+        ("Subscription ID", "subscriptionId", config.get("subscriptionId", "")),
+        ("Tenant ID", "tenantId", config.get("tenantId", "")),
+        ("VM ID", "vmId", config.get("vmId") or ""),
+        ("Correlation ID", "correlationId", config.get("correlationId", "")),
+        ("Location", "location", config.get("location", "")),
+        ("Cloud", "cloud", config.get("cloud", "")),
+        ("Agent Version", "agentVersion", VERSION),
+        ("Agent Logfile", "agentLogfile", "/var/opt/azcmagent/log/himds.log"),
+        ("Agent Status", "status", status),
     ]
     if "json" in switches:
-        print(json.dumps({name.replace(" ", "").replace("ID", "Id")[0].lower()
-                          + name.replace(" ", "").replace("ID", "Id")[1:]: value
-                          for name, value in fields}, indent=2))
+        print(json.dumps({key: value for _, key, value in fields}, indent=2))
     else:
-        for name, value in fields:
-            print(f"{name:<40}: {value}")
+        for label, _, value in fields:
+            print(f"{label:<40}: {value}")
     return 0
 
 

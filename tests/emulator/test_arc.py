@@ -164,6 +164,8 @@ def test_connect_created_the_resource_and_set_the_environment(local_azure, onpre
     assert "Agent Status                            : Connected" in shown.stdout
     assert f"Resource Group Name                     : {onprem.group}" in shown.stdout
     assert f": {local_azure.subscription_id}" in shown.stdout
+    as_json = json.loads(onprem.run("azcmagent show --json").stdout)
+    assert (as_json["resourceId"], as_json["status"]) == (onprem.resource_id, "Connected")
     sp = local_azure.cloud.principal(onprem.principal_id)
     assert sp is not None and sp.kind == "ManagedIdentity"
 
