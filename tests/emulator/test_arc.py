@@ -260,17 +260,6 @@ def test_azure_identity_inside_the_machine_gets_a_token_unchanged(onprem):
     assert r.exited != 0 and "Permission denied" in r.stderr
 
 
-@pytest.mark.skipif(not os.environ.get("MILAB_AZ_CLI"),
-                    reason="no Azure CLI configured: set MILAB_AZ_CLI to an `az` in its own venv "
-                           "(tox -e azcli does)")
-def test_az_login_identity_on_the_machine(onprem):
-    r = onprem.run("curl -sL https://aka.ms/InstallAzureCLIDeb | sudo bash")
-    assert r.exited == 0, r.stderr
-    r = onprem.run("sudo az login --identity")
-    assert r.exited == 0, r.stderr
-    assert json.loads(r.stdout)[0]["user"]["assignedIdentityInfo"] == "MSI"
-
-
 # -- the identity in RBAC and Key Vault -------------------------------------------------------------
 def list_group(box: Box) -> tuple[str, str]:
     url = (f"https://management.azure.com/subscriptions/{box.azure.subscription_id}/"
@@ -317,6 +306,26 @@ def test_a_key_vault_secret_needs_an_access_policy(azure_env, operator_credentia
             "tenantId": azure_env.tenant_id, "objectId": onprem.principal_id,
             "permissions": {"secrets": ["get"]}}]}})
     assert json.loads(onprem.run(read).stdout)["value"] == "TheCakeIsALie"
+
+
+@pytest.mark.skipif(not os.environ.get("MILAB_AZ_CLI"),
+                    reason="no Azure CLI configured: set MILAB_AZ_CLI to an `az` in its own venv "
+                           "(tox -e azcli does)")
+def test_az_login_identity_on_the_machine(local_azure, onprem):
+    r = onprem.run("curl -sL https://aka.ms/InstallAzureCLIDeb | sudo bash")
+    assert r.exited == 0, r.stderr
+    # `az login --identity` lists the subscriptions the identity can see: give it one.
+    local_azure.cloud.assign_role(
+        scope=onprem.group_id, principal_id=onprem.principal_id, immediate=True,
+        role_definition_id=f"/subscriptions/{local_azure.subscription_id}/providers/"
+                           f"Microsoft.Authorization/roleDefinitions/{READER}")
+    r = onprem.run("sudo az login --identity")
+    assert r.exited == 0, r.stderr
+    account = json.loads(r.stdout)[0]
+    assert account["user"]["assignedIdentityInfo"] == "MSI"
+    assert account["id"] == local_azure.subscription_id
+    r = onprem.run(f"sudo az resource list -g {onprem.group} --query [].name -o tsv")
+    assert r.exited == 0 and onprem.name in r.stdout.split(), r.stderr
 
 
 # -- ARM ------------------------------------------------------------------------------------------
