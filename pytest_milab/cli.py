@@ -8,10 +8,12 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 # Listed here, not imported: the emulator's dependencies are an extra (tests/emulator/
 # test_knobs.py checks these match emulator.faults.LATENCY_SERVICES and QUIRKS).
-LATENCY_SERVICES = ("arm", "keyvault", "entra", "graph", "imds", "aka.ms", "ssh_handshake")
+LATENCY_SERVICES = ("arm", "keyvault", "entra", "graph", "imds", "himds", "aka.ms",
+                    "ssh_handshake")
 QUIRK_NAMES = ("imds-wrong-resource-id", "imds-no-tags-path", "imds-token-audience-mismatch",
                "arm-permissions-too-wide", "arm-list-denied", "keyvault-accepts-any-audience")
 
@@ -27,6 +29,15 @@ def _emulator(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     latency, throttle = dict(args.latency), args.throttle
+    if args.machine and not args.machine_key:
+        print("milab emulator: --machine needs at least one --machine-key (the public keys "
+              "that may log in)", file=sys.stderr)
+        return 2
+    try:
+        keys = [Path(path).read_text().strip() for path in args.machine_key]
+    except OSError as exc:
+        print(f"milab emulator: cannot read a machine key: {exc}", file=sys.stderr)
+        return 2
     try:
         azure = LocalAzure(propagation_delay=args.propagation_delay, az_cli=args.az_cli,
                            ssh_port=args.ssh_port, latency={} if args.hold_knobs else latency,
@@ -38,6 +49,13 @@ def _emulator(args: argparse.Namespace) -> int:
         azure.start()
     except OSError as exc:
         print(f"milab emulator: could not start the local Azure: {exc}", file=sys.stderr)
+        return 1
+    try:
+        machines = [azure.add_machine(name, user=args.machine_user, public_keys=keys)
+                    for name in args.machine]
+    except (OSError, ValueError) as exc:
+        print(f"milab emulator: could not add the machine: {exc}", file=sys.stderr)
+        azure.stop()
         return 1
 
     def print_stats(*_) -> None:
@@ -53,6 +71,9 @@ def _emulator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR2, switch_knobs)
     try:
         azure.write_env_file(args.env_file)
+        for machine in machines:
+            print(f"milab emulator: on-premises machine {machine.name}: ssh -p {machine.port} "
+                  f"{machine.user}@{machine.address}", flush=True)
         print(f"milab emulator: ready in {azure.started_in:.2f}s; environment in {args.env_file}",
               flush=True)
         while not stop.wait(0.5):
@@ -134,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="the `az` of a separately installed Azure CLI, for VMs that install it")
     emu.add_argument("--ssh-port", type=int, default=None,
                      help="the port VMs listen on for SSH when port 22 cannot be bound")
+    emu.add_argument("--machine", action="append", default=[], metavar="NAME",
+                     help="add an on-premises machine outside Azure (for Azure Arc); repeatable")
+    emu.add_argument("--machine-key", action="append", default=[], metavar="PATH",
+                     help="an OpenSSH public key file that may log in to the machines; "
+                          "repeatable (the grader's and the student's)")
+    emu.add_argument("--machine-user", default="azureuser", metavar="USER",
+                     help="the machines' admin user (default: azureuser)")
     _add_knob_flags(emu)
     emu.set_defaults(func=_emulator)
     clean = sub.add_parser("cleanup", help="delete what provision runs left behind")

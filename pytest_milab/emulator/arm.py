@@ -16,7 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import arm_authorization, arm_compute, arm_groups, arm_keyvault, arm_network, rbac
+from . import (
+    arm_authorization,
+    arm_compute,
+    arm_groups,
+    arm_hybrid,
+    arm_keyvault,
+    arm_network,
+    rbac,
+)
 from .arm_kinds import (
     RESOURCE_NOT_FOUND_TAIL,
     ArmError,
@@ -39,7 +47,7 @@ from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
 # Importing these registers their resource kinds in arm_kinds.KINDS.
-PROVIDER_MODULES = (arm_authorization, arm_compute, arm_keyvault, arm_network)
+PROVIDER_MODULES = (arm_authorization, arm_compute, arm_hybrid, arm_keyvault, arm_network)
 
 
 # -- authentication (contract §5.2) ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The api-versions and locations the local ARM knows, per resource provider.
 
 Each list holds what the installed SDKs send (azure-mgmt-resource 26, -keyvault 14.1, -compute 39,
--network 33.1, -authorization 4.0, -msi 7.1, -subscription 3.1.1) and the older versions the
+-network 33.1, -authorization 4.0, -msi 7.1, -subscription 3.1.1, -hybridcompute 9) and the older versions the
 Azure CLI sends. Newest first: ARM prints them in that order in InvalidApiVersionParameter.
 """
 
@@ -53,6 +53,12 @@ _MANAGED_IDENTITY = (
     "2018-11-30", "2015-08-31-preview",
 )
 
+# Microsoft.HybridCompute's stable versions (the REST API specs' stable folders); previews are
+# left out.
+_HYBRID_COMPUTE = (
+    "2025-01-13", "2024-07-10", "2022-12-27", "2021-05-20", "2020-08-02", "2019-12-12",
+)
+
 _ROLE_ASSIGNMENTS = (
     "2022-04-01", "2022-01-01-preview", "2020-10-01-preview", "2020-08-01-preview",
     "2020-04-01-preview", "2020-03-01-preview", "2018-09-01-preview", "2018-01-01-preview",
@@ -67,6 +73,7 @@ PROVIDERS: dict[str, dict[str, tuple[str, ...]]] = {
     "microsoft.network": {"": _NETWORK},
     "microsoft.keyvault": {"": _KEYVAULT},
     "microsoft.managedidentity": {"": _MANAGED_IDENTITY},
+    "microsoft.hybridcompute": {"": _HYBRID_COMPUTE},
     "microsoft.authorization": {"roleassignments": _ROLE_ASSIGNMENTS,
                                 "roledefinitions": _ROLE_DEFINITIONS,
                                 "permissions": _PERMISSIONS},

@@ -7,6 +7,7 @@ request (a hook of a line or two each), and tests switch them at run time from a
     knobs.faults.reset_connections(1)                      # the next proxy tunnel is reset
     knobs.faults.ssh_refuse(3)                             # SSH refuses connections for 3 s
     knobs.faults.hang_commands("ubuntu", 5)                # commands there start 5 s late
+    knobs.faults.himds_down(5, machine="onprem1")          # an Arc agent's HIMDS stops for 5 s
     knobs.quirks.add("imds-no-tags-path")                  # Azure gets one thing wrong
     knobs.reset()                                          # everything back to normal
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 # The services the front door routes (error bursts and latency apply to these), and the latency
 # that is not HTTP: the pause before a VM's SSH server accepts a login.
-SERVICES = ("arm", "keyvault", "entra", "graph", "imds")
+SERVICES = ("arm", "keyvault", "entra", "graph", "imds", "himds")
 LATENCY_SERVICES = (*SERVICES, "aka.ms", "ssh_handshake")
 PROXIES = ("any", "host", "vm")  # which forward proxies reset_connections applies to
 
@@ -100,6 +101,7 @@ class Faults:
         self._resets: list[_Resets] = []
         self._ssh_refused: dict[str | None, float] = {}  # vm selector -> monotonic deadline
         self._hangs: list[_Hang] = []
+        self._himds_down: dict[str | None, float] = {}  # machine selector -> monotonic deadline
         self._listeners: list[Callable[[], None]] = []
 
     # -- switched by tests ------------------------------------------------------------------------
@@ -142,6 +144,13 @@ class Faults:
             self._hangs.append(_Hang(_selector(vm), math.inf if seconds is None else seconds,
                                      math.inf if count is None else count))
 
+    def himds_down(self, seconds: float, *, machine: str | None = None) -> None:
+        """For `seconds`, the HIMDS of the on-premises machine (name or Arc resource id; None:
+        every machine) does not answer: connections to localhost:40342 close unanswered, and the
+        machine shows Disconnected in ARM."""
+        with self._lock:
+            self._himds_down[_selector(machine)] = time.monotonic() + seconds
+
     def clear(self) -> None:
         """Every fault off."""
         with self._lock:
@@ -150,6 +159,7 @@ class Faults:
             self._resets.clear()
             self._ssh_refused.clear()
             self._hangs.clear()
+            self._himds_down.clear()
         if listeners_care:
             self._notify()
 
@@ -196,6 +206,14 @@ class Faults:
         with self._lock:
             return max([until - now for sel, until in self._ssh_refused.items()
                         if until > now and _matches(sel, vm)], default=0.0)
+
+    def himds_is_down(self, machine: dict) -> bool:
+        if not self._himds_down:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            return any(until > now and _matches(sel, machine)
+                       for sel, until in self._himds_down.items())
 
     def hang_for(self, vm: dict) -> float:
         """How long the next command on this VM hangs (counting it); 0 when it runs at once."""
@@ -245,7 +263,7 @@ def error_response(burst: _Burst) -> Response:
     headers = {"x-ms-request-id": str(uuid.uuid4())}
     if burst.retry_after is not None:
         headers["Retry-After"] = str(burst.retry_after)
-    if service == "imds":
+    if service in ("imds", "himds"):
         # The identity endpoint's documented error codes include server_error and
         # service_unavailable (contract §2.3).
         code = "service_unavailable" if status == 503 else "server_error"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import arm, entra, graph, keyvault, rbac, userland
+from .arc import ArcFleet
 from .faults import LATENCY_SERVICES, Quirks
 from .frontdoor import FrontDoor
 from .network import EMULATED_HOSTS, CertificateAuthority, ForwardProxy, HttpListener
@@ -33,6 +34,16 @@ class Identity:
     object_id: str
 
 
+@dataclass(frozen=True)
+class Machine:
+    """An on-premises machine: where SSH reaches it and who may log in."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+
+
 class LocalAzure:
     """A local Azure for tests and demos.
 
@@ -42,15 +53,17 @@ class LocalAzure:
     Behaviour knobs (all off by default), given here or changed at run time on `azure.knobs`:
 
     - `propagation_delay`: seconds before role assignments and access policies take effect.
-    - `latency`: seconds added per service: arm, keyvault, entra, graph, imds, aka.ms, and
-      ssh_handshake (before a VM's SSH server accepts a login).
+    - `latency`: seconds added per service: arm, keyvault, entra, graph, imds, himds (an Arc
+      machine's metadata service), aka.ms, and ssh_handshake (before a VM's or machine's SSH
+      server accepts a login).
     - `throttle`: ARM token buckets per (caller, subscription), refusing with 429 and
       Retry-After; sizes in `knobs.arm_read_bucket`/`arm_read_refill` (250, 25/s) and
       `knobs.arm_write_bucket`/`arm_write_refill` (200, 10/s).
     - `quirks`: names from `faults.QUIRKS`, Azure answering wrongly on purpose.
     - `knobs.faults`: transient trouble switched from Python: `error_burst(service, status,
-      count, path=)`, `reset_connections(count, proxy=, host=)`, `ssh_refuse(seconds, vm=)`,
-      `hang_commands(vm, seconds, count=)`, `clear()`.
+      count, path=)`, `reset_connections(count, proxy=, host=)`, `ssh_refuse(seconds, vm=)`
+      (a machine's name works too), `hang_commands(vm, seconds, count=)`,
+      `himds_down(seconds, machine=)`, `clear()`.
     - `knobs.reset()` turns every knob back to its default.
     """
 
@@ -99,7 +112,7 @@ class LocalAzure:
                 throttled += entry.status == 429
         return {"requests": services, "arm_requests": services.get("arm", 0),
                 "arm_by_caller": arm_by_caller, "arm_throttled": throttled,
-                "ssh_connections": self.vms.ssh_connections}
+                "ssh_connections": self.vms.ssh_connections + self.machines.ssh_connections}
 
     @property
     def tenant_id(self) -> str:
@@ -178,6 +191,19 @@ class LocalAzure:
                 principal_id=sp.object_id, immediate=True)
         return Identity(self.tenant_id, app.app_id, secret, sp.object_id)
 
+    def add_machine(self, name: str, *, user: str = "azureuser",
+                    public_keys: list[str] | tuple[str, ...] = ()) -> Machine:
+        """A server outside Azure (see arc.py): SSH for `user` with these OpenSSH public keys,
+        the VMs' userland, no IMDS, and `azcmagent` to onboard it with Azure Arc."""
+        if not name or "/" in name:
+            raise ValueError(f"not a machine name: {name!r}")
+        live = self.run(self.machines.add(name, user=user, public_keys=list(public_keys)))
+        return Machine(name, live.host_address, self.machines.ssh_port, user)
+
+    def remove_machine(self, name: str) -> None:
+        """Switch the machine off and throw it away (its Arc resource, if any, stays in ARM)."""
+        self.run(self.machines.remove(name))
+
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalAzure:
         t0 = time.perf_counter()
@@ -226,12 +252,18 @@ class LocalAzure:
         return {"aka.ms": ("aka.ms", userland.build_aka_ms_app(self.az_cli))}
 
     async def _start_extensions(self) -> None:
-        """The parts that come alive after the network: IMDS and the live VMs."""
+        """The parts that come alive after the network: IMDS, the live VMs and the on-premises
+        machines."""
         self.vms = VmFleet(self.cloud, self.tokens, workdir=self.workdir / "vms",
                            ca_path=self.ca.ca_path, tls_port=self.tls.port,
                            ssh_port=self.ssh_port, az_cli=self.az_cli)
         await self.vms.start()
         self._closers.append(self.vms.stop)
+        self.machines = ArcFleet(self.cloud, self.tokens, workdir=self.workdir / "machines",
+                                 ca_path=self.ca.ca_path, tls_port=self.tls.port,
+                                 ssh_port=self.vms.ssh_port, az_cli=self.az_cli)
+        await self.machines.start()
+        self._closers.append(self.machines.stop)
 
     def _seed(self) -> None:
         sub = self.cloud.add_subscription("Local Azure subscription")

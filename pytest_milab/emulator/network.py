@@ -32,6 +32,9 @@ EMULATED_HOSTS = (
 VM_EXTRA_HOSTS = ("aka.ms",)
 IMDS_HOST = "169.254.169.254"
 VM_KEY_HEADER = "x-milab-vm-key"
+# A `plain_http` route for a host nothing answers on (169.254.169.254 outside Azure, a stopped
+# agent's port): the proxy closes the client's connection without a response.
+UNREACHABLE: tuple[int, dict[str, str]] = (0, {})
 
 
 def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
@@ -130,7 +133,8 @@ class ForwardProxy:
     """An HTTP forward proxy on loopback that only knows the local Azure.
 
     `allowed` names the hosts CONNECT may reach (all tunnel to the TLS listener on port 443).
-    `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests.
+    `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests
+    (`UNREACHABLE`: drop the connection; None: refuse with 403).
     `faults` (the knobs' Faults) may reset tunnels through it, see Faults.reset_connections.
     """
 
@@ -221,6 +225,8 @@ class ForwardProxy:
             self._refuse(writer, host)
             return
         port, extra = route
+        if port == UNREACHABLE[0]:
+            return  # nothing listens there: the connection closes without an answer
         lines = []
         for raw in rest.decode("latin-1").split("\r\n"):
             if not raw:

@@ -55,6 +55,7 @@ READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
 USER_ACCESS_ADMINISTRATOR = "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
+CONNECTED_MACHINE_ONBOARDING = "b64e21ea-ac4e-4cdf-9dc9-5b892992bee7"
 
 BUILTIN_ROLES: dict[str, RoleDefinition] = {r.guid: r for r in (
     RoleDefinition(OWNER, "Owner", "Grants full access to manage all resources, including the "
@@ -93,6 +94,15 @@ BUILTIN_ROLES: dict[str, RoleDefinition] = {r.guid: r for r in (
                  "Microsoft.KeyVault/deletedVaults/read", "Microsoft.KeyVault/locations/*/read",
                  "Microsoft.KeyVault/vaults/*/read", "Microsoft.KeyVault/operations/read"),
         data_actions=("Microsoft.KeyVault/vaults/secrets/*",)),
+    # What `azcmagent connect` needs and no more: it cannot delete, so `azcmagent disconnect`
+    # with this role alone fails (public docs: "Azure built-in roles", Hybrid + multicloud).
+    RoleDefinition(
+        CONNECTED_MACHINE_ONBOARDING, "Azure Connected Machine Onboarding",
+        "Can onboard Azure Connected Machines.",
+        actions=("Microsoft.Resources/subscriptions/resourcegroups/read",
+                 "Microsoft.HybridCompute/machines/read", "Microsoft.HybridCompute/machines/write",
+                 "Microsoft.HybridCompute/privateLinkScopes/read",
+                 "Microsoft.GuestConfiguration/guestConfigurationAssignments/read")),
 )}
 
 

@@ -100,8 +100,8 @@ class Subscription:
 class Knobs:
     """Behaviour a test can turn at run time; everything is off by default (see faults.py).
 
-    `latency` maps a service (faults.LATENCY_SERVICES: arm, keyvault, entra, graph, imds, aka.ms,
-    ssh_handshake) to seconds added to each request or SSH login. `throttle` turns on ARM's token
+    `latency` maps a service (faults.LATENCY_SERVICES: arm, keyvault, entra, graph, imds, himds,
+    aka.ms, ssh_handshake) to seconds added to each request or SSH login. `throttle` turns on ARM's token
     buckets (per caller and subscription) of the given capacities and refill rates per second.
     Mutate `faults` and `quirks` in place: the services hold on to these objects.
     """
@@ -152,8 +152,12 @@ class Cloud:
         # local Azure on this machine, e.g. under pytest-xdist), so allocate_ip skips it.
         self.address_taken = None
         # Callables(event, resource) told of lifecycle changes: "vm.changed", "vm.deleted",
-        # "network.changed" (an NSG, NIC or public IP changed).
+        # "network.changed" (an NSG, NIC or public IP changed), "machine.deleted" (an Arc
+        # machine's resource).
         self.listeners: list = []
+        # Set by the on-premises machines: `Connected` or `Disconnected` for a
+        # Microsoft.HybridCompute machine's ARM JSON (whether its agent is linked and answering).
+        self.arc_status = None
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> float:

@@ -211,10 +211,15 @@ class LiveVm:
         with contextlib.suppress(Exception):
             process.exit(rc)
 
+    def _spawn_options(self, *, tty: bool) -> dict:
+        """Extra arguments for the session's process (a machine outside Azure drops privileges)."""
+        return {"preexec_fn": _take_controlling_tty} if tty else {}
+
     async def _run_pipes(self, process, argv: list[str], env: dict[str, str]) -> int:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True)
+            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True,
+            **self._spawn_options(tty=False))
         self._processes.add(proc)
         feeder = asyncio.ensure_future(_feed_stdin(process, proc))
         watcher = asyncio.ensure_future(_kill_when_closed(process, proc))
@@ -235,7 +240,7 @@ class LiveVm:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
-            start_new_session=True, preexec_fn=_take_controlling_tty)
+            start_new_session=True, **self._spawn_options(tty=True))
         os.close(slave)
         self._processes.add(proc)
         loop = asyncio.get_running_loop()
