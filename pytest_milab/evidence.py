@@ -29,7 +29,7 @@ class LabEvidence:
     problem: str | None = None  # the lab could not be graded at all (bad roster line, ...)
     control: dict[str, Any] = field(default_factory=dict)  # ARM JSON by name
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it could not be read
-    ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error
+    ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error, host_key
     probe: dict[str, Any] | None = None  # the in-VM probe's results
     cli_unavailable: str | None = None  # why the Azure CLI cannot be installed (local Azure)
     mode: str = "discover"  # provision: gathered as the lab is built, step by step
@@ -100,7 +100,8 @@ def ssh_target_for(evidence: LabEvidence, target: LabTarget, settings: Settings)
     if not user:
         raise SshError("no SSH user: the VM's admin user is not readable; pass --milab-ssh-user")
     return SshTarget(host=host, user=user, port=settings.ssh_port,
-                     key_filename=target.ssh_key or settings.ssh_key)
+                     key_filename=target.ssh_key or settings.ssh_key,
+                     ssh_config=settings.ssh_config)
 
 
 _ANY_SOURCE = ("*", "any", "internet", "0.0.0.0/0", "::/0")
@@ -325,7 +326,7 @@ class Gatherer:
         ev.ssh = {"target": ssh_target.describe(), "ok": False, "refused": False, "error": None}
         try:
             conn.connect()
-            ev.ssh["ok"] = True
+            ev.ssh.update(ok=True, host_key=conn.host_key)  # known: listed in known_hosts
             group_id = ev.control["group"]["id"]
             params = probe_params(self.spec, ev.subscription, ev.group,
                                   self.spec.vault_name(group_id))
