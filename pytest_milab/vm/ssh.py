@@ -154,7 +154,11 @@ def _fabric_connection(target: SshTarget, connect_timeout: float):
             hop.connect_kwargs = {**hop.connect_kwargs, **timeouts}
         for path in _known_hosts_files(hop.ssh_config):
             if os.path.isfile(path):
-                hop.client.load_system_host_keys(path)
+                try:
+                    hop.client.load_system_host_keys(path)
+                except Exception as exc:  # unreadable, or a line paramiko cannot decode
+                    raise SshError(f"SSH to {where}: known_hosts file {path} cannot be read "
+                                   f"({_why(exc)})") from None
     policy = _host_key_policy_class()()
     for hop in _chain(conn):
         # Fabric's own policy adds unknown keys silently: record them instead.
@@ -218,9 +222,8 @@ class VmConnection:
                 exc = exc.cause
                 if isinstance(exc, paramiko.BadHostKeyException):
                     raise SshError(_changed_key(exc, where)) from None
-                raise SshError(f"SSH to {where} failed at the jump host "
-                               f"{gateway.user}@{gateway.host}:{gateway.port} ({_why(exc)}); "
-                               "check the ssh config's ProxyJump host") from None
+                raise SshError(f"SSH to {where} failed at the jump host ({_why(exc)}); check "
+                               "the ssh config's ProxyJump host") from None
             if isinstance(exc, paramiko.BadHostKeyException):
                 raise SshError(_changed_key(exc, where)) from None
             if _is_refusal(exc):

@@ -231,6 +231,18 @@ def test_a_lab_vm_not_answering_behind_the_jump_host_is_a_refusal(lab, jump, tmp
         vm.set_power("running")
 
 
+def test_a_jump_host_that_does_not_let_the_grader_in_is_the_graders_side(lab, jump, tmp_path,
+                                                                        no_known_hosts):
+    config = Path(jump_config(tmp_path, lab, jump))
+    text = config.read_text()
+    config.write_text(text.replace(f"IdentityFile {jump[1]}", f"IdentityFile {lab[1]}"))
+    assert config.read_text() != text  # the jump host now gets the lab VM's key
+    config = str(config)
+    with pytest.raises(SshError, match="failed at the jump host") as exc:
+        VmConnection(SshTarget("lab", ssh_config=config)).connect()
+    assert not exc.value.refused
+
+
 def test_the_jump_vm_forwards_only_to_the_fleets_vms(jump, local_azure):
     jvm, jkey = jump
     with socket.socket() as listener:  # something on loopback that is not a VM
@@ -278,6 +290,15 @@ def test_a_host_key_listed_in_known_hosts_is_known(lab, no_known_hosts, local_az
     finally:
         conn.close()
     assert (no_known_hosts / ".ssh" / "known_hosts").read_text() == line
+
+
+def test_a_corrupt_known_hosts_line_is_a_login_problem(lab, tmp_path, no_known_hosts):
+    vm, key = lab
+    known = write(tmp_path / "known_hosts", f"{host_entry(vm)} ssh-ed25519 AAAA!notbase64\n")
+    config = write(tmp_path / "config", f"Host *\n    UserKnownHostsFile {known}\n")
+    with pytest.raises(SshError, match="known_hosts file .* cannot be read") as exc:
+        VmConnection(direct(vm, key, ssh_config=config)).connect()
+    assert not exc.value.refused
 
 
 def test_a_changed_host_key_is_refused(lab, jump, tmp_path, no_known_hosts, local_azure):
