@@ -269,7 +269,8 @@ class Gatherer:
             raise SshError("no SSH user: the machine's admin user is not readable; pass "
                            "--milab-ssh-user")
         return SshTarget(host=host, user=user, port=self.settings.ssh_port,
-                         key_filename=target.ssh_key or self.settings.ssh_key)
+                         key_filename=target.ssh_key or self.settings.ssh_key,
+                         ssh_config=self.settings.ssh_config)
 
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
         from .vm.probe import run_probe
@@ -294,8 +295,8 @@ class Gatherer:
         ev.ssh = {"target": ssh_target.describe(), "ok": False, "refused": False, "error": None}
         try:
             conn.connect()
-            ev.ssh["ok"] = True
-            ev.ssh["host_key"] = getattr(conn, "host_key", None)
+            # The machine's host key: known (listed in known_hosts) or first seen now.
+            ev.ssh.update(ok=True, host_key=conn.host_key)
             if self.suite.probe is None:
                 return
             # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,

@@ -48,7 +48,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="USER"),
     Option("ssh-key", "private key for SSH (default: the keys and agent Fabric would use)",
            metavar="FILE"),
-    Option("ssh-port", "SSH port of the VMs", "int", 22, metavar="PORT"),
+    Option("ssh-port", "SSH port of the VMs (default: the ssh config's Port, else 22)", "int",
+           metavar="PORT"),
+    Option("ssh-config", "ssh config file (default: ~/.ssh/config, as Fabric reads it)",
+           metavar="FILE"),
     Option("report", "write a report; .json or .csv by suffix (repeatable)", "list",
            metavar="PATH"),
     Option("emulator", "start the local Azure in-process, build a complete lab in it and grade "
@@ -91,7 +94,8 @@ class Settings:
     subscription: str | None = None
     ssh_user: str | None = None
     ssh_key: str | None = None
-    ssh_port: int = 22
+    ssh_port: int | None = None
+    ssh_config: str | None = None
     reports: tuple[str, ...] = ()
     emulator: bool = False
     mode: str = "discover"
@@ -158,6 +162,7 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         ssh_user=values["ssh-user"],
         ssh_key=values["ssh-key"],
         ssh_port=values["ssh-port"],
+        ssh_config=values["ssh-config"],
         reports=values["report"] or (),
         emulator=values["emulator"],
         mode=values["mode"],
@@ -169,6 +174,8 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
     for report in settings.reports:
         if Path(report).suffix.lower() not in (".json", ".csv"):
             raise ConfigError(f"--milab-report {report}: the name must end in .json or .csv")
+    if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
+        raise ConfigError(f"--milab-ssh-config {settings.ssh_config}: no such file")
     targets = [LabTarget(group=g) for g in settings.groups]
     for g in settings.groups:
         if not _GROUP.match(g):
