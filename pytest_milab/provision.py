@@ -77,13 +77,14 @@ class ProvisionContext:
     run_id: str
     ssh_public_key: str
     ssh_key_path: str
-    ssh_port: int = 22
+    ssh_port: int | None = None
     timeout: float = 60.0
     propagation_deadline: float = 120.0
     state: dict[str, Any] = field(default_factory=dict)
     created_apps: list[str] = field(default_factory=list)  # Graph object ids to delete
     ssh_host: str | None = None  # the lab's machine, for run_in_vm
     ssh_user: str | None = None
+    ssh_config: str | None = None  # the grader's ssh config (--milab-ssh-config)
 
     def __post_init__(self) -> None:
         from .azure.clients import SubscriptionClients
@@ -110,7 +111,7 @@ class ProvisionContext:
             raise RuntimeError("run_in_vm needs the machine: set ctx.ssh_host and ctx.ssh_user "
                                "in the stage that creates it")
         conn = VmConnection(SshTarget(self.ssh_host, self.ssh_user, self.ssh_port,
-                                      self.ssh_key_path), refused_for=180)
+                                      self.ssh_key_path, self.ssh_config), refused_for=180)
         try:
             return conn.run(command, timeout=timeout)
         finally:

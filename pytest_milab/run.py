@@ -154,7 +154,7 @@ class Run:
                 credential, target.subscription or subscription, claims["tid"], claims["oid"],
                 target.group, self.suite.spec, self.run_id, public, str(key),
                 self.settings.ssh_port, self.settings.timeout,
-                self.settings.propagation_deadline))
+                self.settings.propagation_deadline, ssh_config=self.settings.ssh_config))
 
     def _apply_env(self, env: dict[str, str]) -> None:
         for key, value in env.items():

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import ConfigError, SshError
+from ..retry import backoff
 
 # An open connection's transport thread wakes this often to notice it was closed (paramiko's
 # default is 0.1 s: with a class's VMs all connected, thousands of wake-ups a second).
@@ -80,7 +81,7 @@ def _is_refusal(exc: BaseException) -> bool:
 
 
 class CommandTimedOut(Exception):
-    pass
+    """Internal: a command outlived its deadline (raised and caught here, said as SshError)."""
 
 
 @functools.cache
@@ -257,8 +258,7 @@ class VmConnection:
             if self.is_connected:
                 return
             started = time.monotonic()
-            deadline = started + self.refused_for
-            delay = 0.2
+            delays = backoff(started + self.refused_for, first=0.2, factor=2, cap=5.0)
             while True:
                 try:
                     self._open()
@@ -266,10 +266,10 @@ class VmConnection:
                     return
                 except SshError as exc:
                     self.refused_seconds = time.monotonic() - started
-                    if not exc.refused or time.monotonic() + delay > deadline:
+                    delay = next(delays, None) if exc.refused else None
+                    if delay is None:
                         raise
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def _exec(self, command: str, timeout: float) -> CommandResult:
         """Run one command on a new channel: stdout here, stderr on a helper thread (so neither
