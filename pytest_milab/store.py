@@ -10,7 +10,7 @@ import threading
 from concurrent.futures import Future
 
 from .errors import CouldNotDecide, SshError
-from .evidence import Connections, Gatherer, LabEvidence
+from .evidence import Connections, Gatherer, LabEvidence, SshOutcome
 from .settings import LabTarget, Settings
 from .sharing import lab_share
 
@@ -91,21 +91,21 @@ class EvidenceStore:
 
         if evidence.problem:
             raise CouldNotDecide(evidence.problem)
-        ssh = evidence.ssh or {}
-        if not evidence.machine:
-            if ssh.get("refused") or not ssh:
-                raise NeedsStep(f"needs ssh: {ssh.get('error') or 'the lab has no machine'}")
-            raise CouldNotDecide(ssh.get("error") or "the machine could not be found")
+        ssh = evidence.ssh or SshOutcome(refused=True, error="the lab has no machine")
+        if evidence.machine is None:
+            if ssh.refused:
+                raise NeedsStep(f"needs ssh: {ssh.error}")
+            raise CouldNotDecide(ssh.error or "the machine could not be found")
         try:
             ssh_target = self.gatherer.ssh_target(evidence, target)
         except SshError as exc:
             if exc.refused:
                 raise NeedsStep(f"needs ssh: {exc}") from None
             raise CouldNotDecide(str(exc)) from None
-        if ssh.get("refused"):
-            raise NeedsStep(f"needs ssh: {ssh.get('error')}")
+        if ssh.refused:
+            raise NeedsStep(f"needs ssh: {ssh.error}")
         return Vm(self.connections.get(target.label, ssh_target), self.gatherer.digest_key,
-                  evidence.machine.get("source", "imds"))
+                  evidence.machine.source)
 
     def close(self) -> None:
         self.gatherer.close()

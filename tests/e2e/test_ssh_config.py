@@ -28,7 +28,7 @@ def test_run(vm):
 
 @pytest.mark.milab_step("host-key")
 def test_host_key(evidence):
-    assert evidence.ssh["host_key"] == {{"type": "ssh-ed25519", "sha256": {sha256!r},
+    assert evidence.ssh.host_key == {{"type": "ssh-ed25519", "sha256": {sha256!r},
                                         "known": False}}
 '''
 

@@ -169,8 +169,9 @@ def test_evidence_targets_carry_the_ssh_config(tmp_path):
     from pytest_milab.evidence import Gatherer, LabEvidence
     from pytest_milab.settings import LabTarget, Settings
     from pytest_milab.suite import Suite
+    from pytest_milab.vm.reach import Machine
 
-    ev = LabEvidence(label="a", group="g", machine={"host": "203.0.113.9", "user": "azureuser"})
+    ev = LabEvidence(label="a", group="g", machine=Machine("203.0.113.9", "azureuser"))
     gatherer = Gatherer(Settings(ssh_config="/x/config"), Suite(), None, None, None)
     target = gatherer.ssh_target(ev, LabTarget(group="g"))
     assert target == SshTarget("203.0.113.9", "azureuser", None, None, "/x/config")
