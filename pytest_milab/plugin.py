@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,13 @@ from .settings import OPTIONS
 from .sharing import lab_scope
 from .steps import MARKER, MARKER_DOC, StepRegistry, step_from_marker
 from .suite import Suite
+from .text import clean
 
 _RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
+# The exit status of a run in which some step could not be decided (Azure throttled or failed,
+# SSH broke, a grant had not propagated): the grade book is not final, grade again later.
+EXIT_UNDECIDED = 6
 _OUTCOME_WORDS = {
     grading.FAILED: ("failed", "F", "FAILED"),
     grading.ERROR: ("error", "E", "ERROR"),
@@ -84,9 +89,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     run = config.stash.get(_RUN_KEY, None)
     if run is None or not run.settings.active:
         return []
-    lines = [f"milab: {run.settings.mode} mode, {len(run.settings.targets)} lab(s)"
-             + (" in a local Azure" if run.azure is not None else "")]
-    return lines + [f"milab: {note}" for note in run.notes]
+    return [f"milab: {run.settings.mode} mode, {len(run.settings.targets)} lab(s)"
+            + (" in a local Azure" if run.azure is not None else "")]
 
 
 def _run(config: pytest.Config) -> Run:
@@ -140,6 +144,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         _check_suite(run, items)
     except (SuiteError, ValueError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
+    if not run.settings.targets and any(_lab_of(item) is None and hasattr(item, "callspec")
+                                        and "_milab_target" in item.callspec.params
+                                        for item in items):
+        raise pytest.UsageError("milab: no lab to grade: pass --milab-group NAME, "
+                                "--milab-roster FILE or --milab-emulator")
     run.results.set_steps(ordered)
     rank = {s.id: i for i, s in enumerate(ordered)}
     lab_rank = {t.label: i for i, t in enumerate(run.settings.targets)}
@@ -326,11 +335,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if _is_worker(config):
         config.workeroutput["milab_notes"] = list(run.notes)
         return
+    if config.option.collectonly:
+        return  # nothing was graded: no report is written (an old one stays as it was)
     results, steps = run.results.grade(run.settings.targets)
     for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
-    if any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
+    if any(reports.undecided(lab) for lab in results):
+        session.exitstatus = EXIT_UNDECIDED
+    elif any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -345,11 +358,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(line)
     for target in run.settings.targets:
         if target.problem:
-            terminalreporter.write_line(f"milab: not graded: {target.problem}", red=True)
+            terminalreporter.write_line(f"milab: not graded: {clean(target.problem)}", red=True)
     for note in run.notes:
-        terminalreporter.write_line(f"milab: {note}")
+        terminalreporter.write_line(f"milab: {clean(note, 500)}")
     for path in run.settings.reports:
         terminalreporter.write_line(f"milab: report written to {os.path.abspath(path)}")
+    labs = len(run.results.graded)
+    terminalreporter.write_line(
+        f"milab: {labs} lab{'s' if labs != 1 else ''} graded in "
+        f"{time.monotonic() - run.started:.1f}s (the whole run"
+        + (", the local Azure and its labs' building included" if run.azure is not None
+           else "") + ")")
 
 
 @pytest.hookimpl(optionalhook=True)

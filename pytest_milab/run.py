@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ class Run:
         self.azure = None  # the in-process local Azure (--milab-emulator)
         self.notes: list[str] = []
         self.run_id = ""
+        self.started = time.monotonic()
         self._saved_env: dict[str, str | None] = {}
 
     @property

@@ -24,6 +24,9 @@ class Option:
     default: object = None
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    low: float | None = None  # the least value allowed (numbers)
+    low_open: bool = False  # the value must be above `low`, not equal to it
+    high: float | None = None
 
     @property
     def flag(self) -> str:
@@ -49,7 +52,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssh-key", "private key for SSH (default: the keys and agent Fabric would use)",
            metavar="FILE"),
     Option("ssh-port", "SSH port of the VMs (default: the ssh config's Port, else 22)", "int",
-           metavar="PORT"),
+           metavar="PORT", low=1, high=65535),
     Option("ssh-config", "ssh config file (default: ~/.ssh/config, as Fabric reads it)",
            metavar="FILE"),
     Option("report", "write a report; .json or .csv by suffix (repeatable)", "list",
@@ -59,11 +62,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("mode", "discover grades finished labs read-only; provision builds a lab step by step",
            "str", "discover", choices=("discover", "provision")),
     Option("keep", "provision mode: keep what the run created", "flag", False),
-    Option("concurrency", "labs gathered at once", "int", 32, metavar="N"),
+    Option("concurrency", "labs gathered at once", "int", 32, metavar="N", low=1),
     Option("timeout", "seconds an Azure or SSH call may take, retries included", "float", 60.0,
-           metavar="SECONDS"),
+           metavar="SECONDS", low=0, low_open=True),
     Option("propagation-deadline", "seconds to wait for a change to take effect", "float",
-           120.0, metavar="SECONDS"),
+           120.0, metavar="SECONDS", low=0),
 )
 
 ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
@@ -128,13 +131,19 @@ def _convert(option: Option, raw: object, source: str):
             items = str(raw).split(",")
         return tuple(i.strip() for i in items if i.strip())
     text = str(raw).strip()
-    try:
-        if option.kind == "int":
-            return int(text)
-        if option.kind == "float":
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{source}: expected a number, got {raw!r}") from None
+    if option.kind in ("int", "float"):
+        try:
+            number = int(text) if option.kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"{source}: expected a number, got {raw!r}") from None
+        too_low = option.low is not None and (number < option.low or option.low_open
+                                              and number == option.low)
+        too_high = option.high is not None and number > option.high
+        if too_low or too_high or number != number:  # NaN too
+            bound = (f"above {option.low:g}" if option.low_open else f"at least {option.low:g}"
+                     if option.high is None else f"from {option.low:g} to {option.high:g}")
+            raise ConfigError(f"{source}: expected a number {bound}, got {raw!r}")
+        return number
     if option.choices and text not in option.choices:
         raise ConfigError(f"{source}: expected one of {', '.join(option.choices)}, got {raw!r}")
     return text
@@ -167,7 +176,7 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         emulator=values["emulator"],
         mode=values["mode"],
         keep=values["keep"],
-        concurrency=max(1, values["concurrency"]),
+        concurrency=values["concurrency"],
         timeout=values["timeout"],
         propagation_deadline=values["propagation-deadline"],
     )

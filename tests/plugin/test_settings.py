@@ -95,3 +95,18 @@ def test_missing_roster_file(tmp_path):
 def test_duplicate_labels_are_made_unique():
     s = resolve({"group": ["g", "g"]}, {}, {})
     assert len({t.label for t in s.targets}) == 2
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"timeout": "0"}, "--milab-timeout: expected a number above 0, got '0'"),
+    ({"timeout": "-5"}, "--milab-timeout: expected a number above 0, got '-5'"),
+    ({"concurrency": "0"}, "--milab-concurrency: expected a number at least 1, got '0'"),
+    ({"propagation-deadline": "-1"},
+     "--milab-propagation-deadline: expected a number at least 0, got '-1'"),
+    ({"ssh-port": "70000"}, "--milab-ssh-port: expected a number from 1 to 65535, got '70000'"),
+    ({"timeout": "nan"}, "--milab-timeout: expected a number above 0, got 'nan'"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_option(given, message):
+    with pytest.raises(ConfigError) as info:
+        resolve(given, {}, {})
+    assert str(info.value) == message
