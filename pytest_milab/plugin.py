@@ -28,7 +28,7 @@ _RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
 # The exit status of a run in which some step could not be decided (Azure throttled or failed,
 # SSH broke, a grant had not propagated): the grade book is not final, grade again later.
-EXIT_UNDECIDED = 6
+EXIT_UNDECIDED = 10  # apart from pytest's own exit codes (0-6)
 _OUTCOME_WORDS = {
     grading.FAILED: ("failed", "F", "FAILED"),
     grading.ERROR: ("error", "E", "ERROR"),

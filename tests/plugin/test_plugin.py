@@ -73,7 +73,7 @@ def test_outcomes_points_and_needs_in_reports(suite):
         ["broken", "", "incomplete: 1 undecided", "0", "3", "1"]]
     assert rows[1][6:12] == ["2", "passed", "1", "passed", "", "error"]
     # Some steps could not be decided: the grade book is not final.
-    assert result.ret == 6
+    assert result.ret == 10
 
 
 def test_not_propagated_is_its_own_word(suite):
@@ -89,7 +89,7 @@ def test_same_reports_under_xdist(suite):
         ("good", 3, 3), ("broken", 0, 3)]
     broken = data["groups"][1]
     assert broken["steps"][1]["reason"] == "needs first"
-    assert result.ret == 6
+    assert result.ret == 10
 
 
 def test_junit_carries_step_ids_and_points(suite):
