@@ -50,6 +50,50 @@ class Stage:
                              "not among its checks")
 
 
+@dataclass(frozen=True)
+class Defect:
+    """A lab with one step broken the way a student would break it: the suite's stages with
+    some left out (`drop`), other starting values (`state`), or one more stage (`extra`) run
+    after the stage named `after` (at the end when None). Suites declare theirs with the hook
+    `pytest_milab_defects`; `milab emulator --lab NAME:DEFECT` builds one, and a suite's defect
+    catalogue shows each check failing on one.
+
+    `says`: words the broken step's reason contains. `seen_directly`: other steps that observe
+    the defect's effect themselves (they fail with their own reason, not "needs ...")."""
+
+    name: str
+    says: str
+    step: str = ""  # the step it breaks (default: the name)
+    drop: tuple[str, ...] = ()
+    state: dict[str, Any] = field(default_factory=dict)
+    extra: Callable[[ProvisionContext], None] | None = None
+    after: str | None = None
+    seen_directly: tuple[str, ...] = ()
+
+    @property
+    def breaks(self) -> str:
+        return self.step or self.name
+
+    def apply(self, stages: list[Stage]) -> tuple[list[Stage], dict[str, Any]]:
+        """The stages (checking nothing: they build, the grading judges) and initial state."""
+        from dataclasses import replace
+
+        known = {s.name for s in stages}
+        for name in (*self.drop, *((self.after,) if self.after else ())):
+            if name not in known:
+                raise ValueError(f"defect {self.name!r} names stage {name!r}, which the suite "
+                                 f"does not have ({', '.join(sorted(known))})")
+        out = [replace(s, checks=(), poll=()) for s in stages if s.name not in self.drop]
+        if self.extra is not None:
+            stage = Stage(f"defect: {self.name}", self.extra)
+            if self.after is None:
+                out.append(stage)
+            else:
+                at = next(i for i, s in enumerate(out) if s.name == self.after)
+                out.insert(at + 1, stage)
+        return out, dict(self.state)
+
+
 def principal_claims(credential) -> dict:
     """Who the credential is: the claims (`oid`, `tid`) of its ARM token, read not verified."""
     token = credential.get_token("https://management.azure.com/.default").token

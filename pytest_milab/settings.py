@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, RosterError
+from .text import clean
 
 
 @dataclass(frozen=True)
@@ -197,14 +198,48 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
     return replace(settings, targets=tuple(label_targets(targets)))
 
 
+MAX_LINE = 4096  # bytes of one roster line
+MAX_FIELD = 256  # characters of one field
+
+
+def _roster_rows(data: bytes) -> tuple[list[list[str]], dict[int, str]]:
+    """The roster's rows, one per line, and the lines that are not text a roster can hold
+    (line number -> why): not UTF-8, too long, not CSV."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    rows: list[list[str]] = []
+    bad: dict[int, str] = {}
+    for number, raw in enumerate(data.splitlines(), 1):
+        row: list[str] = []
+        if len(raw) > MAX_LINE:
+            bad[number] = f"the line is over {MAX_LINE} bytes"
+        else:
+            try:
+                row = next(csv.reader([raw.decode("utf-8")]), [])
+            except UnicodeDecodeError:
+                bad[number] = "the line is not UTF-8 text"
+            except csv.Error as exc:
+                bad[number] = f"not a CSV line ({exc})"
+        rows.append(row)
+    return rows, bad
+
+
+def _key_file(roster: Path, given: str) -> str | None:
+    """A roster's ssh_key: as given, else beside the roster; None when it is neither."""
+    for candidate in (Path(given).expanduser(), roster.parent / given):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def parse_roster(path: Path) -> list[LabTarget]:
     """Read a roster; a malformed line becomes a target carrying its `problem`, so the rest of
     the class is still graded and the line is reported, not lost."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"--milab-roster {path}: cannot read it ({exc.strerror})") from None
-    rows = list(csv.reader(text.splitlines()))
+    rows, bad = _roster_rows(data)
     header_index = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
     if header_index is None:
         raise ConfigError(f"--milab-roster {path}: the file is empty; it needs a header line "
@@ -221,12 +256,15 @@ def parse_roster(path: Path) -> list[LabTarget]:
     seen: dict[tuple[str, str], int] = {}
     for index in range(header_index + 1, len(rows)):
         row, line = rows[index], index + 1
-        if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+        if line not in bad and (not any(c.strip() for c in row)
+                                or row[0].lstrip().startswith("#")):
             continue
-        fields = dict(zip(header, (c.strip() for c in row), strict=False))
+        fields = dict(zip(header, (clean(c.strip(), MAX_FIELD) for c in row), strict=False))
         group = fields.get("group", "")
         problem = None
-        if len(row) != len(header):
+        if line in bad:
+            problem, group = bad[line], ""
+        elif len(row) != len(header):
             problem = f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}"
         elif not group:
             problem = "the group is empty"
@@ -234,6 +272,8 @@ def parse_roster(path: Path) -> list[LabTarget]:
             problem = f"{group!r} is not a valid resource group name"
         elif fields.get("subscription") and not _GUID.match(fields["subscription"]):
             problem = f"subscription {fields['subscription']!r} is not a subscription id"
+        elif fields.get("ssh_key") and not _key_file(path, fields["ssh_key"]):
+            problem = f"ssh_key {fields['ssh_key']!r}: no such file"
         else:
             pair = ((fields.get("subscription") or "").lower(), group.lower())
             if pair in seen:
@@ -244,7 +284,8 @@ def parse_roster(path: Path) -> list[LabTarget]:
         targets.append(LabTarget(
             group=group or f"line-{line}", subscription=fields.get("subscription") or None,
             student=fields.get("student") or None, ssh_user=fields.get("ssh_user") or None,
-            ssh_key=fields.get("ssh_key") or None, ssh_host=fields.get("ssh_host") or None,
+            ssh_key=_key_file(path, fields["ssh_key"]) if fields.get("ssh_key") and not problem
+            else None, ssh_host=fields.get("ssh_host") or None,
             line=line, problem=problem))
     return targets
 

@@ -32,6 +32,12 @@ def pytest_milab_stages(config, spec):
     return STAGES
 
 
+def pytest_milab_defects(spec):
+    from .defects import DEFECTS
+
+    return DEFECTS
+
+
 @pytest.fixture
 def lab(evidence, milab_spec):
     return ManagedIdentityLab(evidence, milab_spec)
