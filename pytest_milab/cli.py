@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -32,6 +33,11 @@ def _emulator(args: argparse.Namespace) -> int:
     if args.machine and not args.machine_key:
         print("milab emulator: --machine needs at least one --machine-key (the public keys "
               "that may log in)", file=sys.stderr)
+        return 2
+    try:
+        labs = _lab_requests(args)
+    except ValueError as exc:
+        print(f"milab emulator: {exc}", file=sys.stderr)
         return 2
     try:
         keys = [Path(path).read_text().strip() for path in args.machine_key]
@@ -70,7 +76,16 @@ def _emulator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR1, print_stats)
     signal.signal(signal.SIGUSR2, switch_knobs)
     try:
-        azure.write_env_file(args.env_file)
+        try:
+            azure.write_env_file(args.env_file)
+        except OSError as exc:
+            print(f"milab emulator: --env-file {args.env_file}: cannot write it "
+                  f"({exc.strerror})", file=sys.stderr)
+            return 2
+        if labs:
+            code = _build_labs(azure, args, labs)
+            if code:
+                return code
         for machine in machines:
             print(f"milab emulator: on-premises machine {machine.name}: ssh -p {machine.port} "
                   f"{machine.user}@{machine.address}", flush=True)
@@ -80,6 +95,77 @@ def _emulator(args: argparse.Namespace) -> int:
             pass
     finally:
         azure.stop()
+    return 0
+
+
+def _lab_requests(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """`--lab NAME[:DEFECT]`s (and `--labs N` complete ones) as (name, defect) pairs."""
+    labs: list[tuple[str, str | None]] = []
+    for text in args.lab:
+        name, _, defect = text.partition(":")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
+            raise ValueError(f"--lab {text!r}: a lab's name is letters, digits, _ . - "
+                             "(up to 63)")
+        labs.append((name, defect or None))
+    labs += [(f"lab-{i}", None) for i in range(1, args.labs + 1)]
+    if labs and not args.suite:
+        raise ValueError("--lab and --labs build labs with a suite's stages: pass --suite DIR "
+                         "(e.g. example_suites/managed_identity)")
+    names = [n for n, _ in labs]
+    if len(set(names)) != len(names):
+        raise ValueError("two labs have the same name")
+    return labs
+
+
+def _build_labs(azure, args: argparse.Namespace, labs: list[tuple[str, str | None]]) -> int:
+    """Build labs with the suite's stages (with a named defect each, if asked), and write
+    what a grader needs beside the env file: its SSH key, an env file as the Reader-only
+    grader, and a roster."""
+    import shutil
+    import time
+
+    from .emulator.localazure import write_private
+    from .errors import SuiteError
+    from .provision import build_in_local_azure
+    from .suiteload import load_suite
+
+    try:
+        suite = load_suite(args.suite)
+        stages = suite.suite.stages()
+        defects = suite.defects()
+    except (SuiteError, ImportError) as exc:
+        print(f"milab emulator: --suite {args.suite}: {exc}", file=sys.stderr)
+        return 2
+    unknown = sorted({d for _, d in labs if d and d not in defects})
+    if unknown:
+        print(f"milab emulator: the suite has no defect {unknown[0]!r} (it has: "
+              f"{', '.join(sorted(defects)) or 'none'})", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    where = Path(args.env_file).resolve().parent
+    key = None
+    for name, defect in labs:
+        lab_stages, state = defects[defect].apply(stages) if defect else (stages, {})
+        key, failures = build_in_local_azure(azure, [name], lab_stages, suite.spec,
+                                             state=state)
+        for failure in failures:
+            print(f"milab emulator: lab {name}: {failure}", flush=True)
+    grader_key = where / "grader_ed25519"
+    write_private(grader_key, key.read_text())
+    shutil.copyfile(f"{key}.pub", f"{grader_key}.pub")
+    env = dict(azure.env, AZURE_CLIENT_ID=azure.grader.client_id,
+               AZURE_CLIENT_SECRET=azure.grader.client_secret)
+    grader_env = where / (Path(args.env_file).stem + ".grader.env")
+    azure.write_env_file(grader_env, env)
+    roster = where / "class.csv"
+    roster.write_text("group,student\n" + "".join(f"{n},{n}\n" for n, _ in labs))
+    broken = [f"{n} ({d} broken)" for n, d in labs if d]
+    print(f"milab emulator: built {len(labs)} lab(s) in {time.perf_counter() - t0:.1f}s"
+          + (f"; with defects: {', '.join(broken)}" if broken else ""), flush=True)
+    print("milab emulator: grade them from another shell, as the Reader-only grader:\n"
+          f"    set -a; . {grader_env}; set +a\n"
+          f"    pytest {args.suite} --milab-roster {roster} --milab-ssh-key {grader_key}",
+          flush=True)
     return 0
 
 
@@ -93,6 +179,16 @@ def _latency(text: str) -> tuple[str, float]:
     if not sep or not service or value < 0:
         raise argparse.ArgumentTypeError(f"expected SERVICE=SECONDS, got {text!r}")
     return service.strip(), value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return value
 
 
 def _add_knob_flags(emu: argparse.ArgumentParser) -> None:
@@ -126,7 +222,12 @@ def _cleanup(args: argparse.Namespace) -> int:
     from .provision import cleanup
 
     if args.env_file:
-        _load_env_file(args.env_file)
+        try:
+            _load_env_file(args.env_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"milab cleanup: --env-file {args.env_file}: cannot read it "
+                  f"({getattr(exc, 'strerror', None) or exc})", file=sys.stderr)
+            return 2
     try:
         credential = make_credential()
         check_credential(credential)
@@ -162,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
                           "repeatable (the grader's and the student's)")
     emu.add_argument("--machine-user", default="azureuser", metavar="USER",
                      help="the machines' admin user (default: azureuser)")
+    emu.add_argument("--suite", default=None, metavar="DIR",
+                     help="the suite whose stages build the labs (--lab, --labs)")
+    emu.add_argument("--lab", action="append", default=[], metavar="NAME[:DEFECT]",
+                     help="build a lab named NAME, complete or with the suite's DEFECT; "
+                          "repeatable. Writes beside the env file the grader's SSH key "
+                          "(grader_ed25519), a Reader-only env file (<env>.grader.env) and a "
+                          "roster (class.csv)")
+    emu.add_argument("--labs", type=_count, default=0, metavar="N",
+                     help="build N complete labs (lab-1 ... lab-N)")
     _add_knob_flags(emu)
     emu.set_defaults(func=_emulator)
     clean = sub.add_parser("cleanup", help="delete what provision runs left behind")
