@@ -244,6 +244,127 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+PREFLIGHT_OPTIONS = ("group", "roster", "subscription", "ssh-user", "ssh-key", "ssh-port",
+                     "ssh-config", "concurrency", "timeout")
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    """Before the deadline: can the grader read each lab and log in to its machine?"""
+    from .errors import MilabError
+    from .evidence import Connections, Gatherer
+    from .run import check_environment, quiet_sdk_logs
+    from .settings import resolve
+    from .suite import Suite
+    from .suiteload import load_suite
+    from .text import clean
+
+    try:
+        settings = resolve({o: getattr(args, o.replace("-", "_")) for o in PREFLIGHT_OPTIONS},
+                           {})
+        if not settings.targets:
+            raise MilabError("no lab to check: pass --roster FILE or --group NAME")
+        loaded = load_suite(args.suite)
+        check_environment(settings)
+        from .azure.clients import (
+            ClientPool,
+            check_credential,
+            default_subscription,
+            make_credential,
+        )
+
+        credential = make_credential()
+        with quiet_sdk_logs(False):
+            check_credential(credential)
+    except (MilabError, ImportError) as exc:
+        print(f"milab preflight: {exc}", file=sys.stderr)
+        return 2
+    # The suite's reads and machine, no probe: what grading needs before it judges anything.
+    suite = Suite(spec=loaded.spec, reads=loaded.suite.reads, machine=loaded.suite.machine)
+    connections = Connections()
+    gatherer = Gatherer(settings, suite, ClientPool(credential, settings.timeout), connections,
+                        lambda: default_subscription(credential, settings.timeout))
+    try:
+        found = gatherer.gather_all([t for t in settings.targets if not t.problem])
+    finally:
+        connections.close_all()
+    ready = 0
+    width = max(len(clean(t.label, 40)) for t in settings.targets)
+    for target in settings.targets:
+        ev = found.get(target.label)
+        verdict = _preflight_verdict(target, ev)
+        ready += verdict.startswith("ready")
+        print(f"{clean(target.label, 40):<{width}}  {clean(verdict, 400)}")
+    total = len(settings.targets)
+    print(f"milab preflight: {ready} of {total} lab(s) ready"
+          + (f"; {total - ready} need attention" if ready < total else ""))
+    return 0 if ready == total else 1
+
+
+def _preflight_verdict(target, ev) -> str:
+    if target.problem or ev is None:
+        return f"not checked: {target.problem or 'not gathered'}"
+    if ev.problem:
+        return f"cannot check: {ev.problem}"
+    if "group" in ev.errors:
+        return f"cannot read the group: {ev.errors['group']}"
+    if ev.control.get("group") is None:
+        return f"no resource group {ev.group!r} in subscription {ev.subscription}"
+    ssh = ev.ssh
+    if ssh is None:
+        return "ready: the group is readable (the suite has no machine to log in to)"
+    if not ssh.ok:
+        return f"cannot log in to the machine: {ssh.error}"
+    key = ssh.host_key or {}
+    seen = f"; host key {key.get('sha256')} {'known' if key.get('known') else 'first seen'}" \
+        if key else ""
+    return f"ready: the group is readable, logged in to {ssh.target}{seen}"
+
+
+def _onboard(args: argparse.Namespace) -> int:
+    """What a student runs to let the grader in: Reader on the lab's group, the grader's key
+    on the lab's machine. Nothing here changes anything: it prints."""
+    from .errors import MilabError, SuiteError
+    from .suiteload import load_suite
+
+    try:
+        loaded = load_suite(args.suite)
+        key = Path(args.public_key).expanduser().read_text().strip()
+        if not key.startswith(("ssh-", "ecdsa-", "sk-")):
+            raise MilabError(f"--public-key {args.public_key}: not an OpenSSH public key")
+        grader = args.grader_object_id or _grader_object_id()
+    except (MilabError, SuiteError, ImportError) as exc:
+        print(f"milab onboard: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"milab onboard: --public-key {args.public_key}: cannot read it "
+              f"({exc.strerror})", file=sys.stderr)
+        return 2
+    group = args.group or getattr(loaded.spec, "group", None) or "<your lab's group>"
+    hook = getattr(loaded.conftest, "pytest_milab_onboard", None)
+    print("# Let the grader read your lab (nothing else: Reader cannot change anything):")
+    print(f"az role assignment create --assignee {grader} --role Reader \\\n"
+          f"    --scope $(az group show --name {group} --query id --output tsv)")
+    print("# Let the grader log in to your lab's machine:")
+    lines = hook(spec=loaded.spec, group=group, public_key=key, user=args.ssh_user) \
+        if hook else None
+    print("\n".join(lines or [f"echo '{key}' >> ~{args.ssh_user}/.ssh/authorized_keys   "
+                              "# on the machine, for the grader's own user"]))
+    print(f"# The grader then grades with --milab-ssh-user {args.ssh_user}.")
+    return 0
+
+
+def _grader_object_id() -> str:
+    """The object id of the credential this grader signs in with."""
+    from .azure.clients import check_credential, make_credential
+    from .provision import principal_claims
+    from .run import quiet_sdk_logs
+
+    credential = make_credential()
+    with quiet_sdk_logs(False):
+        check_credential(credential)
+        return principal_claims(credential)["oid"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="milab", description="pytest-milab tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +402,26 @@ def main(argv: list[str] | None = None) -> int:
     clean.add_argument("--env-file", default=None, metavar="PATH",
                        help="read KEY=VALUE lines first (e.g. a local Azure's env file)")
     clean.set_defaults(func=_cleanup)
+    pre = sub.add_parser("preflight", help="check that the grader can read each lab and log "
+                                           "in to its machine")
+    pre.add_argument("--suite", required=True, metavar="DIR", help="the labs' suite")
+    pre.add_argument("--group", action="append", default=None, metavar="NAME")
+    for name in PREFLIGHT_OPTIONS[1:]:
+        pre.add_argument(f"--{name}", default=None, metavar=name.upper().replace("-", "_"),
+                         help=f"as --milab-{name} (env MILAB_{name.upper().replace('-', '_')})")
+    pre.set_defaults(func=_preflight)
+    onb = sub.add_parser("onboard", help="print the commands a student runs to let the grader "
+                                         "in")
+    onb.add_argument("--suite", required=True, metavar="DIR", help="the labs' suite")
+    onb.add_argument("--public-key", required=True, metavar="FILE",
+                     help="the grader's OpenSSH public key")
+    onb.add_argument("--grader-object-id", default=None, metavar="ID",
+                     help="the grader principal's object id (default: the signed-in one's)")
+    onb.add_argument("--group", default=None, metavar="NAME",
+                     help="the lab's group (default: the suite's)")
+    onb.add_argument("--ssh-user", default="milabgrader", metavar="USER",
+                     help="the grader's own account on the machine (default: milabgrader)")
+    onb.set_defaults(func=_onboard)
     args = parser.parse_args(argv)
     return args.func(args)
 

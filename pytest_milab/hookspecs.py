@@ -65,3 +65,10 @@ def pytest_milab_stages(config, spec):
 def pytest_milab_defects(spec):
     """Return `Defect`s: labs with one step broken the way a student would break it, built
     with the suite's stages (`milab emulator --lab NAME:DEFECT`, a suite's defect catalogue)."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_milab_onboard(spec, group, public_key, user):
+    """Return the shell lines a student runs to let the grader log in to the lab's machine as
+    its own account `user` with `public_key` (`milab onboard` prints them after the Reader
+    assignment)."""
