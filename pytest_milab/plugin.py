@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from . import grading, reports
 from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, StepOutcome, SuiteError
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
+from .progress import Progress
 from .results import Reported
 from .run import Run, settings_from
 from .settings import OPTIONS
@@ -67,11 +69,17 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"milab: {exc}") from None
     config.stash[_RUN_KEY] = run
     config.pluginmanager.register(run, "milab-run")
+    config.pluginmanager.register(Progress(config, run), "milab-progress")
     config.pluginmanager.register(run.results, "milab-results")
     if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
         config.add_cleanup(gc.unfreeze)
+        if run.settings.emulator and not _is_worker(config) and sys.stderr.isatty():
+            # Before pytest prints anything: the few seconds this takes are not silent.
+            print(f"milab: starting a local Azure and building "
+                  f"{'the lab' if run.provisioning else 'its lab(s)'} with the suite's "
+                  "stages...", file=sys.stderr, flush=True)
         try:
             run.start()
         except MilabError as exc:
@@ -249,8 +257,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
             return None
         params = inspect.signature(pyfuncitem.obj).parameters
         args = {name: value for name, value in pyfuncitem.funcargs.items() if name in params}
+        progress = pyfuncitem.config.pluginmanager.get_plugin("milab-progress")
         run.driver.check(target.label, info.id, lambda: pyfuncitem.obj(**args),
-                         lambda changed: run.store.refresh(target, changed))
+                         lambda changed: run.store.refresh(target, changed),
+                         lambda left: progress.waiting(target.label, info.id, left))
         return True
     outcome, reason = inherited
     if outcome == grading.FAILED:

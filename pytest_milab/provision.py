@@ -365,14 +365,16 @@ class ProvisionDriver:
         return self._rank.get(step_id, len(self.stages))
 
     def check(self, label: str, step_id: str, run: Callable[[], None],
-              refresh: Callable[[bool], None]) -> None:
+              refresh: Callable[[bool], None],
+              waiting: Callable[[float], None] | None = None) -> None:
         """Build the lab up to this step's stage, then run its check on fresh evidence
         (`refresh(stages_ran)`); a polled check is re-run, with fresh evidence, until the
         deadline. A failing check that a failed stage explains says so."""
         build = self.builds[label]
         refresh(build.run_until(build.stage_of(step_id)))
         failure = build.failure_for(step_id)
-        delays = backoff(time.monotonic() + self.deadline)
+        deadline = time.monotonic() + self.deadline
+        delays = backoff(deadline)
         while True:
             try:
                 run()
@@ -393,6 +395,8 @@ class ProvisionDriver:
                     text = str(exc).strip().splitlines()
                     raise NotPropagated(f"not in force {self.deadline:.0f}s after the change: "
                                         f"{text[0] if text else repr(exc)}") from None
+                if waiting is not None:
+                    waiting(deadline - time.monotonic())
             time.sleep(delay)
             refresh(True)
 

@@ -183,3 +183,21 @@ def test_no_credentials_is_one_line_before_any_test(pytester, monkeypatch, tmp_p
     result.stderr.fnmatch_lines(["ERROR: milab: no Azure credentials: sign in with `az login`*"])
     assert "Traceback" not in result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_progress_on_a_terminal_and_quiet_in_logs(suite):
+    import shutil
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
+            "--milab-group", "good", "--milab-group", "broken"]
+    piped = subprocess.run(args, cwd=suite.path, capture_output=True, text=True, timeout=120)
+    assert "milab: judging lab" not in piped.stdout
+    if shutil.which("script") is None:
+        pytest.skip("no `script` (util-linux) to give the run a terminal")
+    tty = subprocess.run(["script", "-qec", " ".join(args), "/dev/null"], cwd=suite.path,
+                         capture_output=True, text=True, timeout=120)
+    lines = [line.strip() for line in tty.stdout.splitlines()]
+    assert "milab: judging lab 1 of 2: good" in lines, tty.stdout
+    assert "milab: judging lab 2 of 2: broken" in lines
