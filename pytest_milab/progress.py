@@ -38,7 +38,10 @@ class Progress:
         target = targets[label]
         who = clean(label, 60) + (f" (group {clean(target.group, 60)})"
                                   if target.student else "")
-        tr.write_line(f"milab: judging lab {len(self.seen)} of {len(targets)}: {who}")
+        store = self.run.store
+        gathered = store.gathered if store is not None else None
+        count = f" (gathered {gathered[0]} of {gathered[1]})" if gathered else ""
+        tr.write_line(f"milab: judging lab {len(self.seen)} of {len(targets)}: {who}{count}")
 
     def waiting(self, label: str, step: str, seconds_left: float) -> None:
         """Provision mode polls a check until its grant takes effect."""

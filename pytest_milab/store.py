@@ -80,6 +80,13 @@ class EvidenceStore:
         self._evidence[target.label].__dict__.update(fresh.__dict__)
         self._stale.discard(target.label)
 
+    @property
+    def gathered(self) -> tuple[int, int] | None:
+        """(labs gathered, labs to gather) by this process, once gathering has begun."""
+        if self._pending is None:
+            return None
+        return sum(f.done() for f in self._pending.values()), len(self._pending)
+
     def subscription_of(self, label: str) -> str | None:
         ev = self._evidence.get(label)
         return ev.subscription if ev is not None else None
