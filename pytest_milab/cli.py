@@ -365,6 +365,36 @@ def _grader_object_id() -> str:
         return principal_claims(credential)["oid"]
 
 
+def _merge_reports(args: argparse.Namespace) -> int:
+    """One grade book from the JSON reports of a class graded in shards."""
+    from . import reports
+
+    datas = []
+    for path in args.reports:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or "groups" not in data:
+                raise ValueError("not a milab JSON report")
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            print(f"milab merge-reports: {path}: {why}", file=sys.stderr)
+            return 2
+        datas.append(data)
+    try:
+        labs, steps = reports.merge(datas)
+    except ValueError as exc:
+        print(f"milab merge-reports: {exc}", file=sys.stderr)
+        return 2
+    for out in args.out:
+        if Path(out).suffix.lower() not in reports.SUFFIXES:
+            print(f"milab merge-reports: --out {out}: the name must end in "
+                  f"{' or '.join(reports.SUFFIXES)}", file=sys.stderr)
+            return 2
+        reports.write(out, labs, steps)
+        print(f"milab merge-reports: {len(labs)} lab(s) from {len(datas)} report(s) in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="milab", description="pytest-milab tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     onb.add_argument("--ssh-user", default="milabgrader", metavar="USER",
                      help="the grader's own account on the machine (default: milabgrader)")
     onb.set_defaults(func=_onboard)
+    merge = sub.add_parser("merge-reports", help="one grade book from the JSON reports of a "
+                                                  "class graded in shards (--milab-shard)")
+    merge.add_argument("--out", action="append", required=True, metavar="PATH",
+                       help="the merged report, by suffix; repeatable")
+    merge.add_argument("reports", nargs="+", metavar="SHARD.json")
+    merge.set_defaults(func=_merge_reports)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -113,8 +113,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     run = _run(metafunc.config)
     targets = [t for t in run.settings.targets if not t.problem]
     if not targets:
-        reason = ("no lab to grade: pass --milab-group, --milab-roster or --milab-emulator"
-                  if not run.settings.targets else "no valid lab in the roster")
+        shard = run.settings.shard
+        reason = (f"shard {shard[0]}/{shard[1]} has no lab of the class" if shard and not
+                  run.settings.targets else "no lab to grade: pass --milab-group, "
+                  "--milab-roster or --milab-emulator" if not run.settings.targets
+                  else "no valid lab in the roster")
         metafunc.parametrize("_milab_target", [pytest.param(None, marks=pytest.mark.skip(
             reason=reason))], ids=["no-lab"], indirect=True, scope="session")
         return
@@ -152,7 +155,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         _check_suite(run, items)
     except (SuiteError, ValueError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
-    if not run.settings.targets and any(_lab_of(item) is None and hasattr(item, "callspec")
+    if not run.settings.targets and run.settings.shard is None and any(_lab_of(item) is None and hasattr(item, "callspec")
                                         and "_milab_target" in item.callspec.params
                                         for item in items):
         raise pytest.UsageError("milab: no lab to grade: pass --milab-group NAME, "

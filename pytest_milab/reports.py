@@ -10,10 +10,11 @@ import csv
 import io
 import json
 
-from .grading import ERROR, NOT_PROPAGATED, LabResult, StepInfo
+from .grading import ERROR, NOT_PROPAGATED, LabResult, StepInfo, StepResult
 from .text import clean, csv_cell
 
 UNDECIDED = (ERROR, NOT_PROPAGATED)
+SUFFIXES = (".json", ".csv")
 
 
 def _num(x: float) -> int | float:
@@ -136,3 +137,43 @@ def terminal_lines(labs: list[LabResult]) -> list[str]:
         lines.append("")
         lines.append("not decided (never counted; grade again later): " + ", ".join(rerun))
     return lines
+
+
+def from_json(data: dict) -> tuple[list[LabResult], list[StepInfo]]:
+    """A JSON report back as results (and its steps, in the order the labs list them)."""
+    labs, steps = [], {}
+    for g in data.get("groups") or []:
+        lab = LabResult(g.get("label") or g.get("student") or g["group"], g["group"],
+                        g.get("subscription"), g.get("student"))
+        for s in g.get("steps") or []:
+            lab.steps.append(StepResult(s["id"], s.get("title", ""), s["outcome"],
+                                        s.get("points", 0), s.get("max_points", 0),
+                                        s.get("reason", "")))
+            known = steps.get(s["id"])
+            points = max(s.get("max_points", 0), known.points if known else 0)
+            steps[s["id"]] = StepInfo(s["id"], s.get("title", ""), points)
+        labs.append(lab)
+    for g in data.get("not_graded") or []:
+        labs.append(LabResult(g.get("label") or g["group"], g["group"], None, g.get("student"),
+                              problem=g.get("problem")))
+    return labs, list(steps.values())
+
+
+def merge(reports: list[dict]) -> tuple[list[LabResult], list[StepInfo]]:
+    """Several runs' JSON reports (a class graded in shards) as one: every lab once, in the
+    order of the reports; a lab in two reports is a mistake, said as such."""
+    labs: list[LabResult] = []
+    steps: dict[str, StepInfo] = {}
+    seen: dict[str, int] = {}
+    for index, data in enumerate(reports):
+        these, their_steps = from_json(data)
+        for lab in these:
+            key = f"{(lab.subscription or '').lower()}/{lab.group.lower()}/{lab.label}"
+            if key in seen:
+                raise ValueError(f"lab {lab.label} (group {lab.group}) is in reports "
+                                 f"{seen[key] + 1} and {index + 1}: merge each shard once")
+            seen[key] = index
+            labs.append(lab)
+        for step in their_steps:
+            steps.setdefault(step.id, step)
+    return labs, list(steps.values())
