@@ -25,6 +25,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from . import arm_lro
 from .arm_kinds import ArmError, Ctx, Kind, method_not_allowed, register, validate_location
 from .responses import iso, json_response
 from .state import arm_key, new_guid
@@ -54,7 +55,6 @@ TERMINAL = ("succeeded", "failed", "canceled")
 # Keys of a template resource that are the template's, not the resource provider's.
 TEMPLATE_ONLY = ("name", "type", "apiVersion", "dependsOn", "copy", "condition", "comments",
                  "resources", "scope", "resourceGroup", "subscriptionId", "metadata")
-DEFAULT_STEP = 0.05  # seconds between states when no knob says otherwise
 
 
 def _store(cloud) -> dict[str, dict]:
@@ -66,7 +66,7 @@ def _store(cloud) -> dict[str, dict]:
 
 
 def _step(cloud) -> float:
-    return float(getattr(cloud.knobs, "lro_delay", DEFAULT_STEP))
+    return arm_lro.delay(cloud)
 
 
 def invalid_template(message: str) -> ArmError:
@@ -489,7 +489,7 @@ class Deployments(Kind):
         status_url = (f"https://{ctx.host}{ctx.resource_id()}/operationStatuses/{op_id}"
                       f"?api-version={ctx.api_version}")
         return json_response(out, 201, {"Azure-AsyncOperation": status_url,
-                                        "Retry-After": _retry_after(ctx.cloud)})
+                                        **arm_lro.retry_headers(ctx.cloud)})
 
     def action(self, ctx: Ctx, verb: str) -> Response:
         if verb == "validate":
@@ -524,11 +524,6 @@ def _jsonc_body(ctx: Ctx) -> dict:
     return ctx.json()
 
 
-def _retry_after(cloud) -> str:
-    step = _step(cloud)
-    return f"{max(step, 0.01):g}"
-
-
 class OperationStatuses(Kind):
     ns, types = NS, ("deployments", "operationStatuses")
 
@@ -540,8 +535,8 @@ class OperationStatuses(Kind):
                 raise ArmError(404, "DeploymentNotFound",
                                f"Deployment '{ctx.names[0]}' could not be found.")
             body = copy.deepcopy(rec["status"])
-        headers = {} if body["status"].lower() in TERMINAL else {
-            "Retry-After": _retry_after(ctx.cloud)}
+        headers = {} if body["status"].lower() in TERMINAL else \
+            arm_lro.retry_headers(ctx.cloud)
         return json_response(body, 200, headers)
 
 

@@ -7,6 +7,9 @@ Azure CLI sends. Newest first: ARM prints them in that order in InvalidApiVersio
 
 from __future__ import annotations
 
+from .regions import LOCATION_NAMES as REGION_NAMES
+from .regions import LOCATIONS as REGIONS
+
 # Microsoft.Resources: resource groups, resources lists, providers. keyvault's vaults.list
 # still lists through `/subscriptions/{sub}/resources?api-version=2015-11-01`.
 RESOURCES = (
@@ -87,27 +90,8 @@ def provider_versions(namespace: str, first_type: str = "") -> tuple[str, ...]:
     return table.get(first_type.lower()) or table.get("", ())
 
 
-# (name, displayName, regionalDisplayName, geographyGroup, latitude, longitude, pairedRegion)
-LOCATIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
-    ("uksouth", "UK South", "(Europe) UK South", "Europe", "50.941", "-0.799", "ukwest"),
-    ("ukwest", "UK West", "(Europe) UK West", "Europe", "53.427", "-3.084", "uksouth"),
-    ("westeurope", "West Europe", "(Europe) West Europe", "Europe", "52.3667", "4.9", "northeurope"),
-    ("northeurope", "North Europe", "(Europe) North Europe", "Europe", "53.3478", "-6.2597",
-     "westeurope"),
-    ("francecentral", "France Central", "(Europe) France Central", "Europe", "46.3772", "2.3730",
-     "francesouth"),
-    ("swedencentral", "Sweden Central", "(Europe) Sweden Central", "Europe", "60.67488", "17.14127",
-     "swedensouth"),
-    ("eastus", "East US", "(US) East US", "US", "37.3719", "-79.8164", "westus"),
-    ("eastus2", "East US 2", "(US) East US 2", "US", "36.6681", "-78.3889", "centralus"),
-    ("westus2", "West US 2", "(US) West US 2", "US", "47.233", "-119.852", "westcentralus"),
-    ("centralus", "Central US", "(US) Central US", "US", "41.5908", "-93.6208", "eastus2"),
-    ("australiaeast", "Australia East", "(Asia Pacific) Australia East", "Asia Pacific",
-     "-33.86", "151.2094", "australiasoutheast"),
-    ("japaneast", "Japan East", "(Asia Pacific) Japan East", "Asia Pacific", "35.68", "139.77",
-     "japanwest"),
-)
-LOCATION_NAMES = tuple(loc[0] for loc in LOCATIONS)
+# Every public region (regions.py); re-exported here for the modules that import them.
+LOCATIONS, LOCATION_NAMES = REGIONS, REGION_NAMES
 
 
 def normalize_location(value: str) -> str:
