@@ -1,8 +1,12 @@
 """The api-versions and locations the local ARM knows, per resource provider.
 
 Each list holds what the installed SDKs send (azure-mgmt-resource 26, -keyvault 14.1, -compute 39,
--network 33.1, -authorization 4.0, -msi 7.1, -subscription 3.1.1) and the older versions the
-Azure CLI sends. Newest first: ARM prints them in that order in InvalidApiVersionParameter.
+-network 33.1, -authorization 4.0, -msi 7.1, -subscription 3.1.1), what the Azure CLI sends (its
+AAZ commands, its multi-api SDKs and the literal versions of its ARM templates, e.g.
+Microsoft.Network 2015-06-15 in `az vm create`'s), and the older stable versions the published
+REST API specs list. tests/emulator/test_api_versions.py reads the installed packages' sources and
+checks that every version they send for an emulated type is here. Newest first: ARM prints them
+in that order in InvalidApiVersionParameter.
 """
 
 from __future__ import annotations
