@@ -39,6 +39,8 @@ def _emulator(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"milab emulator: could not start the local Azure: {exc}", file=sys.stderr)
         return 1
+    if args.operator_user:
+        azure.make_operator_user(args.operator_user)
 
     def print_stats(*_) -> None:
         print("milab emulator: stats " + json.dumps(azure.stats(), sort_keys=True), flush=True)
@@ -134,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="the `az` of a separately installed Azure CLI, for VMs that install it")
     emu.add_argument("--ssh-port", type=int, default=None,
                      help="the port VMs listen on for SSH when port 22 cannot be bound")
+    emu.add_argument("--operator-user", default=None, metavar="UPN",
+                     help="also make the operator an Entra user (Owner of the subscription) "
+                          "with this name; the env file gets MILAB_OPERATOR_USER and "
+                          "MILAB_OPERATOR_PASSWORD for `az login -u ... -p ...`")
     _add_knob_flags(emu)
     emu.set_defaults(func=_emulator)
     clean = sub.add_parser("cleanup", help="delete what provision runs left behind")

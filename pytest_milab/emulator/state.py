@@ -36,6 +36,9 @@ class Application:
     created: float
     passwords: list[dict] = field(default_factory=list)  # {keyId, displayName, secretText, hint, ...}
     tags: list[str] = field(default_factory=list)
+    # What Graph gives an application created with only a display name (graph.py).
+    sign_in_audience: str = "AzureADandPersonalMicrosoftAccount"
+    requested_access_token_version: int | None = 2
 
 
 @dataclass
@@ -51,6 +54,19 @@ class ServicePrincipal:
 
 
 @dataclass
+class User:
+    """An Entra user account: signs in with its UPN and password (users.py)."""
+
+    object_id: str
+    user_principal_name: str
+    display_name: str
+    password: str
+    created: float = 0.0
+    given_name: str | None = None
+    surname: str | None = None
+
+
+@dataclass
 class RoleAssignment:
     id: str
     name: str
@@ -63,6 +79,8 @@ class RoleAssignment:
     effective_at: float
     removed_at: float | None = None
     description: str | None = None
+    condition: str | None = None
+    condition_version: str | None = None
 
     def in_force(self, now: float) -> bool:
         if self.effective_at > now:
@@ -142,6 +160,7 @@ class Cloud:
         self.subscriptions: dict[str, Subscription] = {}
         self.applications: dict[str, Application] = {}  # by object id
         self.service_principals: dict[str, ServicePrincipal] = {}  # by object id
+        self.users: dict[str, User] = {}  # by object id (lower)
         self.resource_groups: dict[str, dict] = {}  # arm_key(id) -> ARM JSON
         self.resources: dict[str, dict] = {}  # arm_key(id) -> ARM JSON (generic resources)
         self.role_assignments: dict[str, RoleAssignment] = {}  # arm_key(id) -> assignment
@@ -204,6 +223,26 @@ class Cloud:
             return self.service_principals.get(object_id.lower()) or next(
                 (sp for sp in self.service_principals.values()
                  if sp.object_id.lower() == object_id.lower()), None)
+
+    def add_user(self, user_principal_name: str, password: str, *,
+                 display_name: str | None = None) -> User:
+        with self.lock:
+            if self.user_by_name(user_principal_name) is not None:
+                raise ValueError(f"a user {user_principal_name!r} exists already")
+            local = user_principal_name.split("@", 1)[0]
+            user = User(new_guid(), user_principal_name, display_name or local, password,
+                        self.now())
+            self.users[user.object_id.lower()] = user
+            return user
+
+    def user(self, object_id: str) -> User | None:
+        with self.lock:
+            return self.users.get(object_id.lower())
+
+    def user_by_name(self, user_principal_name: str) -> User | None:
+        with self.lock:
+            return next((u for u in self.users.values()
+                         if u.user_principal_name.lower() == user_principal_name.lower()), None)
 
     # -- subscriptions ------------------------------------------------------------------------
     def add_subscription(self, display_name: str, subscription_id: str | None = None) -> Subscription:
