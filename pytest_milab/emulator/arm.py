@@ -24,6 +24,7 @@ from . import (
     arm_images,
     arm_keyvault,
     arm_network,
+    arm_operations,
     rbac,
 )
 from .arm_kinds import (
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
 # Importing these registers their resource kinds in arm_kinds.KINDS.
 PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_images, arm_keyvault,
-                    arm_network)
+                    arm_network, arm_operations)
 
 
 # -- authentication (contract §5.2) ---------------------------------------------------------------

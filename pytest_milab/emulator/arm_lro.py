@@ -72,3 +72,45 @@ def finish(cloud, op_id: str, error: dict | None = None) -> None:
         op["endTime"] = iso(cloud.now())
         if error:
             op["error"] = error
+
+
+# -- long-running PUTs of tracked resources ------------------------------------------------------
+def _state_while(ns: str, existing: bool) -> str:
+    """Compute says Creating then Updating; the Network RP says Updating for both
+    ("Track asynchronous Azure operations"; the RPs' REST API references)."""
+    if ns.lower() == "microsoft.network":
+        return "Updating"
+    return "Updating" if existing else "Creating"
+
+
+def begin_put(ctx, res: dict, existing: dict | None) -> dict[str, str]:
+    """Mark a just-stored resource in progress and finish it after the delay; the headers that
+    tell the client where to poll. Nothing to do when the delay is 0."""
+    step = delay(ctx.cloud)
+    props = res.get("properties")
+    if step <= 0 or not isinstance(props, dict):
+        return {}
+    from .state import arm_key
+
+    props["provisioningState"] = _state_while(ctx.ns, existing is not None)
+    op_id = start(ctx.cloud)
+    key = arm_key(res["id"])
+
+    def done() -> None:
+        with ctx.cloud.lock:
+            if ctx.cloud.resources.get(key) is res:
+                res["properties"]["provisioningState"] = "Succeeded"
+        finish(ctx.cloud, op_id)
+
+    later(step, done)
+    location = res.get("location") or "global"
+    url = (f"https://{ctx.host}/subscriptions/{ctx.sub}/providers/{ctx.ns}/locations/{location}"
+           f"/operations/{op_id}?api-version={ctx.api_version}")
+    return {"Azure-AsyncOperation": url, **retry_headers(ctx.cloud)}
+
+
+def status_body(ns: str, op: dict) -> dict:
+    """Compute's status names the operation and its times; Network's has the status alone."""
+    if ns.lower() == "microsoft.network":
+        return {k: v for k, v in op.items() if k in ("status", "error")}
+    return dict(op)
