@@ -313,3 +313,49 @@ def test_sdk_poller_sees_failure(azure_env, operator_credential, group):
         poller.result()
     assert "DeploymentFailed" in str(info.value)
     assert "StandardSkuPublicIPAddressesCannotBeDynamic" in str(info.value)
+
+
+def test_nested_children_extension_resources_and_nested_deployments(azure_env,
+                                                                    operator_credential, group):
+    sub = azure_env.subscription_id
+    sp = azure_env.add_service_principal("reader-by-template")
+    reader = f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/" \
+             f"{rbac.READER}"
+    inner = template([nsg("[parameters('name')]")],
+                     parameters={"name": {"type": "string"}},
+                     outputs={"made": {"type": "string", "value": "[parameters('name')]"}})
+    t = template([
+        {"type": "Microsoft.Network/virtualNetworks", "apiVersion": "2015-06-15", "name": "vnet",
+         "location": "[resourceGroup().location]",
+         "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]}},
+         "resources": [{"type": "subnets", "apiVersion": "2024-05-01", "name": "default",
+                        "dependsOn": ["vnet"],
+                        "properties": {"addressPrefix": "10.0.1.0/24"}}]},
+        {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": "2022-04-01",
+         "name": "[guid(resourceGroup().id, 'reader')]",
+         "scope": "[resourceId('Microsoft.Network/virtualNetworks', 'vnet')]",
+         "dependsOn": ["vnet"],
+         "properties": {"roleDefinitionId": reader, "principalId": sp.object_id,
+                        "principalType": "ServicePrincipal"}},
+        {"type": "Microsoft.Resources/deployments", "apiVersion": "2015-01-01", "name": "inner",
+         "properties": {"mode": "Incremental", "expressionEvaluationOptions": {"scope": "inner"},
+                        "parameters": {"name": {"value": "from-inner"}}, "template": inner}},
+    ], outputs={"innerMade": {"type": "string",
+                              "value": "[reference('inner').outputs.made.value]"}})
+    path = deployment_path(azure_env, group, "outer")
+    r = arm("PUT", path, operator_credential, json={"properties": {"mode": "Incremental",
+                                                                   "template": t}})
+    assert r.status_code == 201, r.text
+    done = wait_done(azure_env, operator_credential, path)
+    assert done["properties"]["provisioningState"] == "Succeeded", done["properties"].get("error")
+    assert done["properties"]["outputs"]["innerMade"]["value"] == "from-inner"
+    rg = f"/subscriptions/{sub}/resourceGroups/{group}"
+    subnet = arm("GET", f"{rg}/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default",
+                 operator_credential, api="2024-05-01").json()
+    assert subnet["properties"]["addressPrefix"] == "10.0.1.0/24"
+    assignments = arm("GET", f"{rg}/providers/Microsoft.Network/virtualNetworks/vnet/providers/"
+                      "Microsoft.Authorization/roleAssignments", operator_credential,
+                      api="2022-04-01").json()["value"]
+    assert sp.object_id in {a["properties"]["principalId"] for a in assignments}
+    nested = arm("GET", deployment_path(azure_env, group, "inner"), operator_credential).json()
+    assert nested["properties"]["provisioningState"] == "Succeeded"
