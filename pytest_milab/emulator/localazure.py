@@ -52,6 +52,8 @@ class LocalAzure:
     Behaviour knobs (all off by default), given here or changed at run time on `azure.knobs`:
 
     - `propagation_delay`: seconds before role assignments and access policies take effect.
+    - `knobs.lro_delay`: seconds a long-running ARM operation (a template deployment, a network
+      or compute PUT) stays in progress; 0.05 by default, 0 ends them at once.
     - `latency`: seconds added per service: arm, keyvault, entra, graph, imds, aka.ms, and
       ssh_handshake (before a VM's SSH server accepts a login).
     - `throttle`: ARM token buckets per (caller, subscription), refusing with 429 and
