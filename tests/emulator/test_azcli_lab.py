@@ -219,3 +219,27 @@ def test_template_deployments_through_the_cli(local_azure, az, group, tmp_path):
     assert r.returncode != 0 and "AuthorizationFailed" in r.stderr
     assert "Microsoft.Resources/deployments/validate/action" in r.stderr or \
         "Microsoft.Resources/deployments/write" in r.stderr
+
+
+def test_device_code_sign_in_approved_without_a_browser(azure_env, user, tmp_path):
+    """`az login --use-device-code`: the code is approved through the local Azure's stand-in for
+    the sign-in page (a form POST through the proxy), as the person at a browser would."""
+    import re
+
+    import requests
+
+    cli = Az(azure_env, tmp_path / "device")
+    proc = subprocess.Popen([os.environ["MILAB_AZ_CLI"], "login", "--use-device-code", "-o",
+                             "none"], env=cli.env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        code = re.search(r"enter the code (\w+)", line).group(1)
+        r = requests.post("https://login.microsoftonline.com/common/oauth2/deviceauth",
+                         data={"otc": code, "login": user.user_principal_name,
+                               "passwd": user.password})
+        assert r.status_code == 200, r.text
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    assert cli.json("account", "show", "--query", "user") == {
+        "name": user.user_principal_name, "type": "user"}
