@@ -583,14 +583,14 @@ class GraphService:
         if audience not in AUDIENCES:
             return bad_request(request, "Invalid value specified for property 'signInAudience' "
                                         "of resource 'Application'.")
-        version = ((body or {}).get("api") or {}).get("requestedAccessTokenVersion")
+        token_version = ((body or {}).get("api") or {}).get("requestedAccessTokenVersion")
         app = self.cloud.add_application(name)
         with self.cloud.lock:
             app.tags = [str(t) for t in (body or {}).get("tags") or []]
             # Graph requires v2 tokens for audiences with personal accounts, and picks them.
             app.sign_in_audience = audience
-            app.requested_access_token_version = version if version is not None else (
-                2 if "Personal" in audience else None)
+            app.requested_access_token_version = token_version if token_version is not None \
+                else (2 if "Personal" in audience else None)
         out = {"@odata.context": context(version, "applications/$entity")}
         out.update(application_json(app))
         return graph_json(request, out, 201, {"Location": self._location(app.object_id,

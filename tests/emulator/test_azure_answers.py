@@ -122,3 +122,20 @@ def test_role_assignment_conditions(azure_env, operator_credential, group):
     r = role_assignment(azure_env, operator_credential, group, rbac.READER, sp.object_id,
                         condition=condition, conditionVersion="1.0")
     assert r.status_code == 400
+
+
+def test_graph_application_defaults(azure_env, operator_credential):
+    token = operator_credential.get_token("https://graph.microsoft.com/.default").token
+    headers = {"Authorization": f"Bearer {token}"}
+    plain = requests.post("https://graph.microsoft.com/v1.0/applications", headers=headers,
+                          json={"displayName": f"plain-{uuid.uuid4().hex[:6]}"}).json()
+    assert plain["signInAudience"] == "AzureADandPersonalMicrosoftAccount"
+    assert plain["api"]["requestedAccessTokenVersion"] == 2
+    mine = requests.post("https://graph.microsoft.com/v1.0/applications", headers=headers,
+                         json={"displayName": f"org-{uuid.uuid4().hex[:6]}",
+                               "signInAudience": "AzureADMyOrg"}).json()
+    assert mine["signInAudience"] == "AzureADMyOrg"
+    assert mine["api"]["requestedAccessTokenVersion"] is None
+    sp = requests.post("https://graph.microsoft.com/v1.0/servicePrincipals", headers=headers,
+                       json={"appId": plain["appId"]}).json()
+    assert sp["signInAudience"] == "AzureADandPersonalMicrosoftAccount"
