@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
 import threading
@@ -306,6 +307,12 @@ class Plan:
 
 
 # -- the stored deployment ----------------------------------------------------------------
+def template_hash(template: dict) -> str:
+    """A number per template, as ARM's templateHash is (its hash function is not published)."""
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    return str(int.from_bytes(digest[:8], "big") % 10 ** 19)
+
+
 def _duration(seconds: float) -> str:
     return f"PT{seconds:.7f}".rstrip("0").rstrip(".") + "S"
 
@@ -441,9 +448,7 @@ class Deployments(Kind):
 
     def _json(self, ctx: Ctx, prep: dict, state: str, started: float) -> dict:
         props = {
-            "templateHash": str(int.from_bytes(
-                json.dumps(prep["template"], sort_keys=True).encode()[:8].ljust(8, b"\0"),
-                "big") % 10 ** 19),
+            "templateHash": template_hash(prep["template"]),
             "parameters": echoed_parameters(prep["template"], prep["params"]),
             "mode": prep["mode"], "provisioningState": state, "timestamp": iso(started),
             "duration": "PT0S", "correlationId": new_guid(),
