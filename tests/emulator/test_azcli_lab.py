@@ -110,6 +110,9 @@ def test_the_lab_operator_commands_in_todays_form(local_azure, az, user, group):
     address = az.tsv("network", "public-ip", "show", "-g", group, "-n", "ubuntuPublicIP",
                      "--query", "ipAddress")
     assert address == vm["publicIpAddress"]
+    extra = az.json("network", "public-ip", "create", "-g", group, "-n", "spare", "--sku",
+                    "Standard")  # api-version 2025-09-01, long-running
+    assert extra["publicIp"]["provisioningState"] == "Succeeded"
     group_id = az.tsv("group", "show", "-n", group, "--query", "id")
     ra = az.json("role", "assignment", "create", "--assignee", principal, "--role", "Reader",
                  "--scope", group_id)
