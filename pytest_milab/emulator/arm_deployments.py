@@ -182,6 +182,13 @@ def _join_names(parent: Any, child: Any) -> str:
     return f"{p}/{c}"
 
 
+def _canonical(ref: str) -> str:
+    """An id or name for comparison: lower case; a group as `/subscriptions/{s}/resourcegroups/
+    {name}` also when written with `/providers/Microsoft.Resources/`."""
+    return ref.lower().rstrip("/").replace("/providers/microsoft.resources/resourcegroups/",
+                                           "/resourcegroups/")
+
+
 class Plan:
     """The template's resources expanded (copy loops, conditions) and ordered by `dependsOn`."""
 
@@ -258,7 +265,7 @@ class Plan:
     def find(self, ref: str) -> list[int]:
         """Template resources a `dependsOn` or `reference` entry names: a copy loop, a resource
         id, `Type/name` (`Microsoft.Network/virtualNetworks/vnet`) or a bare name."""
-        low = ref.lower().rstrip("/")
+        low = _canonical(ref)
         if low in self.loops:
             return list(self.loops[low])
         out = []
@@ -268,8 +275,8 @@ class Plan:
                 item.id.lower().split("/providers/", 1)[-1],
                 item.name.lower(),
             }
-            if low == item.id.lower() or low in short_forms or \
-                    (low.startswith("/") and item.id.lower().endswith(low)):
+            rid = _canonical(item.id)
+            if low == rid or low in short_forms or (low.startswith("/") and rid.endswith(low)):
                 out.append(item.index)
         return out
 

@@ -322,6 +322,8 @@ def _resource_id(scope: Scope, args: tuple) -> str:
     if len(types) != len(names) or not names:
         raise TemplateError(f"Unable to evaluate template language function 'resourceId': the "
                             f"type '{rtype}' requires {len(types)} resource name argument(s).")
+    if rtype.lower() == "microsoft.resources/resourcegroups":  # a group's own id
+        return f"/subscriptions/{sub}/resourceGroups/{names[0]}"
     tail = "/".join(f"{t}/{n}" for t, n in zip(types, names, strict=True))
     prefix = f"/subscriptions/{sub}" + (f"/resourceGroups/{group}" if group else "")
     return f"{prefix}/providers/{ns}/{tail}"

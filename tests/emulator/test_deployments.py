@@ -285,7 +285,14 @@ def test_subscription_scope_deployment_creates_a_group(azure_env, operator_crede
                     "subscriptionDeploymentTemplate.json#", "contentVersion": "1.0.0.0",
          "resources": [{"type": "Microsoft.Resources/resourceGroups", "apiVersion": "2021-04-01",
                         "name": unique_group, "location": "westus",
-                        "tags": {"made": "[deployment().name]"}}]}
+                        "tags": {"made": "[deployment().name]"}},
+                       {"type": "Microsoft.Resources/deployments", "apiVersion": "2022-09-01",
+                        "name": "in-group", "resourceGroup": unique_group,
+                        "dependsOn": [f"[resourceId('Microsoft.Resources/resourceGroups', "
+                                      f"'{unique_group}')]"],
+                        "properties": {"mode": "Incremental",
+                                       "expressionEvaluationOptions": {"scope": "inner"},
+                                       "template": template([nsg("made-by-sub")])}}]}
     path = f"/subscriptions/{sub}/providers/Microsoft.Resources/deployments/sub-{unique_group}"
     r = arm("PUT", path, operator_credential,
             json={"properties": {"mode": "Incremental", "template": t}})
@@ -294,10 +301,14 @@ def test_subscription_scope_deployment_creates_a_group(azure_env, operator_crede
         "mode": "Incremental", "template": t}})
     assert r.status_code == 201, r.text
     done = wait_done(azure_env, operator_credential, path)
-    assert done["properties"]["provisioningState"] == "Succeeded", done
+    assert done["properties"]["provisioningState"] == "Succeeded", done["properties"].get("error")
     group = arm("GET", f"/subscriptions/{sub}/resourcegroups/{unique_group}",
                 operator_credential).json()
     assert (group["location"], group["tags"]) == ("westus", {"made": f"sub-{unique_group}"})
+    made = arm("GET", f"/subscriptions/{sub}/resourceGroups/{unique_group}/providers/"
+               "Microsoft.Network/networkSecurityGroups/made-by-sub", operator_credential,
+               api="2024-05-01")
+    assert made.status_code == 200
     ResourceManagementClient(operator_credential, sub).resource_groups.begin_delete(
         unique_group).result()
 
