@@ -3,6 +3,6 @@ through a forward proxy with Azure's real hostnames. Imports nothing from the pl
 """
 
 from .audit import AuditEntry, AuditLog
-from .localazure import Identity, LocalAzure
+from .localazure import Identity, LocalAzure, UserIdentity
 
-__all__ = ["AuditEntry", "AuditLog", "Identity", "LocalAzure"]
+__all__ = ["AuditEntry", "AuditLog", "Identity", "LocalAzure", "UserIdentity"]

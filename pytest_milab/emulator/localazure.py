@@ -86,6 +86,7 @@ class LocalAzure:
         self._thread: threading.Thread | None = None
         self._closers: list = []
         self.started_in: float | None = None
+        self.operator_user: UserIdentity | None = None  # make_operator_user
 
     # -- public handles -------------------------------------------------------------------------
     @property
@@ -146,7 +147,7 @@ class LocalAzure:
         env = {"MILAB_SSH_PORT": str(self.vms.ssh_port), "MILAB_LOCAL_AZURE": "1"}
         if self.az_cli:
             env["MILAB_AZ_CLI"] = str(self.az_cli)
-        user = getattr(self, "operator_user", None)
+        user = self.operator_user
         if user is not None:
             env.update(MILAB_OPERATOR_USER=user.user_principal_name,
                        MILAB_OPERATOR_PASSWORD=user.password)
