@@ -19,10 +19,13 @@ from starlette.routing import Route
 from . import (
     arm_authorization,
     arm_compute,
+    arm_deployments,
     arm_groups,
     arm_hybrid,
+    arm_images,
     arm_keyvault,
     arm_network,
+    arm_operations,
     rbac,
 )
 from .arm_kinds import (
@@ -47,7 +50,8 @@ from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
 # Importing these registers their resource kinds in arm_kinds.KINDS.
-PROVIDER_MODULES = (arm_authorization, arm_compute, arm_hybrid, arm_keyvault, arm_network)
+PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_hybrid, arm_images,
+                    arm_keyvault, arm_network, arm_operations)
 
 
 # -- authentication (contract §5.2) ---------------------------------------------------------------
@@ -143,6 +147,11 @@ def route(ctx: Ctx) -> Response:
         raise uri_not_found(ctx)
     idx = max((i for i, s in enumerate(low) if s == "providers"), default=None)
     if idx is None:
+        at = 4 if len(low) > 4 and low[2] == "resourcegroups" else 2
+        if len(low) > at + 1 and low[at] == "deployments":
+            # "Deployment Operations - List" addresses deployments without `/providers/`.
+            segs = segs[:at] + ["providers", "Microsoft.Resources"] + segs[at:]
+            return provider_route(ctx, segs, at)
         return arm_groups.route(ctx, segs, low)
     tail = low[idx + 1:]
     if idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")

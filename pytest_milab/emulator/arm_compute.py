@@ -133,6 +133,7 @@ class UserAssignedIdentities(Tracked):
 # -- disks ----------------------------------------------------------------------------------------
 class Disks(Tracked):
     ns, types = NS, ("disks",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -231,6 +232,7 @@ def instance_view(ctx: Ctx, vm: dict) -> dict:
 
 class VirtualMachines(Tracked):
     ns, types = NS, ("virtualMachines",)
+    long_running = True
     actions = ("start", "powerOff", "deallocate", "restart")
     views = ("instanceView",)
 

@@ -122,7 +122,8 @@ def list_locations(ctx: Ctx) -> Response:
         "metadata": {"regionType": "Physical", "regionCategory": "Recommended",
                      "geographyGroup": geo, "latitude": lat, "longitude": lon,
                      "pairedRegion": [{"name": pair,
-                                       "id": f"/subscriptions/{sid}/locations/{pair}"}]},
+                                       "id": f"/subscriptions/{sid}/locations/{pair}"}]
+                     if pair else []},
     } for name, display, regional, geo, lat, lon, pair in LOCATIONS]
     return json_response({"value": value})
 

@@ -191,6 +191,12 @@ class Vaults(Tracked):
                            f"The vault '{name}' was not found in deleted state and cannot be "
                            "recovered.")
 
+    def put(self, ctx: Ctx) -> Response:
+        """"Vaults - Create Or Update" answers 200 whether the vault is new or not."""
+        resp = super().put(ctx)
+        resp.status_code = 200
+        return resp
+
     def after_put(self, ctx: Ctx, res: dict, existing: dict | None) -> None:
         name = res["name"].lower()
         ctx.cloud.deleted_vaults.pop(name, None)

@@ -74,6 +74,7 @@ def _bad_request(message: str) -> ArmError:
 # -- virtual networks and subnets -------------------------------------------------------------------
 class VirtualNetworks(Tracked):
     ns, types = NS, ("virtualNetworks",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -167,6 +168,7 @@ def default_rules(nsg_id: str) -> list[dict]:
 
 class NetworkSecurityGroups(Tracked):
     ns, types = NS, ("networkSecurityGroups",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -238,6 +240,7 @@ class DefaultSecurityRules(InlineChild):
 # -- public IP addresses (contract §7.4) ---------------------------------------------------------------
 class PublicIPAddresses(Tracked):
     ns, types = NS, ("publicIPAddresses",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -323,6 +326,7 @@ def _mac() -> str:
 
 class NetworkInterfaces(Tracked):
     ns, types = NS, ("networkInterfaces",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)

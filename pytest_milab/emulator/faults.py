@@ -1,6 +1,6 @@
 """The local Azure misbehaving on purpose: faults, ARM throttling and quirks, all off by default.
 
-`Knobs` (state.py) holds one `Faults` and one `Quirks`; the services ask them one question per
+`Knobs` (knobs.py) holds one `Faults` and one `Quirks`; the services ask them one question per
 request (a hook of a line or two each), and tests switch them at run time from any thread:
 
     knobs.faults.error_burst("arm", status=503, count=2)   # the next 2 ARM requests get 503
@@ -35,7 +35,8 @@ from starlette.responses import Response
 from .responses import json_response
 
 if TYPE_CHECKING:
-    from .state import Cloud, Knobs
+    from .knobs import Knobs
+    from .state import Cloud
 
 # The services the front door routes (error bursts and latency apply to these), and the latency
 # that is not HTTP: the pause before a VM's SSH server accepts a login.

@@ -522,7 +522,9 @@ async def list_versions(ctx: VaultContext, args: dict[str, str]) -> Response:
     with ctx.cloud.lock:
         secret = ctx.store.secrets.get(args["name"].lower())
         if secret is None:
-            return secret_not_found(ctx, args["name"])
+            # Key Vault lists the versions of a secret it does not have as an empty page, not a
+            # 404 (recorded in the SDKs' test recordings of "Get Secret Versions").
+            return page(ctx, [], f"/secrets/{args['name']}/versions")
         items = [item(ctx, secret, v, with_version=True) for v in secret.versions]
     return page(ctx, items, f"/secrets/{secret.name}/versions")
 
