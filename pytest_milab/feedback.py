@@ -101,7 +101,7 @@ def render(lab: LabResult, steps: list[StepInfo]) -> str:
         lines.append(f"Score: {score}. {_plural(len(failed), 'step')} to fix.")
     if later:
         lines += ["", f"This grade is not final: {_plural(undecided(lab), 'step')} could not "
-                      "be decided and will be graded again. They never cost points."]
+                      "be decided and will be graded again. Undecided steps never cost points."]
     if failed:
         lines += ["", "## What to fix", ""]
         lines += [f"- {name(s.id)}: {why(s.reason)}" for s in failed]
