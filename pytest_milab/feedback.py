@@ -23,8 +23,15 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
 _UNSAFE = re.compile(r"[^\w.-]+")
 # Markdown's inline syntax (emphasis, code, links, images, raw HTML, entities, tables, strike):
 # escaped with a backslash, so a reason from a student's machine stays text.
-_MARKDOWN = re.compile(r"([\\`*_\[\]{}<>()#!|~&])")
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~&])")
 _NEEDS = re.compile(r"^needs ([a-z0-9][a-z0-9-]*)$")
+
+
+def needed_step(reason: str | None) -> str | None:
+    """The prerequisite a failed step failed for ("needs <step>"), None when it failed on its
+    own account."""
+    found = _NEEDS.match(reason or "")
+    return found.group(1) if found else None
 
 
 def safe_stem(label: str) -> str:
@@ -72,12 +79,6 @@ def render(lab: LabResult, steps: list[StepInfo]) -> str:
     def name(step_id: str) -> str:
         return f"**{md(titles.get(step_id, step_id), 200)}** (`{step_id}`)"
 
-    def why(reason: str) -> str:
-        needed = _NEEDS.match(reason or "")
-        if needed and needed.group(1) in titles:
-            return (f"this step depends on {md(titles[needed.group(1)], 200)} "
-                    f"(`{needed.group(1)}`): fix that first")
-        return md(reason) or "the check failed"
 
     who = md(lab.student or lab.label, 120)
     lines = [f"# Lab feedback: {who}", ""]
@@ -87,24 +88,35 @@ def render(lab: LabResult, steps: list[StepInfo]) -> str:
                   "Your instructor will correct the class list and grade your lab again; "
                   "you do not need to do anything.", ""]
         return "\n".join(lines)
-    failed = [s for s in lab.steps if s.outcome == FAILED]
+    failed = [s for s in lab.steps if s.outcome == FAILED and needed_step(s.reason) is None]
+    waiting = [s for s in lab.steps if s.outcome == FAILED and needed_step(s.reason)]
     later = [s for s in lab.steps if s.outcome in (ERROR, NOT_PROPAGATED)]
     passed = [s for s in lab.steps if s.outcome == PASSED]
     skipped = [s for s in lab.steps if s.outcome == SKIPPED]
     score = f"{_num(lab.score)} of {_num(lab.max_score)} points"
-    if not failed and not later:
+    if not failed and not waiting and not later:
         lines.append(f"Well done: every step that was checked passed ({score}).")
-    elif not failed:
+    elif not failed and not waiting:
         lines.append(f"Nothing to fix so far ({score}), but "
                      f"{_plural(len(later), 'step')} could not be decided yet.")
     else:
-        lines.append(f"Score: {score}. {_plural(len(failed), 'step')} to fix.")
+        lines.append(f"Score: {score}. {_plural(len(failed), 'step')} to fix"
+                     + (f", and {len(waiting)} more that "
+                        f"{'waits' if len(waiting) == 1 else 'wait'} on "
+                        f"{'it' if len(failed) == 1 else 'them'}." if waiting else "."))
     if later:
         lines += ["", f"This grade is not final: {_plural(undecided(lab), 'step')} could not "
                       "be decided and will be graded again. Undecided steps never cost points."]
     if failed:
         lines += ["", "## What to fix", ""]
-        lines += [f"- {name(s.id)}: {why(s.reason)}" for s in failed]
+        lines += [f"- {name(s.id)}: {md(s.reason) or 'the check failed'}" for s in failed]
+    if waiting:
+        lines += ["", "## Waiting on a fix above", "",
+                  "These steps need a step that failed, so they fail too; fix that one first:",
+                  ""]
+        for s in waiting:
+            need = needed_step(s.reason)
+            lines.append(f"- {name(s.id)}: needs {md(titles.get(need, need), 200)} (`{need}`)")
     if later:
         lines += ["", "## Not decided, will be graded again", "",
                   "The grader could not check these steps this time; they cost no points:",

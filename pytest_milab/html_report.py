@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from html import escape
 
+from .feedback import needed_step
 from .grading import ERROR, FAILED, NOT_PROPAGATED, PASSED, SKIPPED, LabResult, StepInfo
 from .reports import _num, status, undecided
 from .text import clean
@@ -48,17 +49,20 @@ def script_json(data: object) -> str:
 
 
 def pass_rates(labs: list[LabResult], steps: list[StepInfo]) -> dict[str, dict]:
-    """Per step: how many graded labs passed, failed, and could not be decided; `rate` is
-    passed / (passed + failed), None when no lab was decided on it."""
+    """Per step: how many graded labs passed, failed (`needs`: of those, only because a step
+    it needs failed), and could not be decided; `rate` is passed / (passed + failed), None
+    when no lab was decided on it."""
     out: dict[str, dict] = {}
     for step in steps:
         counts = {o: 0 for o in OUTCOMES}
+        needs = 0
         for lab in labs:
             for s in lab.steps:
                 if s.id == step.id:
                     counts[s.outcome] = counts.get(s.outcome, 0) + 1
+                    needs += s.outcome == FAILED and needed_step(s.reason) is not None
         decided = counts[PASSED] + counts[FAILED]
-        out[step.id] = {"passed": counts[PASSED], "failed": counts[FAILED],
+        out[step.id] = {"passed": counts[PASSED], "failed": counts[FAILED], "needs": needs,
                         "undecided": counts[ERROR] + counts[NOT_PROPAGATED],
                         "skipped": counts[SKIPPED],
                         "rate": counts[PASSED] / decided if decided else None}
@@ -149,8 +153,11 @@ def _heatmap(graded: list[LabResult], steps: list[StepInfo], rates: dict[str, di
 
 
 def _struggles(steps: list[StepInfo], rates: dict[str, dict]) -> str:
+    # Where students went wrong themselves first, then failures inherited from a prerequisite.
     hard = sorted((s for s in steps if rates[s.id]["rate"] is not None
-                   and rates[s.id]["rate"] < 1), key=lambda s: rates[s.id]["rate"])
+                   and rates[s.id]["rate"] < 1),
+                  key=lambda s: (-(rates[s.id]["failed"] - rates[s.id]["needs"]),
+                                 rates[s.id]["rate"]))
     if not hard:
         return '<p class="calm">Every step that could be decided was passed by every lab.</p>'
     items = []
@@ -162,6 +169,7 @@ def _struggles(steps: list[StepInfo], rates: dict[str, dict]) -> str:
             f'<span class="pct">{pct}%</span> <b>{_e(step.title or step.id)}</b> '
             f'<code>{_e(step.id, 60)}</code> <small>{r["failed"]} of '
             f'{r["passed"] + r["failed"]} labs failed it'
+            + (f" ({r['needs']} only because a step it needs failed)" if r["needs"] else "")
             + (f", {r['undecided']} undecided" if r["undecided"] else "") + '</small></li>')
     return f'<ol class="struggles">{"".join(items)}</ol>'
 
@@ -171,6 +179,7 @@ def _per_student(graded: list[LabResult], steps: list[StepInfo]) -> str:
     out = []
     for lab in graded:
         todo = [s for s in lab.steps if s.outcome == FAILED]
+        own = sum(1 for s in todo if needed_step(s.reason) is None)
         later = [s for s in lab.steps if s.outcome in (ERROR, NOT_PROPAGATED)]
         if not todo and not later:
             continue
@@ -178,7 +187,9 @@ def _per_student(graded: list[LabResult], steps: list[StepInfo]) -> str:
                  f'<code>{_e(s.id, 60)}</code>: {_e(s.reason, 1000)}'
                  + (" <small>(not decided, will be graded again)</small>"
                     if s.outcome != FAILED else "") + '</li>' for s in todo + later]
-        what = ", ".join(x for x in (f"{len(todo)} to fix" if todo else "",
+        what = ", ".join(x for x in (f"{own} to fix" if own else "",
+                                     f"{len(todo) - own} waiting on a fix" if own < len(todo)
+                                     else "",
                                      f"{len(later)} undecided" if later else "") if x)
         out.append(f'<details><summary>{_e(lab.label, 120)} <small>{_e(what)}</small>'
                    f'</summary><ul>{"".join(lines)}</ul></details>')
@@ -204,6 +215,8 @@ def render(labs: list[LabResult], steps: list[StepInfo], *, title: str = "Class 
     not_graded = [lab for lab in labs if lab.problem]
     rates = pass_rates(graded, steps)
     when = f" · graded {_e(generated)}" if generated else ""
+    size = (f'{len(graded)} lab{"s" if len(graded) != 1 else ""} × '
+            f'{len(steps)} step{"s" if len(steps) != 1 else ""}')
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -216,7 +229,7 @@ def render(labs: list[LabResult], steps: list[StepInfo], *, title: str = "Class 
 <body>
 <header>
 <h1>{_e(title)}</h1>
-<p class="sub">{len(graded)} lab{"s" if len(graded) != 1 else ""} × {len(steps)} step{"s" if len(steps) != 1 else ""}{when}</p>
+<p class="sub">{size}{when}</p>
 <div class="cards">{_summary(graded, not_graded)}</div>
 </header>
 <main>
@@ -230,7 +243,7 @@ def render(labs: list[LabResult], steps: list[StepInfo], *, title: str = "Class 
 </section>
 <section id="struggles">
 <h2>Where the class struggled</h2>
-<p class="hint">Steps by pass rate: labs that passed, of the labs on which the step could be decided.</p>
+<p class="hint">Steps that not every lab passed, the most failed first (failures inherited from a step they need count last). Pass rate: labs that passed, of the labs on which the step could be decided.</p>
 {_struggles(steps, rates)}
 </section>
 <section id="students">

@@ -63,7 +63,8 @@ def report(tmp_path_factory):
                                                                   "group is empty"))
     checks = [CheckResult(name, step.id, outcome,
                           REASON if (name, step.id) == ("alice", "jq") else f"{step.id} broke")
-              for name, outcomes in CLASS.items() for step, outcome in zip(STEPS, outcomes, strict=True)]
+              for name, outcomes in CLASS.items()
+              for step, outcome in zip(STEPS, outcomes, strict=True)]
     path = tmp_path_factory.mktemp("report") / "class.html"
     html_report.write(str(path), grade(labs, STEPS, checks), STEPS)
     return path

@@ -31,10 +31,12 @@ def test_failed_steps_with_reasons_and_what_passed():
     assert "not decided" not in text.lower() and "not final" not in text
 
 
-def test_a_failed_prerequisite_says_fix_that_first():
+def test_steps_failed_for_a_prerequisite_wait_on_its_fix():
     text = feedback.render(lab([("vm", "failed", "no VM named ubuntu"), ("jq", "passed")]), STEPS)
-    assert "- **jq is installed** (`jq`): this step depends on The VM exists (`vm`): fix that " \
-           "first" in text
+    assert "Score: 0 of 3 points. 1 step to fix, and 1 more that waits on it." in text
+    assert "## What to fix\n\n- **The VM exists** (`vm`): no VM named ubuntu\n" in text
+    waiting = text.split("## Waiting on a fix above\n\n")[1].split("\n\n")
+    assert waiting[1].strip() == "- **jq is installed** (`jq`): needs The VM exists (`vm`)"
 
 
 def test_undecided_steps_are_never_called_failures():
@@ -66,8 +68,8 @@ def test_markdown_and_html_from_students_stay_text():
     text = feedback.render(lab([("vm", "failed", "[click](javascript:alert(1)) *x* `y` <b>")],
                                name=name), STEPS)
     assert "<" not in text.replace("\\<", "") and "](" not in text.replace("\\](", "")
-    assert "# Lab feedback: \\<img src=x onerror=alert\\(1\\)\\>" in text
-    assert "\\[click\\]\\(javascript:alert\\(1\\)\\) \\*x\\* \\`y\\` \\<b\\>" in text
+    assert "# Lab feedback: \\<img src=x onerror=alert(1)\\>" in text
+    assert "\\[click\\](javascript:alert(1)) \\*x\\* \\`y\\` \\<b\\>" in text
 
 
 @pytest.mark.parametrize("label, stem", [

@@ -76,7 +76,8 @@ def test_status_pass_rates_and_legend():
     assert "incomplete: 1 undecided" in text
     assert "complete" in text
     rates = html_report.pass_rates([g for g in graded() if not g.problem], STEPS)
-    assert rates["vm"] == {"passed": 2, "failed": 0, "undecided": 0, "skipped": 0, "rate": 1.0}
+    assert rates["vm"] == {"passed": 2, "failed": 0, "needs": 0, "undecided": 0, "skipped": 0,
+                           "rate": 1.0}
     assert rates["jq"]["rate"] == 0 and rates["ssh"]["rate"] is None
     assert rates["ssh"]["undecided"] == 2
     tfoot = html.split("<tfoot>")[1]
@@ -129,3 +130,20 @@ def test_control_characters_from_students_are_dropped():
                  [CheckResult("x\x1b[1Ay", "vm", "failed", "bad\x1b]52;c;aGk=\x07")])
     html = html_report.render(labs, STEPS)
     assert "\x1b" not in html and "\x07" not in html
+
+
+def test_struggles_put_failures_of_students_own_before_inherited_ones():
+    steps = [StepInfo("vm", "The VM exists"), StepInfo("jq", "jq is installed", 1, ("vm",)),
+             StepInfo("ssh", "The VM answers SSH")]
+    labs = grade([LabInfo(n, "g") for n in "abcd"], steps,
+                 [CheckResult("a", "vm", "failed", "no VM"), CheckResult("b", "vm", "failed", "x"),
+                  CheckResult("c", "ssh", "failed", "closed"), CheckResult("c", "vm", "passed"),
+                  CheckResult("d", "vm", "passed")]
+                 + [CheckResult(n, "jq", "passed") for n in "abcd"]
+                 + [CheckResult(n, "ssh", "passed") for n in "abd"])
+    rates = html_report.pass_rates(labs, steps)
+    assert (rates["jq"]["failed"], rates["jq"]["needs"]) == (2, 2)
+    html = html_report.render(labs, steps)
+    order = re.findall(r"<code>([a-z]+)</code> <small>([^<]*)</small>", html)
+    assert order == [("vm", "2 of 4 labs failed it"), ("ssh", "1 of 4 labs failed it"),
+                     ("jq", "2 of 4 labs failed it (2 only because a step it needs failed)")]
