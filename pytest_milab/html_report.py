@@ -123,7 +123,8 @@ def _heatmap(graded: list[LabResult], steps: list[StepInfo], rates: dict[str, di
         by_id = {s.id: s for s in lab.steps}
         n = undecided(lab)
         score, most = _num(lab.score), _num(lab.max_score)
-        cells = [f'<th scope="row" class="who">{_e(lab.label, 120)}</th>',
+        cells = [f'<th scope="row" class="who" title="{_e(lab.label, 120)}">'
+                 f'{_e(lab.label, 120)}</th>',
                  f'<td class="score">{score}<small> / {most}</small></td>',
                  f'<td class="status"><span class="badge {"complete" if n == 0 else "incomplete"}"'
                  f'>{_e(status(lab))}</span></td>']
