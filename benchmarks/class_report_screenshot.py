@@ -116,33 +116,35 @@ def main() -> None:
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="milab-class-report-"))
-    with LocalAzure() as azure:
-        key = build_class(azure, suite_spec())
-        for student, defect in CLASS.items():
-            if defect == "undecided":
-                vm = (f"/subscriptions/{azure.subscription_id}/resourceGroups/"
-                      f"{group_of(student)}/providers/Microsoft.Compute/virtualMachines/"
-                      f"{suite_spec().vm_name}")
-                azure.knobs.faults.ssh_refuse(3600, vm=vm)
-        roster = workdir / "class.csv"
-        lines = ["student,group"] + [f'"{s}",{group_of(s)}' for s in CLASS]
-        lines.append(f'"Ben Carter (again)",{group_of("Ben Carter")}')  # a duplicate line
-        roster.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        graded_at = time.monotonic()
-        run = grade(azure, key, workdir, extra=[
-            "--milab-roster", str(roster), "--milab-report", str(workdir / "class.html"),
-            "--milab-feedback", str(workdir / "feedback"), "-q"])
-        print(f"graded in {time.monotonic() - graded_at:.1f}s, exit {run.returncode}")
-    html = workdir / "class.html"
-    if not html.exists():
-        raise SystemExit(f"no class.html was written:\n{run.output[-3000:]}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    screenshot(html, args.out, args.chromium)
-    print(f"screenshot: {args.out} (all in {time.monotonic() - started:.0f}s)")
-    if args.keep:
-        shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
-        print(f"reports and feedback kept in {args.keep}")
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        with LocalAzure() as azure:
+            key = build_class(azure, suite_spec())
+            for student, defect in CLASS.items():
+                if defect == "undecided":
+                    vm = (f"/subscriptions/{azure.subscription_id}/resourceGroups/"
+                          f"{group_of(student)}/providers/Microsoft.Compute/virtualMachines/"
+                          f"{suite_spec().vm_name}")
+                    azure.knobs.faults.ssh_refuse(3600, vm=vm)
+            roster = workdir / "class.csv"
+            lines = ["student,group"] + [f'"{s}",{group_of(s)}' for s in CLASS]
+            lines.append(f'"Ben Carter (again)",{group_of("Ben Carter")}')  # a duplicate line
+            roster.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            graded_at = time.monotonic()
+            run = grade(azure, key, workdir, extra=[
+                "--milab-roster", str(roster), "--milab-report", str(workdir / "class.html"),
+                "--milab-feedback", str(workdir / "feedback"), "-q"])
+            print(f"graded in {time.monotonic() - graded_at:.1f}s, exit {run.returncode}")
+        html = workdir / "class.html"
+        if not html.exists():
+            raise SystemExit(f"no class.html was written:\n{run.output[-3000:]}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        screenshot(html, args.out, args.chromium)
+        print(f"screenshot: {args.out} (all in {time.monotonic() - started:.0f}s)")
+        if args.keep:
+            shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+            print(f"reports and feedback kept in {args.keep}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
