@@ -390,7 +390,7 @@ def _merge_reports(args: argparse.Namespace) -> int:
     for out in args.out:
         if Path(out).suffix.lower() not in reports.SUFFIXES:
             print(f"milab merge-reports: --out {out}: the name must end in "
-                  f"{' or '.join(reports.SUFFIXES)}", file=sys.stderr)
+                  f"{reports.SUFFIX_WORDS}", file=sys.stderr)
             return 2
         reports.write(out, labs, steps)
         print(f"milab merge-reports: {len(labs)} lab(s) from {len(datas)} report(s) in {out}")

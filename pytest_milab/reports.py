@@ -15,6 +15,7 @@ from .text import clean, csv_cell
 
 UNDECIDED = (ERROR, NOT_PROPAGATED)
 SUFFIXES = (".json", ".csv", ".html")
+SUFFIX_WORDS = ", ".join(SUFFIXES[:-1]) + " or " + SUFFIXES[-1]
 
 
 def _num(x: float) -> int | float:

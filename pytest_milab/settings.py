@@ -190,12 +190,13 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         propagation_deadline=values["propagation-deadline"],
         shard=parse_shard(values["shard"]) if values["shard"] else None,
     )
+    from . import reports
     from .reports import SUFFIXES
 
     for report in settings.reports:
         if Path(report).suffix.lower() not in SUFFIXES:
             raise ConfigError(f"--milab-report {report}: the name must end in "
-                              f"{' or '.join(SUFFIXES)}")
+                              f"{reports.SUFFIX_WORDS}")
     if settings.feedback and Path(settings.feedback).exists() \
             and not Path(settings.feedback).is_dir():
         raise ConfigError(f"--milab-feedback {settings.feedback}: a file is in the way; give "
