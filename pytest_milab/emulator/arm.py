@@ -1,7 +1,7 @@
 """Azure Resource Manager (`management.azure.com`): authentication, api-versions, RBAC and routing.
 
-Every request is authenticated (contract §5.2), needs a known api-version, and is authorised
-per request against the caller's role assignments in force (§5.3, §9). Paths are
+Every request is authenticated (“Azure REST API reference”), needs a known api-version, and is authorised
+per request against the caller's role assignments in force (“Troubleshoot Azure RBAC”). Paths are
 case-insensitive. The resource types live in `arm_*.py` modules as `Kind`s over `cloud.resources`.
 """
 
@@ -54,7 +54,7 @@ PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_hybrid,
                     arm_keyvault, arm_network, arm_operations)
 
 
-# -- authentication (contract §5.2) ---------------------------------------------------------------
+# -- authentication (“Azure REST API reference”) --------------------------------------------------
 def _challenge(description: str) -> dict[str, str]:
     # ARM sends this challenge with the missing-header 401 [CODE azure-core tests]; sending it with
     # the other 401s too is UNCONFIRMED but harmless to clients.
@@ -123,7 +123,7 @@ def need_provider_version(ctx: Ctx, kind: Kind) -> None:
                    f"are '{', '.join(LOCATION_NAMES)}'.")
 
 
-# -- routing ----------------------------------------------------------------------------------------
+# -- routing --------------------------------------------------------------------------------------
 def route(ctx: Ctx) -> Response:
     segs = [s for s in ctx.path.split("/") if s]
     low = [s.lower() for s in segs]
@@ -219,7 +219,7 @@ def _authorize(ctx: Ctx, kind: Kind, mode: str, segs: list[str]) -> None:
 
 
 def _check_scope_exists(ctx: Ctx, top_resource: str | None) -> None:
-    """After authorisation: a missing group or scope resource is a 404 (contract §5.4)."""
+    """After authorisation: a missing group or scope resource is a 404 (“Resolve errors for resource not found”)."""
     if ctx.rg and arm_key(ctx.rg_id) not in ctx.cloud.resource_groups:
         raise group_not_found(ctx.rg)
     if top_resource and arm_key(top_resource) not in ctx.cloud.resources:
@@ -267,7 +267,7 @@ def _invoke(ctx: Ctx, kind: Kind, mode: str) -> Response:
     raise method_not_allowed(ctx)
 
 
-# -- response headers ---------------------------------------------------------------------------------
+# -- response headers -----------------------------------------------------------------------------
 class RateLimits:
     """The decrementing `x-ms-ratelimit-remaining-*` counters, per caller and clock hour."""
 

@@ -1,6 +1,6 @@
 """Microsoft.Authorization: role assignments, built-in role definitions and the caller's own
-effective permissions (contract §7.3). Assignments made here take effect after the propagation
-delay (`cloud.assign_role`), but are listed at once, as in Azure (§9)."""
+effective permissions (“Role Assignments - Create (Authorization REST API)”). Assignments made here take effect after the propagation
+delay (`cloud.assign_role`), but are listed at once, as in Azure (“Troubleshoot Azure RBAC”)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ NS = "Microsoft.Authorization"
 
 
 def assignment_json(ra: RoleAssignment, *, just_created: bool = False) -> dict:
-    """Contract §7.3; the create answer shows `createdBy` null, later reads show the creator."""
+    """“Role Assignments - Create (Authorization REST API)”; the create answer shows `createdBy` null, later reads show the creator."""
     return {
         "properties": {
             "roleDefinitionId": ra.role_definition_id, "principalId": ra.principal_id,

@@ -1,6 +1,6 @@
 """Microsoft Entra ID for one tenant: discovery documents, keys and client-credential tokens.
 
-Served for `login.microsoftonline.com` and `login.windows.net`. Error bodies follow contract §8.1.
+Served for `login.microsoftonline.com` and `login.windows.net`. Error bodies follow “Microsoft identity platform and the OAuth 2.0 client credentials flow”.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ def error_response(burst: _Burst) -> Response:
         headers["Retry-After"] = str(burst.retry_after)
     if service in ("imds", "himds"):
         # The identity endpoint's documented error codes include server_error and
-        # service_unavailable (contract §2.3).
+        # service_unavailable (“How to use managed identities for Azure resources on an Azure VM to acquire an access token”).
         code = "service_unavailable" if status == 503 else "server_error"
         return json_response({"error": code, "error_description": f"IMDS returned {status}"},
                              status, headers)
@@ -311,7 +311,7 @@ async def after(seconds: float, value: Any) -> Any:
     return value
 
 
-# -- ARM throttling (contract §5.4) -------------------------------------------------------------
+# -- ARM throttling (“Understand how Azure Resource Manager throttles requests”) ------------------
 @dataclass
 class _Bucket:
     tokens: float

@@ -25,7 +25,7 @@ class Knobs:
     latency: dict[str, float] = field(default_factory=dict)  # service name -> seconds
     throttle: bool = False
     arm_read_bucket: int = 250
-    arm_read_refill: float = 25.0  # UNCONFIRMED rate (contract §5.4)
+    arm_read_refill: float = 25.0  # UNCONFIRMED rate (“Understand how Azure Resource Manager throttles requests”)
     arm_write_bucket: int = 200
     arm_write_refill: float = 10.0
     faults: Faults = field(default_factory=Faults)

@@ -1,5 +1,5 @@
 """Microsoft Graph v1.0 through the proxy: what `az ad sp create-for-rbac` and clean-up send
-(contract §0 step 13, §10 create-for-rbac row; shapes from az CLI recordings)."""
+(“Azure Citadel: Managed Identities” step 13, “Azure CLI release notes” create-for-rbac row; shapes from az CLI recordings)."""
 
 from __future__ import annotations
 
