@@ -27,6 +27,7 @@ class SshOutcome:
 
     ok: bool = False
     refused: bool = False  # the machine did not answer and the lab explains why (the student's)
+    unverified: bool = False  # the machine misbehaved: answered garbage, hung, refused unexplained
     error: str | None = None
     target: str | None = None  # user@host:port
     host_key: dict | None = None  # {"type", "sha256", "known"}: known when in known_hosts
@@ -322,6 +323,10 @@ class Gatherer:
             ev.ssh.error = str(exc)
             if exc.refused:
                 self._explain_refusal(ev, machine, conn, clients)
+            elif exc.machine:  # the machine answered, but not as a machine that lets us see
+                ev.ssh.unverified = True
+        except Exception as exc:  # noqa: BLE001 - the grader's own trouble: never the student's
+            ev.ssh.error = f"reading the machine failed: {type(exc).__name__}: {exc}"
 
     def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients) -> None:
         """The machine did not answer SSH for as long as the grader waited. That is the
@@ -346,8 +351,12 @@ class Gatherer:
         if state is not None and state != "running":
             ev.ssh.refused, ev.ssh.error = True, f"{ev.ssh.error}; the VM is {state}: start it"
             return
+        # It runs (or is not known to be stopped) and nothing in the lab keeps SSH out, yet it
+        # refuses: the grader cannot see inside. Not a failure it can prove, and never a free
+        # pass: the in-machine steps are unverified (counted, no points) until it answers.
         running = "is running" if state == "running" else "is not known to be stopped"
         ev.ssh.refused = False
+        ev.ssh.unverified = True
         ev.ssh.error = (f"{ev.ssh.error} for {conn.refused_seconds:.0f}s although the machine "
-                        f"{running} and nothing in the lab keeps SSH out: could not decide "
-                        "(grade again later)")
+                        f"{running} and nothing in the lab keeps SSH out: let the grader in "
+                        "and grade again")
