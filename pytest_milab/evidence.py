@@ -33,9 +33,10 @@ class SshOutcome:
     host_key: dict | None = None  # {"type", "sha256", "known"}: known when in known_hosts
 
 
-@dataclass
+@dataclass(repr=False)
 class LabEvidence:
-    """The facts of one lab. Holds no secret and no token, so it may be stored."""
+    """The facts of one lab. Holds no secret and no token, so it may be stored; its repr (what
+    `-l` and `--debug` show) names the lab and what was gathered, not the probe's digests."""
 
     label: str
     group: str
@@ -53,6 +54,16 @@ class LabEvidence:
     declared_reads: frozenset[str] | None = None  # None: anything may be read (tests)
     declared_parts: frozenset[str] | None = None
     digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
+
+    def __repr__(self) -> str:
+        parts = [f"group={self.group!r}", f"reads={sorted(self.control)}"]
+        if self.errors:
+            parts.append(f"unread={sorted(self.errors)}")
+        if self.probe is not None:
+            parts.append(f"probe={sorted(self.probe)}")
+        if self.problem:
+            parts.append(f"problem={self.problem!r}")
+        return f"<LabEvidence {self.label} {' '.join(parts)}>"
 
     def to_json(self) -> dict:
         out = asdict(self)
