@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .provenance import VM_REPORTED, weakest
+
 PASSED, FAILED, UNVERIFIED, ERROR, NOT_PROPAGATED, SKIPPED = (
     "passed", "failed", "unverified", "error", "not-propagated", "skipped")
 # When several checks of one step disagree, the first of these wins.
@@ -21,6 +23,7 @@ class StepInfo:
     title: str = ""
     points: float = 1
     needs: tuple[str, ...] = ()
+    vm_weight: float = 1.0  # the share of its points a pass earns on the machine's word alone
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class CheckResult:
     outcome: str
     reason: str = ""
     nodeid: str = ""
+    provenance: str = "control-plane"  # where its evidence came from (see provenance.py)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class StepResult:
     points: float
     max_points: float
     reason: str = ""
+    provenance: str = "control-plane"
 
 
 @dataclass
@@ -124,11 +129,13 @@ def grade_lab(lab: LabInfo, steps: list[StepInfo], checks: list[CheckResult]) ->
             if inherited is not None:
                 outcome, reason = inherited
         outcomes[step.id] = (outcome, reason)
+        provenance = weakest(c.provenance for c in by_step.get(step.id, ()))
+        earned = step.points * (step.vm_weight if provenance == VM_REPORTED else 1)
         result.steps.append(StepResult(
             id=step.id, title=step.title, outcome=outcome,
-            points=step.points if outcome == PASSED else 0,
+            points=earned if outcome == PASSED else 0,
             max_points=step.points if outcome in COUNTED else 0,
-            reason="" if outcome == PASSED else reason))
+            reason="" if outcome == PASSED else reason, provenance=provenance))
     return result
 
 

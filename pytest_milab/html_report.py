@@ -93,7 +93,8 @@ def _data(graded: list[LabResult], steps: list[StepInfo]) -> dict:
     return {
         "steps": [{"id": s.id, "title": clean(s.title or s.id, 200)} for s in steps],
         "labs": [{"label": clean(lab.label, 120),
-                  "steps": {s.id: [s.outcome, clean(s.reason, 1000)] for s in lab.steps}}
+                  "steps": {s.id: [s.outcome, clean(s.reason, 1000), s.provenance]
+                            for s in lab.steps}}
                  for lab in graded],
         "words": {o: w for o, (_, _, w) in OUTCOMES.items()} | {"": NOT_RUN[2]},
     }
@@ -144,6 +145,8 @@ def _heatmap(graded: list[LabResult], steps: list[StepInfo], rates: dict[str, di
             label = f"{lab.label}, {step.title or step.id}: {word}"
             if result is not None and result.reason:
                 label += f": {result.reason}"
+            if result is not None and result.provenance == "vm-reported":
+                label += " (on the machine's own report)"
             cells.append(f'<td><button type="button" class="cell {css}" data-lab="{i}" '
                          f'data-step="{_e(step.id, 200)}" aria-label="{_e(label, 1200)}">'
                          f'{mark}</button></td>')
@@ -371,7 +374,9 @@ _JS = """
     var step = cell.dataset.step;
     var got = lab.steps[step] || ["", ""];
     return {who: lab.label, step: step, title: titles[step] || step, outcome: got[0],
-            word: data.words[got[0]] || got[0], reason: got[1], lab: lab};
+            word: data.words[got[0]] || got[0], lab: lab,
+            reason: got[1] + (got[2] === "vm-reported" ? (got[1] ? " " : "") +
+                    "(on the machine's own report)" : "")};
   }
   function el(tag, text) {
     var e = document.createElement(tag);

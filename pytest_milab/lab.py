@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import CouldNotDecide, SuiteError, Unverified
 from .evidence import LabEvidence, SshOutcome
+from .provenance import CONTROL_PLANE, VM_REPORTED, note
 
 
 class NeedsStep(AssertionError):
@@ -58,6 +59,7 @@ class Lab:
     def read(self, name: str) -> Any:
         """The JSON of a declared read (None when ARM said 404)."""
         ev = self.evidence
+        note(CONTROL_PLANE)
         if ev.problem:
             raise CouldNotDecide(ev.problem)
         if ev.declared_reads is not None and name not in ev.declared_reads:
@@ -95,6 +97,7 @@ class Lab:
         """One part's result. Fails with "needs ssh" when the machine did not answer, and
         cannot decide when the grader's side of SSH failed."""
         ev = self.evidence
+        note(VM_REPORTED)
         if ev.problem:
             raise CouldNotDecide(ev.problem)
         if ev.declared_parts is not None and name not in ev.declared_parts:

@@ -18,6 +18,7 @@ from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, Step
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
 from .progress import Progress
+from .provenance import CONTROL_PLANE, tracking, weakest
 from .results import Reported
 from .run import Run, settings_from
 from .settings import OPTIONS
@@ -28,6 +29,7 @@ from .text import clean
 
 _RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
+_PROVENANCE_KEY = pytest.StashKey[str]()
 # The exit status of a run in which some step could not be decided (Azure throttled or failed,
 # SSH broke, a grant had not propagated): the grade book is not final, grade again later.
 EXIT_UNDECIDED = 10  # apart from pytest's own exit codes (0-6)
@@ -275,6 +277,17 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     raise (CouldNotDecide if outcome == grading.ERROR else NotPropagated)(reason)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Note where the check's evidence comes from while it runs (see `provenance`)."""
+    with tracking() as used:
+        try:
+            return (yield)
+        finally:
+            if item.stash.get(_STEP_KEY, None) is not None:
+                item.stash[_PROVENANCE_KEY] = weakest(used)
+
+
 def _outcome_of(call: pytest.CallInfo, report: pytest.TestReport) -> tuple[str, str]:
     if report.passed:
         return grading.PASSED, ""
@@ -344,7 +357,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             # The plugin's own outcomes need no traceback: the reason says it all.
             report.longrepr = f"{item.nodeid}: {outcome}: {reason}"
         run = _run(item.config)
-        check = CheckResult(target.label, info.id, outcome, reason, item.nodeid)
+        check = CheckResult(target.label, info.id, outcome, reason, item.nodeid,
+                            item.stash.get(_PROVENANCE_KEY, CONTROL_PLANE))
         run.results.record_local(check)
         lab = LabInfo(target.label, target.group,
                       target.subscription or run.store.subscription_of(target.label),
@@ -353,7 +367,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.milab = Reported(info, run.results.step_rank(info.id), lab, check).to_data()
         # JUnit XML writes the properties of the teardown report, which come from the item.
         item.user_properties.extend([("milab_step", info.id), ("milab_points", info.points),
-                                     ("milab_outcome", outcome), ("milab_lab", target.label)])
+                                     ("milab_outcome", outcome), ("milab_lab", target.label),
+                                     ("milab_provenance", check.provenance)])
     return report
 
 

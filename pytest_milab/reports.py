@@ -26,6 +26,11 @@ def undecided(lab: LabResult) -> int:
     return sum(1 for s in lab.steps if s.outcome in UNDECIDED)
 
 
+def vm_reported(lab: LabResult) -> int:
+    """Passed steps whose evidence is the student's machine's own report."""
+    return sum(1 for s in lab.steps if s.outcome == "passed" and s.provenance == "vm-reported")
+
+
 def status(lab: LabResult) -> str:
     """"complete", "incomplete: N undecided" or "not graded"."""
     if lab.problem:
@@ -43,7 +48,8 @@ def to_json(labs: list[LabResult]) -> dict:
             "complete": undecided(lab) == 0, "undecided": undecided(lab),
             "steps": [{"id": s.id, "title": s.title, "outcome": s.outcome,
                        "points": _num(s.points), "max_points": _num(s.max_points),
-                       "reason": clean(s.reason, 1000)} for s in lab.steps],
+                       "reason": clean(s.reason, 1000), "evidence": s.provenance}
+                      for s in lab.steps],
         } for lab in graded],
         "not_graded": [{"group": lab.group, "student": lab.student, "label": lab.label,
                         "problem": clean(lab.problem, 1000)}
@@ -66,19 +72,20 @@ def to_csv(labs: list[LabResult], steps: list[StepInfo]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     header = ["group", "student", "status", "score", "max_score", "undecided"]
     for step in steps:
-        header += [step.id, f"{step.id} outcome"]
+        header += [step.id, f"{step.id} outcome", f"{step.id} evidence"]
     writer.writerow(header + ["problems"])
     for lab in labs:
         row: list[object] = [lab.group, lab.student or "", status(lab)]
         by_id = {s.id: s for s in lab.steps}
         if lab.problem:
-            row += ["", "", ""] + ["", "not graded"] * len(steps)
+            row += ["", "", ""] + ["", "not graded", ""] * len(steps)
         else:
             row += [_num(lab.score), _num(lab.max_score), undecided(lab)]
             for step in steps:
                 r = by_id.get(step.id)
                 counted = r is not None and r.outcome in COUNTED
-                row += [_num(r.points) if counted else "", r.outcome if r else ""]
+                row += [_num(r.points) if counted else "", r.outcome if r else "",
+                        r.provenance if r else ""]
         writer.writerow([csv_cell(c) for c in row + [problems(lab)]])
     return out.getvalue()
 
@@ -108,7 +115,8 @@ def terminal_lines(labs: list[LabResult]) -> list[str]:
     width = max(len("lab"), *(len(n) for n in names.values()))
     unverified = any(s.outcome == "unverified" for lab in graded for s in lab.steps)
     lines = [f"{'lab':<{width}}  {'score':>9}  passed failed "
-             + ("unverif " if unverified else "") + "error not-prop skipped"]
+             + ("unverif " if unverified else "") + "error not-prop skipped  passed on the "
+             "machine's word"]
     for lab in graded:
         counts = {o: sum(1 for s in lab.steps if s.outcome == o)
                   for o in ("passed", "failed", "unverified", "error", "not-propagated",
@@ -118,7 +126,7 @@ def terminal_lines(labs: list[LabResult]) -> list[str]:
                      f"{counts['failed']:>6} "
                      + (f"{counts['unverified']:>7} " if unverified else "")
                      + f"{counts['error']:>5} {counts['not-propagated']:>8} "
-                     f"{counts['skipped']:>7}")
+                     f"{counts['skipped']:>7}  {vm_reported(lab):>5}")
     # (outcome, step, reason) -> labs, in the order first seen
     shared: dict[tuple[str, str, str], list[str]] = {}
     for lab in graded:
@@ -163,7 +171,8 @@ def from_json(data: dict) -> tuple[list[LabResult], list[StepInfo]]:
         for s in g.get("steps") or []:
             lab.steps.append(StepResult(s["id"], s.get("title", ""), s["outcome"],
                                         s.get("points", 0), s.get("max_points", 0),
-                                        s.get("reason", "")))
+                                        s.get("reason", ""),
+                                        s.get("evidence", "control-plane")))
             known = steps.get(s["id"])
             points = max(s.get("max_points", 0), known.points if known else 0)
             steps[s["id"]] = StepInfo(s["id"], s.get("title", ""), points)

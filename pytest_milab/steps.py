@@ -9,10 +9,11 @@ from .errors import StepMarkerError
 from .grading import StepInfo
 
 MARKER = "milab_step"
-MARKER_DOC = ("milab_step(id, points=1, title='', needs=()): this test checks lab step `id`; "
-              "`needs` names steps it depends on")
+MARKER_DOC = ("milab_step(id, points=1, title='', needs=(), vm_weight=1): this test checks lab "
+              "step `id`; `needs` names steps it depends on; `vm_weight` is the share of its "
+              "points a pass earns on the machine's own report")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_KEYWORDS = ("points", "title", "needs")
+_KEYWORDS = ("points", "title", "needs", "vm_weight")
 
 
 def step_from_marker(marker, where: str) -> StepInfo:
@@ -38,7 +39,12 @@ def step_from_marker(marker, where: str) -> StepInfo:
         needs = (needs,)
     if not all(isinstance(n, str) for n in needs):
         raise StepMarkerError(f"{where}: needs of step {step_id!r} must be step ids")
-    return StepInfo(step_id, title, points, tuple(needs))
+    vm_weight = marker.kwargs.get("vm_weight", 1.0)
+    if isinstance(vm_weight, bool) or not isinstance(vm_weight, (int, float)) \
+            or not 0 <= vm_weight <= 1:
+        raise StepMarkerError(f"{where}: vm_weight of step {step_id!r} must be a number from "
+                              "0 to 1")
+    return StepInfo(step_id, title, points, tuple(needs), float(vm_weight))
 
 
 class StepRegistry:
@@ -64,7 +70,7 @@ class StepRegistry:
                     f"{self.first_seen[info.id]}: give one step id one {attr}, or use "
                     "another id")
         merged = StepInfo(known.id, known.title or info.title, known.points,
-                          tuple(dict.fromkeys(known.needs + info.needs)))
+                          tuple(dict.fromkeys(known.needs + info.needs)), known.vm_weight)
         self.steps[info.id] = merged
         return merged
 

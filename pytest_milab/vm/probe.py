@@ -14,6 +14,7 @@ import zlib
 from importlib import resources
 
 from ..errors import CouldNotDecide, SshError, Unverified
+from ..provenance import VM_REPORTED, note
 from ..text import clean
 from .ssh import CommandResult, VmConnection
 
@@ -88,12 +89,14 @@ class Vm:
 
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run a shell command in the machine; its output is the student's, returned as is."""
+        note(VM_REPORTED)
         try:
             return self._conn.run(command, timeout=timeout)
         except SshError as exc:
             raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
 
     def _single(self, part) -> dict:
+        note(VM_REPORTED)
         try:
             result = run_probe(self._conn, [part.program({})], self._key).get(part.name)
         except SshError as exc:

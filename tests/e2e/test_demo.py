@@ -39,3 +39,10 @@ def test_demo_grades_a_complete_lab(tmp_path, workers):
         assert "no Azure CLI configured" in steps["az-cli"]["reason"]
     assert all(s["outcome"] == "passed" for k, s in steps.items() if k not in skipped)
     assert lab["score"] == lab["max_score"] == 24 - len(skipped)
+    # Where each step's evidence came from: what the grader read or saw itself (ARM, its own SSH
+    # connection), or the VM's own report.
+    assert {k for k, s in steps.items() if s["evidence"] == "control-plane"} - skipped == {
+        "resource-group", "key-vault", "vault-permission-model", "operator-access-policy", "vm",
+        "vm-identity", "vm-tags", "reader-assignment", "identity-access-policy",
+        "service-principal", "ssh"}
+    assert steps["secret-read"]["evidence"] == "vm-reported"

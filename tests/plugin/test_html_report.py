@@ -108,7 +108,7 @@ def test_a_student_named_script_and_a_reason_closing_the_script_stay_text():
     assert "<" not in data_text and ">" not in data_text and "&" not in data_text
     data = json.loads(data_text)
     assert data["labs"][1]["label"] == EVIL
-    assert data["labs"][1]["steps"]["jq"] == ["failed", BREAKOUT]
+    assert data["labs"][1]["steps"]["jq"] == ["failed", BREAKOUT, "control-plane"]
     # In the markup the reason is escaped text.
     assert "no jq &lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in html
 

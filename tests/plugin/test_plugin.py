@@ -65,13 +65,15 @@ def test_outcomes_points_and_needs_in_reports(suite):
     assert [s["outcome"] for s in good["steps"]] == ["passed", "passed", "error"]
     assert broken["steps"][0]["reason"] == "the lab is broken"
     assert broken["steps"][1] == {"id": "second", "title": "Second", "outcome": "failed",
-                                  "points": 0, "max_points": 1, "reason": "needs first"}
+                                  "points": 0, "max_points": 1, "reason": "needs first",
+                                  "evidence": "control-plane"}
     rows = list(csv.reader((suite.path / "out" / "grades.csv").open()))
     assert [r[:6] for r in rows] == [
         ["group", "student", "status", "score", "max_score", "undecided"],
         ["good", "", "incomplete: 1 undecided", "3", "3", "1"],
         ["broken", "", "incomplete: 1 undecided", "0", "3", "1"]]
-    assert rows[1][6:12] == ["2", "passed", "1", "passed", "", "error"]
+    assert rows[1][6:15] == ["2", "passed", "control-plane", "1", "passed", "control-plane",
+                             "", "error", "control-plane"]
     # Some steps could not be decided: the grade book is not final.
     assert result.ret == 10
 

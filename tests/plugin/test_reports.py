@@ -15,7 +15,8 @@ STEPS = [StepInfo("vm", "VM", 2), StepInfo("jq", "jq", 1)]
 def graded():
     labs = [LabInfo("alice", "g", "sub-a", "alice"), LabInfo("bob", "g", "sub-b", "bob"),
             LabInfo("line-4", "line-4", None, None, problem="roster x, line 4: bad")]
-    checks = [CheckResult("alice", "vm", "passed"), CheckResult("alice", "jq", "failed", "no jq"),
+    checks = [CheckResult("alice", "vm", "passed"),
+              CheckResult("alice", "jq", "failed", "no jq", provenance="vm-reported"),
               CheckResult("bob", "vm", "passed"), CheckResult("bob", "jq", "error", "ssh broke")]
     return grade(labs, STEPS, checks)
 
@@ -30,7 +31,9 @@ def test_json_shape(tmp_path):
         "group": "g", "subscription": "sub-a", "student": "alice", "score": 2, "max_score": 3,
         "complete": True, "undecided": 0}
     assert alice["steps"][1] == {"id": "jq", "title": "jq", "outcome": "failed", "points": 0,
-                                 "max_points": 1, "reason": "no jq"}
+                                 "max_points": 1, "reason": "no jq",
+                                 "evidence": "vm-reported"}
+    assert alice["steps"][0]["evidence"] == "control-plane"
     assert (bob["complete"], bob["undecided"]) == (False, 1)
     # A roster line that could not be graded is not a 0/0 row beside the real ones.
     assert data["not_graded"] == [{"group": "line-4", "student": None, "label": "line-4",
@@ -42,13 +45,14 @@ def test_csv_says_status_points_outcomes_and_problems(tmp_path):
     reports.write(str(path), graded(), STEPS)
     rows = list(csv.reader(io.StringIO(path.read_text())))
     assert rows[0] == ["group", "student", "status", "score", "max_score", "undecided",
-                       "vm", "vm outcome", "jq", "jq outcome", "problems"]
-    assert rows[1] == ["g", "alice", "complete", "2", "3", "0", "2", "passed", "0", "failed",
-                       "jq: no jq"]
-    assert rows[2] == ["g", "bob", "incomplete: 1 undecided", "2", "2", "1", "2", "passed", "",
-                       "error", ""]
-    assert rows[3] == ["line-4", "", "not graded", "", "", "", "", "not graded", "",
-                       "not graded", "roster x, line 4: bad"]
+                       "vm", "vm outcome", "vm evidence", "jq", "jq outcome", "jq evidence",
+                       "problems"]
+    assert rows[1] == ["g", "alice", "complete", "2", "3", "0", "2", "passed", "control-plane",
+                       "0", "failed", "vm-reported", "jq: no jq"]
+    assert rows[2] == ["g", "bob", "incomplete: 1 undecided", "2", "2", "1", "2", "passed",
+                       "control-plane", "", "error", "control-plane", ""]
+    assert rows[3] == ["line-4", "", "not graded", "", "", "", "", "not graded", "", "",
+                       "not graded", "", "roster x, line 4: bad"]
 
 
 def test_csv_cells_are_never_formulas_and_carry_no_control_characters(tmp_path):
@@ -83,3 +87,13 @@ def test_terminal_text_from_students_has_no_escape_sequences():
                  [CheckResult("x\x1b[1Ay", "vm", "failed", "bad\x1b]52;c;aGk=\x07\x1b[2K")])
     text = "\n".join(reports.terminal_lines(labs))
     assert "\x1b" not in text and "\x07" not in text
+
+
+def test_a_suite_may_weigh_a_pass_on_the_machine_s_word_alone():
+    steps = [StepInfo("vm", "VM", 2), StepInfo("jq", "jq", 2, vm_weight=0.5)]
+    labs = grade([LabInfo("a", "g")], steps,
+                 [CheckResult("a", "vm", "passed", provenance="vm-reported"),
+                  CheckResult("a", "jq", "passed", provenance="vm-reported")])
+    assert [(s.points, s.max_points) for s in labs[0].steps] == [(2, 2), (1, 2)]
+    line = reports.terminal_lines(labs)[1]
+    assert line.split()[-1] == "2"  # both passed on the machine's word
