@@ -1,0 +1,168 @@
+"""The Arc suite (`example_suites/arc_managed_identity`), the lab's on-premises part, written
+without changing the engine: its demo with full marks, provision mode observing each denial
+before its grant, and its defect catalogue (each check failing on a lab with that step broken,
+and on Azure misbehaving where only Azure's behaviour decides the step)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from arc_defects import broken
+from e2ekit import (
+    ARC_SUITE,
+    dependents_of,
+    grade,
+    outcomes,
+    provision,
+    run_demo,
+    suite_needs,
+    suite_spec,
+    suite_stages,
+)
+
+from pytest_milab.provision import build_in_local_azure
+
+STEPS = {"resource-group", "key-vault", "machine", "machine-identity", "reader-assignment",
+         "identity-access-policy", "ssh", "himds-challenge", "management-token",
+         "reader-denied-before", "reader-allowed", "wrong-audience", "secret-read"}
+
+
+@pytest.fixture(scope="module")
+def needs():
+    return suite_needs(ARC_SUITE)
+
+
+def test_the_suite_touches_no_engine_file():
+    """The second lab needed no change to the engine (pytest_milab outside its emulator)."""
+    base = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ARC_SUITE, text=True,
+                          capture_output=True)
+    if base.returncode != 0:
+        pytest.skip("no git history with a main branch here")
+    diff = subprocess.run(["git", "diff", "--name-only", base.stdout.strip(), "--",
+                           "pytest_milab", ":!pytest_milab/emulator"], cwd=ARC_SUITE.parents[1],
+                          text=True, capture_output=True, check=True)
+    assert diff.stdout.split() == []
+
+
+def test_demo_grades_a_complete_arc_lab(tmp_path, needs):
+    proc, report = run_demo(tmp_path, suite=ARC_SUITE)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [lab] = report["groups"]
+    assert lab["group"] == "arc_identity_lab"
+    steps = {s["id"]: s["outcome"] for s in lab["steps"]}
+    assert set(steps) == STEPS == set(needs)
+    assert set(steps.values()) == {"passed"}, steps
+    assert lab["score"] == lab["max_score"] == len(STEPS)
+    assert "StillAliveOnPrem" not in proc.stdout + proc.stderr
+
+
+def test_provision_observes_each_denial_before_its_grant(local_azure, tmp_path):
+    start = len(local_azure.audit)
+    run = provision(local_azure, tmp_path, suite=ARC_SUITE)
+    [lab] = run.report["groups"]
+    steps = {s["id"]: (s["outcome"], s["reason"]) for s in lab["steps"]}
+    assert {k for k, (o, _) in steps.items() if o != "passed"} == set(), steps
+    assert run.returncode == 0, run.output[-3000:]
+    entries = local_azure.audit.entries()[start:]
+    group = lab["group"].lower()
+    # The server was racked by the local Azure's Owner, then onboarded by its agent.
+    assert any(e.service == "control" and e.method == "POST" and e.status == 201
+               for e in entries)
+    onboarded = next(e for e in entries if e.method == "PUT" and e.status in (200, 201)
+                     and "/microsoft.hybridcompute/machines/" in e.path.lower())
+    # Reader: the identity's listing was refused, then the assignment was made, then allowed.
+    listing = [e for e in entries if e.path.lower().endswith(f"/resourcegroups/{group}/resources")
+               and e.caller_oid not in (None, local_azure.operator.object_id,
+                                        local_azure.grader.object_id)]
+    grant = next(e for e in entries if e.method == "PUT" and "roleassignments" in e.path.lower()
+                 and f"/resourcegroups/{group}/" in e.path.lower())
+    refused = [e for e in listing if e.status == 403]
+    assert refused and onboarded.time < refused[0].time < grant.time
+    assert any(e.status == 200 and e.time > grant.time for e in listing)
+    # Key Vault: the secret was read by the server's identity after its access policy.
+    policy = next(e for e in entries if e.method == "PUT" and e.path.endswith("/accessPolicies/add"))
+    reads = [e for e in entries if e.service == "keyvault" and e.path == "/secrets/onprem-phrase"
+             and e.caller_oid not in (None, local_azure.operator.object_id)]
+    assert any(e.status == 200 and e.time > policy.time for e in reads)
+    assert "removed lab" in run.output
+
+
+# What the failing step's reason must say, so a student knows what to fix.
+DEFECTS = {
+    "resource-group": "not found in subscription",
+    "key-vault": "no vault named",
+    "machine": "no Arc-enabled server named 'onprem1'",
+    "machine-identity": "no system-assigned identity",
+    "reader-assignment": "no Reader assignment",
+    "identity-access-policy": "no access policy for the server's identity",
+    "reader-denied-before": "should be read-only",
+    "secret-read": "does not hold the lab's value",
+}
+# Steps judged on what the identity was seen to do: a defect's effect fails them with their own
+# reason (the grant's step says what to fix), not "needs".
+SEEN_DIRECTLY = {
+    "reader-assignment": {"reader-allowed", "reader-denied-before"},
+    "identity-access-policy": {"secret-read"},
+}
+# Steps only Azure's behaviour decides: shown failing by making the local Azure misbehave.
+QUIRKS = {
+    "himds-no-challenge": ("himds-challenge", "not 401"),
+    "imds-token-audience-mismatch": ("management-token", "aud is"),
+    "arm-list-denied": ("reader-allowed", "403"),
+    "keyvault-accepts-any-audience": ("wrong-audience", "not 401 AKV10022"),
+}
+
+
+@pytest.fixture(scope="module")
+def graded(local_azure, tmp_path_factory):
+    """One grading run over a complete Arc lab and one lab per defect."""
+    spec = suite_spec(ARC_SUITE)
+    groups = {defect: f"arc-defect-{defect}" for defect in DEFECTS}
+    for defect, group in groups.items():
+        stages, state = broken(defect)
+        build_in_local_azure(local_azure, [group], stages, spec, state=state)
+    key, failures = build_in_local_azure(local_azure, ["arc-complete-lab"],
+                                         suite_stages(ARC_SUITE), spec)
+    assert failures == []
+    run = grade(local_azure, key, tmp_path_factory.mktemp("arc-catalogue"), "arc-complete-lab",
+                *groups.values(), suite=ARC_SUITE)
+    return groups, run, key
+
+
+def test_complete_arc_lab_gets_full_marks(graded):
+    _, run, _ = graded
+    got = outcomes(run.report, "arc-complete-lab")
+    assert {s: o for s, (o, _) in got.items() if o != "passed"} == {}
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_defect_fails_exactly_its_step_and_dependents(graded, needs, defect):
+    groups, run, _ = graded
+    got = outcomes(run.report, groups[defect])
+    failed = {step for step, (outcome, _) in got.items() if outcome == "failed"}
+    seen = {defect} | SEEN_DIRECTLY.get(defect, set())
+    assert failed == set().union(*(dependents_of(s, needs) for s in seen)), got
+    assert DEFECTS[defect] in got[defect][1], got[defect]
+    for step in failed - seen:
+        assert got[step][1].startswith("needs "), (step, got[step])
+    for step in seen - {defect}:
+        assert not got[step][1].startswith("needs "), (step, got[step])
+    others = {s: got[s] for s in set(got) - failed if got[s][0] != "passed"}
+    assert others == {}
+
+
+@pytest.mark.parametrize("quirk", sorted(QUIRKS))
+def test_azure_misbehaving_fails_exactly_the_step_that_checks_it(graded, local_azure, needs,
+                                                                   tmp_path, quirk):
+    _, _, key = graded  # the complete lab exists
+    step, words = QUIRKS[quirk]
+    local_azure.knobs.quirks.add(quirk)
+    try:
+        run = grade(local_azure, key, tmp_path, "arc-complete-lab", suite=ARC_SUITE)
+    finally:
+        local_azure.knobs.quirks.discard(quirk)
+    got = outcomes(run.report, "arc-complete-lab")
+    failed = {s for s, (o, _) in got.items() if o == "failed"}
+    assert failed == dependents_of(step, needs), got
+    assert words in got[step][1], got[step]
