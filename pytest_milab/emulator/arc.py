@@ -245,9 +245,12 @@ class ArcMachine(LiveVm):
     """One on-premises machine: a LiveVm whose identity is its own rather than an ARM VM's."""
 
     def __init__(self, fleet: ArcFleet, name: str, *, user: str, public_keys: list[str],
-                 address: str) -> None:
+                 address: str, site_address: str | None = None) -> None:
         super().__init__(fleet, f"machine:{name.lower()}", {"name": name})
         self.name = name
+        # What the server itself sees as its address (`hostname -I`, so what its agent reports):
+        # the address it listens on, unless it sits behind its site's NAT.
+        self.site_address = site_address or address
         self.user = user
         self.public_keys = [k.strip() for k in public_keys if k and k.strip()]
         self.host_address = address
@@ -339,7 +342,7 @@ class ArcMachine(LiveVm):
         userland._write_script(self.bin / "azcmagent",
                                _agent_script(bash, self.state_dir, self.etc))
         userland._write_script(self.bin / "hostname",
-                               _hostname_script(bash, self.name, self.host_address))
+                               _hostname_script(bash, self.name, self.site_address))
 
     def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
         if host == IMDS_HOST:
@@ -528,11 +531,13 @@ class ArcFleet:
         if self._listener is not None:
             await self._listener.stop()
 
-    async def add(self, name: str, *, user: str, public_keys: list[str]) -> ArcMachine:
+    async def add(self, name: str, *, user: str, public_keys: list[str],
+                  site_address: str | None = None) -> ArcMachine:
         if name.lower() in self.machines:
             raise ValueError(f"there is already a machine named {name!r}")
         address = self.cloud.allocate_ip()
-        machine = ArcMachine(self, name, user=user, public_keys=public_keys, address=address)
+        machine = ArcMachine(self, name, user=user, public_keys=public_keys, address=address,
+                             site_address=site_address)
         await machine.power_on()
         self.machines[name.lower()] = machine
         await self._listen(machine)

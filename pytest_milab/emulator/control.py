@@ -4,8 +4,12 @@
 like Azure's own hosts) is the local Azure's stand-in for racking a server: on real Azure an
 on-premises server exists before the lab starts; in the local Azure someone has to switch one on.
 
-    POST /machines   {"name": "onprem1", "user": "azureuser", "publicKeys": ["ssh-ed25519 ..."]}
+    POST /machines   {"name": "onprem1", "user": "azureuser", "publicKeys": ["ssh-ed25519 ..."],
+                      "siteAddress": "10.1.0.4"}
       201 {"name", "address", "port", "user"}   a new machine (see arc.py), reachable over SSH
+                                                at `address`; `siteAddress` (optional) is the
+                                                address it sees as its own behind its site's
+                                                NAT (what `hostname -I` and so its agent report)
       409 {"error": {"code": "MachineExists"}}  that name is taken: pick another
     GET  /machines/<name>                       200 as above, or 404
 
@@ -32,6 +36,7 @@ from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 
 HOST = CONTROL_HOSTS[0]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")  # a hostname label
+ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -75,6 +80,9 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
             return _error(400, "InvalidRequest", "the body is a JSON object")
         name, user = body.get("name"), body.get("user") or "azureuser"
         keys = body.get("publicKeys") or []
+        site = body.get("siteAddress")
+        if site is not None and not (isinstance(site, str) and ADDRESS.match(site)):
+            return _error(400, "InvalidAddress", f"not an IPv4 address: {site!r}")
         if not isinstance(name, str) or not NAME.match(name):
             return _error(400, "InvalidName", f"not a host name: {name!r}")
         if not isinstance(user, str) or not NAME.match(user):
@@ -83,7 +91,7 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
             return _error(400, "InvalidKeys", "publicKeys is a list of OpenSSH public keys")
         if fleet().live(name) is not None:
             return _error(409, "MachineExists", f"there is already a machine named {name!r}")
-        machine = await fleet().add(name, user=user, public_keys=keys)
+        machine = await fleet().add(name, user=user, public_keys=keys, site_address=site)
         return _json(describe(machine), 201)
 
     async def show(request: Request) -> Response:
