@@ -65,10 +65,12 @@ def _rack(ctx: ProvisionContext) -> dict:
     token = ctx.credential.get_token(ARM_SCOPE).token
     names = [ctx.spec.machine_name] + [f"{ctx.spec.machine_name}-{secrets.token_hex(3)}"
                                        for _ in range(3)]
+    body = {"user": ctx.spec.user, "publicKeys": [ctx.ssh_public_key]}
+    if ctx.state.get("site_address"):  # a server behind its site's NAT
+        body["siteAddress"] = ctx.state["site_address"]
     for name in names:  # its host name; taken by another lab's server: another one
-        r = requests.post(f"{CONTROL}/machines", json={
-            "name": name, "user": ctx.spec.user, "publicKeys": [ctx.ssh_public_key]},
-            headers={"Authorization": f"Bearer {token}"}, timeout=ctx.timeout)
+        r = requests.post(f"{CONTROL}/machines", json={**body, "name": name},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=ctx.timeout)
         if r.status_code == 409:
             continue
         if r.status_code != 201:

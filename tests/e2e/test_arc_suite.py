@@ -88,6 +88,23 @@ def test_provision_observes_each_denial_before_its_grant(local_azure, tmp_path):
     assert "removed lab" in run.output
 
 
+def test_a_server_behind_nat_is_reached_at_the_rosters_ssh_host(local_azure, tmp_path):
+    """The agent reports the server's own address, private to its site (here TEST-NET-1, where
+    nobody answers); the roster's ssh_host, where the grader does reach it, wins."""
+    site = "192.0.2.10"
+    key, failures = build_in_local_azure(local_azure, ["arc-behind-nat"], suite_stages(ARC_SUITE),
+                                         suite_spec(ARC_SUITE), state={"site_address": site})
+    assert failures == []
+    [server] = [m for m in local_azure.machines.machines.values() if m.site_address == site]
+    roster = tmp_path / "class.csv"
+    roster.write_text(f"group,student,ssh_host,ssh_user\narc-behind-nat,ada,"
+                      f"{server.host_address},azureuser\n")
+    run = grade(local_azure, key, tmp_path / "run", extra=("--milab-roster", str(roster)),
+                suite=ARC_SUITE)
+    got = outcomes(run.report, "arc-behind-nat")
+    assert {s: o for s, (o, _) in got.items() if o != "passed"} == {}, got
+
+
 # What the failing step's reason must say, so a student knows what to fix.
 DEFECTS = {
     "resource-group": "not found in subscription",
