@@ -82,7 +82,7 @@ def _rack(ctx: ProvisionContext) -> dict:
 
 def on_premises_server(ctx: ProvisionContext) -> None:
     if os.environ.get("MILAB_LOCAL_AZURE") == "1":
-        server = _rack(ctx)
+        server = ctx.state["server"] = _rack(ctx)
         ctx.ssh_host, ctx.ssh_user = server["address"], server["user"]
         return
     if not ctx.spec.host:

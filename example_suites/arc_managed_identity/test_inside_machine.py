@@ -33,8 +33,10 @@ def test_himds_challenge(lab):
         f"{token.get('message')}")
 
 
+# On an Arc-enabled server every token comes through HIMDS's challenge: without it, nothing
+# can be checked as the identity.
 @pytest.mark.milab_step("management-token", title="HIMDS gives the identity an ARM token",
-                        needs=("ssh", "machine-identity"))
+                        needs=("himds-challenge",))
 def test_management_token(lab):
     token = lab.probe("management_token")
     assert token["status"] == 200, (
@@ -104,7 +106,7 @@ def test_wrong_audience(lab):
 # Judged on the read itself: an RBAC-model vault with "Key Vault Secrets User" for the
 # identity reads the secret too (identity-access-policy says what the lab asked for).
 @pytest.mark.milab_step("secret-read", title="The server's identity reads the secret",
-                        needs=("ssh", "machine-identity", "key-vault"))
+                        needs=("himds-challenge", "key-vault"))
 def test_secret_read(lab, milab_spec):
     result = lab.probe("secret_read")
     assert result["status"] == 200, (

@@ -220,6 +220,15 @@ exec python3 -I {shlex.quote(str(SUDO_CLIENT))} {shlex.quote(str(socket_path))} 
 """
 
 
+def _no_sudo_script(bash: str, user: str) -> str:
+    return f"""#!{bash}
+# sudo on a local Azure on-premises machine whose admin user has no NOPASSWD rule: every use
+# would ask for a password, which no SSH command can give.
+echo "sudo: a password is required" >&2
+exit 1
+"""
+
+
 def _agent_script(bash: str, state_dir: Path, etc_dir: Path) -> str:
     return f"""#!{bash}
 # azcmagent, the Azure Connected Machine agent's command line (the local Azure's version).
@@ -232,7 +241,7 @@ exec python3 -I {shlex.quote(str(AGENT_SCRIPT))} "$@"
 def _hostname_script(bash: str, name: str, address: str) -> str:
     return f"""#!{bash}
 # hostname on a local Azure on-premises machine: its name, and with -I its address (the one its
-# SSH server listens on, as on a server with one network interface).
+# SSH server listens on, or its site's address behind NAT; one network interface).
 case "$1" in
   -I|--all-ip-addresses|-i|--ip-address) echo {shlex.quote(address)} ;;
   *) echo {shlex.quote(name)} ;;
@@ -258,6 +267,7 @@ class ArcMachine(LiveVm):
         self.state_dir = self.root / "var" / "opt" / "azcmagent"
         self.broker: SudoBroker | None = None
         self.pending_keys: dict[str, Path] = {}  # secret -> key file, for one use each
+        self.sudo_allowed = True  # the admin user may sudo without a password
 
     # -- what the machine is -------------------------------------------------------------------
     def agent_config(self) -> dict | None:
@@ -338,11 +348,24 @@ class ArcMachine(LiveVm):
         run.mkdir(exist_ok=True)
         if self.broker is None:
             self.broker = SudoBroker(run / "sudo.sock")
-        userland._write_script(self.bin / "sudo", _sudo_script(bash, self.broker.path))
+        self._write_sudo()
         userland._write_script(self.bin / "azcmagent",
                                _agent_script(bash, self.state_dir, self.etc))
         userland._write_script(self.bin / "hostname",
                                _hostname_script(bash, self.name, self.site_address))
+
+    def _write_sudo(self) -> None:
+        bash = userland.host_tool("bash") or "/bin/bash"
+        text = _sudo_script(bash, self.broker.path) if self.sudo_allowed else \
+            _no_sudo_script(bash, self.user)
+        userland._write_script(self.bin / "sudo", text)
+
+    def set_sudo(self, allowed: bool) -> None:
+        """Whether the admin user may sudo without a password (an Ubuntu cloud image's
+        NOPASSWD rule), as an administrator editing /etc/sudoers.d would decide."""
+        self.sudo_allowed = allowed
+        if self.broker is not None:
+            self._write_sudo()
 
     def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
         if host == IMDS_HOST:
@@ -442,19 +465,15 @@ class Himds:
     def _token(self, request: Request, machine: ArcMachine) -> Response:
         auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
-        if not auth and faults.himds_skips_challenge(self.cloud.knobs):
-            path = None  # a quirk: no challenge at all
-        elif not auth:
+        if not auth:
             return self._challenge(machine)
-        else:
-            path = machine.pending_keys.pop(given.strip(), None) \
-                if scheme.lower() == "basic" and given.strip() else None
-            if path is None:
-                # A wrong, made-up or already used key: refused; a new challenge is offered.
-                return self._challenge(machine)
-        if path is not None:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        path = machine.pending_keys.pop(given.strip(), None) \
+            if scheme.lower() == "basic" and given.strip() else None
+        if path is None:
+            # A wrong, made-up or already used key: refused; a new challenge is offered.
+            return self._challenge(machine)
+        with contextlib.suppress(OSError):
+            path.unlink()
         resource = request.query_params.get("resource")
         if not resource:
             return _json({"error": "invalid_request",

@@ -12,6 +12,9 @@ on-premises server exists before the lab starts; in the local Azure someone has 
                                                 NAT (what `hostname -I` and so its agent report)
       409 {"error": {"code": "MachineExists"}}  that name is taken: pick another
     GET  /machines/<name>                       200 as above, or 404
+    PATCH /machines/<name>  {"sudo": false}     the admin user may no longer sudo without a
+                                                password (as an administrator editing
+                                                /etc/sudoers.d); true gives it back
 
 Only the local Azure's Owner principal (its operator, `AZURE_CLIENT_ID` of its environment) may
 call it, with an ARM token (`https://management.azure.com/.default`): 401 without one, 403 for
@@ -66,7 +69,7 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
 
     def describe(machine) -> dict:
         return {"name": machine.name, "address": machine.host_address,
-                "port": fleet().ssh_port, "user": machine.user}
+                "port": fleet().ssh_port, "user": machine.user, "sudo": machine.sudo_allowed}
 
     async def rack(request: Request) -> Response:
         refused = caller(request)
@@ -103,5 +106,22 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
             return _error(404, "MachineNotFound", "no such machine")
         return _json(describe(machine))
 
+    async def change(request: Request) -> Response:
+        refused = caller(request)
+        if refused is not None:
+            return refused
+        machine = fleet().live(request.path_params["name"])
+        if machine is None:
+            return _error(404, "MachineNotFound", "no such machine")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("sudo"), bool):
+            return _error(400, "InvalidRequest", 'the body is {"sudo": true|false}')
+        machine.set_sudo(body["sudo"])
+        return _json(describe(machine))
+
     return Starlette(routes=[Route("/machines", rack, methods=["POST"]),
-                             Route("/machines/{name}", show, methods=["GET"])])
+                             Route("/machines/{name}", show, methods=["GET"]),
+                             Route("/machines/{name}", change, methods=["PATCH"])])

@@ -51,8 +51,6 @@ QUIRKS = {
     "imds-token-audience-mismatch":
         "IMDS (and an Arc machine's HIMDS) tokens asked for https://management.azure.com/ carry "
         "aud https://management.core.windows.net/ (ARM still accepts them)",
-    "himds-no-challenge":
-        "an Arc machine's HIMDS hands out tokens without its key-file challenge (no 401)",
     "arm-permissions-too-wide":
         "ARM's subscription-level permissions list shows */read to a managed identity even "
         "without an assignment there",
@@ -458,11 +456,6 @@ def widened_permissions(cloud: Cloud, oid: str | None, scope: str, value: list[d
 def denies_group_listing(cloud: Cloud, oid: str | None) -> bool:
     """arm-list-denied: listing a group's resources is refused to managed identities."""
     return "arm-list-denied" in cloud.knobs.quirks and is_managed_identity(cloud, oid)
-
-
-def himds_skips_challenge(knobs: Knobs) -> bool:
-    """himds-no-challenge: HIMDS answers a token request that carries no key."""
-    return "himds-no-challenge" in knobs.quirks
 
 
 def vault_audiences(knobs: Knobs, audiences: tuple[str, ...]) -> tuple[str, ...] | None:

@@ -23,6 +23,20 @@ def identity_removed(ctx: ProvisionContext) -> None:
         api_version=stages.HYBRID_COMPUTE).result()
 
 
+def no_sudo(ctx: ProvisionContext) -> None:
+    """The server's admin user may no longer sudo without a password, and is not in the himds
+    group: HIMDS's key file is out of its reach (the local Azure's control endpoint stands in
+    for an administrator editing /etc/sudoers.d)."""
+    import requests
+
+    stages = _stages_module()
+    token = ctx.credential.get_token(stages.ARM_SCOPE).token
+    r = requests.patch(f"{stages.CONTROL}/machines/{ctx.state['server']['name']}",
+                       json={"sudo": False}, headers={"Authorization": f"Bearer {token}"},
+                       timeout=30)
+    r.raise_for_status()
+
+
 def contributor_too(ctx: ProvisionContext) -> None:
     """Besides Reader, the identity got Contributor on the group: it may write there."""
     ctx.clients.authorization.role_assignments.create(ctx.group_id, str(uuid.uuid4()), {
@@ -50,6 +64,8 @@ def broken(defect: str) -> tuple[list[Stage], dict]:
         stages = _without(stages, "onboard")
     elif defect == "machine-identity":
         stages = stages + [_extra(defect, identity_removed)]
+    elif defect == "himds-challenge":
+        stages = stages + [_extra(defect, no_sudo)]
     elif defect == "reader-assignment":
         stages = _without(stages, "reader assignment")
     elif defect == "identity-access-policy":

@@ -484,6 +484,14 @@ def test_the_owner_racks_a_server_that_reports_its_address_once_onboarded(
         res = arm(azure_env, "GET", path, token).json()
         assert res["properties"]["networkProfile"] == {"networkInterfaces": [{"ipAddresses": [
             {"address": made["address"], "ipAddressVersion": "IPv4"}]}]}
+        # An administrator takes the admin's passwordless sudo away: HIMDS's key is out of reach.
+        r = control(azure_env, "PATCH", f"/machines/{name}", token, json={"sudo": False})
+        assert r.status_code == 200 and r.json()["sudo"] is False
+        refused = box.run("sudo -n true")
+        assert refused.exited == 1 and "a password is required" in refused.stderr
+        assert control(azure_env, "PATCH", f"/machines/{name}", token,
+                       json={"sudo": True}).json()["sudo"] is True
+        assert box.run("sudo -n true").exited == 0
         # Read-only: a PATCH cannot move the server elsewhere.
         arm(azure_env, "PATCH", path, token, json={"properties": {"networkProfile": {}}})
         assert arm(azure_env, "GET", path, token).json()["properties"]["networkProfile"] == \
