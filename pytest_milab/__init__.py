@@ -36,7 +36,7 @@ from .errors import (
 from .evidence import LabEvidence
 from .lab import Lab, NeedsStep
 from .probe import Probe
-from .provision import ProvisionContext, Stage
+from .provision import Defect, ProvisionContext, Stage
 from .vm.probe import Vm
 from .vm.reach import Machine
 from .vm.ssh import CommandResult
@@ -44,6 +44,7 @@ from .vm.ssh import CommandResult
 __version__ = "0.2.0"
 __all__ = [
     "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide", "CredentialError",
+    "Defect",
     "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep", "NotPropagated", "Probe",
     "ProvisionContext", "Read", "ReadFailed", "RosterError", "SshError", "Stage",
     "StepMarkerError", "StepOutcome", "SuiteError", "Vm", "probe", "role_definition_id",

@@ -13,11 +13,23 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CouldNotDecide, MilabError, SshError
 from .settings import LabTarget, Settings
+from .vm.reach import Machine
 from .vm.ssh import SshTarget, VmConnection
 
 if TYPE_CHECKING:
     from .azure.clients import ClientPool
     from .suite import Suite
+
+
+@dataclass
+class SshOutcome:
+    """How reaching the lab's machine went."""
+
+    ok: bool = False
+    refused: bool = False  # the machine did not answer and the lab explains why (the student's)
+    error: str | None = None
+    target: str | None = None  # user@host:port
+    host_key: dict | None = None  # {"type", "sha256", "known"}: known when in known_hosts
 
 
 @dataclass
@@ -31,8 +43,8 @@ class LabEvidence:
     problem: str | None = None  # the lab could not be graded at all (bad roster line, ...)
     control: dict[str, Any] = field(default_factory=dict)  # read name -> ARM JSON (None: 404)
     errors: dict[str, str] = field(default_factory=dict)  # read name -> why it could not be read
-    machine: dict[str, Any] = field(default_factory=dict)  # host, user, source
-    ssh: dict[str, Any] = field(default_factory=dict)  # target, ok, refused, error, host_key
+    machine: Machine | None = None  # the suite's machine for this lab
+    ssh: SshOutcome | None = None  # None: no machine was tried
     probe: dict[str, Any] | None = None  # the in-machine probe's results by part
     cli_unavailable: str | None = None  # why the Azure CLI cannot be installed (local Azure)
     mode: str = "discover"  # provision: gathered as the lab is built, step by step
@@ -252,50 +264,51 @@ class Gatherer:
         try:
             return self.suite.machine(Lab(ev, self.suite.spec))
         except CouldNotDecide as exc:
-            ev.ssh = {"ok": False, "refused": False, "error": str(exc)}
+            ev.ssh = SshOutcome(error=str(exc))
         except Exception as exc:  # noqa: BLE001 - the suite's trouble, never the student's
-            ev.ssh = {"ok": False, "refused": False,
-                      "error": f"the suite's pytest_milab_machine raised "
-                               f"{type(exc).__name__}: {exc}"}
+            ev.ssh = SshOutcome(error=f"the suite's pytest_milab_machine raised "
+                                      f"{type(exc).__name__}: {exc}")
         return None
 
     def ssh_target(self, ev: LabEvidence, target: LabTarget) -> SshTarget:
         """Where the lab's machine answers SSH: the roster and options win over the suite."""
-        host = target.ssh_host or ev.machine.get("host")
+        machine = ev.machine or Machine()
+        host = target.ssh_host or machine.host
         if not host:
             raise SshError("the machine has no address to SSH to", refused=True)
-        user = target.ssh_user or self.settings.ssh_user or ev.machine.get("user")
+        user = target.ssh_user or self.settings.ssh_user or machine.user
         if not user:
             raise SshError("no SSH user: the machine's admin user is not readable; pass "
                            "--milab-ssh-user")
         return SshTarget(host=host, user=user, port=self.settings.ssh_port,
-                         key_filename=target.ssh_key or self.settings.ssh_key)
+                         key_filename=target.ssh_key or self.settings.ssh_key,
+                         ssh_config=self.settings.ssh_config)
 
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
         from .vm.probe import run_probe
 
         machine = self._machine(ev)
         if machine is None:
-            if not ev.ssh:
-                ev.ssh = {"ok": False, "refused": "group" not in ev.errors,
-                          "error": "the lab has no machine" if "group" not in ev.errors
-                          else "the group could not be read"}
+            if ev.ssh is None and ev.control.get("group") is None:
+                unread = "group" in ev.errors
+                ev.ssh = SshOutcome(refused=not unread, error="the group could not be read"
+                                    if unread else "the lab has no resource group")
             return
         if machine.absent:
-            ev.ssh = {"ok": False, "refused": True, "error": machine.absent}
+            ev.ssh = SshOutcome(refused=True, error=machine.absent)
             return
-        ev.machine = {"host": machine.host, "user": machine.user, "source": machine.source}
+        ev.machine = machine
         try:
             ssh_target = self.ssh_target(ev, target)
         except SshError as exc:
-            ev.ssh = {"ok": False, "refused": exc.refused, "error": str(exc)}
+            ev.ssh = SshOutcome(refused=exc.refused, error=str(exc))
             return
         conn = self.connections.get(ev.label, ssh_target)
-        ev.ssh = {"target": ssh_target.describe(), "ok": False, "refused": False, "error": None}
+        ev.ssh = SshOutcome(target=ssh_target.describe())
         try:
             conn.connect()
-            ev.ssh["ok"] = True
-            ev.ssh["host_key"] = getattr(conn, "host_key", None)
+            # The machine's host key: known (listed in known_hosts) or first seen now.
+            ev.ssh.ok, ev.ssh.host_key = True, conn.host_key
             if self.suite.probe is None:
                 return
             # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,
@@ -304,9 +317,9 @@ class Gatherer:
             parts = self.suite.probe_program(ev, deadline)
             ev.probe = run_probe(conn, parts, self.digest_key, timeout=deadline)
         except CouldNotDecide as exc:  # the probe's fields could not be read
-            ev.ssh["error"] = str(exc)
+            ev.ssh.error = str(exc)
         except SshError as exc:
-            ev.ssh["error"] = str(exc)
+            ev.ssh.error = str(exc)
             if exc.refused:
                 self._explain_refusal(ev, machine, conn, clients)
 
@@ -321,7 +334,7 @@ class Gatherer:
 
         blocked = nsg_blocking_ssh(machine.nsgs)
         if blocked:
-            ev.ssh.update(refused=True, error=f"{ev.ssh['error']}; {blocked}")
+            ev.ssh.refused, ev.ssh.error = True, f"{ev.ssh.error}; {blocked}"
             return
         state = None
         if clients is not None and machine.instance_view:
@@ -331,9 +344,10 @@ class Gatherer:
             except Exception:  # noqa: BLE001 - then the power state is unknown
                 state = None
         if state is not None and state != "running":
-            ev.ssh.update(refused=True, error=f"{ev.ssh['error']}; the VM is {state}: start it")
+            ev.ssh.refused, ev.ssh.error = True, f"{ev.ssh.error}; the VM is {state}: start it"
             return
         running = "is running" if state == "running" else "is not known to be stopped"
-        ev.ssh.update(refused=False, error=(
-            f"{ev.ssh['error']} for {conn.refused_seconds:.0f}s although the machine {running} "
-            "and nothing in the lab keeps SSH out: could not decide (grade again later)"))
+        ev.ssh.refused = False
+        ev.ssh.error = (f"{ev.ssh.error} for {conn.refused_seconds:.0f}s although the machine "
+                        f"{running} and nothing in the lab keeps SSH out: could not decide "
+                        "(grade again later)")

@@ -59,3 +59,16 @@ def pytest_milab_probe(spec):
 def pytest_milab_stages(config, spec):
     """Return the lab's `Stage`s in the lab's order: provision mode builds the lab with them,
     checking each step when the lab reaches it, and `--milab-emulator` builds its demo lab."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_milab_defects(spec):
+    """Return `Defect`s: labs with one step broken the way a student would break it, built
+    with the suite's stages (`milab emulator --lab NAME:DEFECT`, a suite's defect catalogue)."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_milab_onboard(spec, group, public_key, user):
+    """Return the shell lines a student runs to let the grader log in to the lab's machine as
+    its own account `user` with `public_key` (`milab onboard` prints them after the Reader
+    assignment)."""

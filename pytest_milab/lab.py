@@ -11,7 +11,7 @@ import hmac
 from typing import Any
 
 from .errors import CouldNotDecide, SuiteError
-from .evidence import LabEvidence
+from .evidence import LabEvidence, SshOutcome
 
 
 class NeedsStep(AssertionError):
@@ -83,12 +83,12 @@ class Lab:
 
     # -- inside the machine ----------------------------------------------------------------------
     @property
-    def ssh(self) -> dict:
-        """How SSH to the machine went: `ok`, `target`, `error`, `refused` (the lab itself
-        keeps SSH out), `host_key`. Cannot decide when SSH failed for another reason."""
-        ssh = self.evidence.ssh or {}
-        if ssh.get("error") and not ssh.get("ok") and not ssh.get("refused"):
-            raise CouldNotDecide(ssh["error"])
+    def ssh(self) -> SshOutcome:
+        """How SSH to the machine went (`ok`, `refused`, `error`, `target`, `host_key`).
+        Cannot decide when SSH failed for a reason the lab does not explain."""
+        ssh = self.evidence.ssh or SshOutcome(refused=True, error="the lab has no machine")
+        if ssh.error and not ssh.ok and not ssh.refused:
+            raise CouldNotDecide(ssh.error)
         return ssh
 
     def probe(self, name: str) -> dict:
@@ -100,11 +100,11 @@ class Lab:
         if ev.declared_parts is not None and name not in ev.declared_parts:
             raise SuiteError(f"lab.probe({name!r}): no probe part is named {name!r}; declare "
                              "it in pytest_milab_probe")
-        ssh = ev.ssh or {}
+        ssh = ev.ssh or SshOutcome(refused=True, error="the lab has no machine")
         if ev.probe is None:
-            if ssh.get("refused") or not ssh:
-                raise NeedsStep(f"needs ssh: {ssh.get('error') or 'the machine was not reached'}")
-            raise CouldNotDecide(ssh.get("error") or "the in-machine probe did not run")
+            if ssh.refused:
+                raise NeedsStep(f"needs ssh: {ssh.error or 'the machine was not reached'}")
+            raise CouldNotDecide(ssh.error or "the in-machine probe did not run")
         result = ev.probe.get(name)
         if not isinstance(result, dict):
             raise CouldNotDecide(f"the in-machine probe has no result for {name}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,15 +17,20 @@ from . import grading, reports
 from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, StepOutcome, SuiteError
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
+from .progress import Progress
 from .results import Reported
 from .run import Run, settings_from
 from .settings import OPTIONS
 from .sharing import lab_scope
 from .steps import MARKER, MARKER_DOC, StepRegistry, step_from_marker
 from .suite import Suite
+from .text import clean
 
 _RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
+# The exit status of a run in which some step could not be decided (Azure throttled or failed,
+# SSH broke, a grant had not propagated): the grade book is not final, grade again later.
+EXIT_UNDECIDED = 10  # apart from pytest's own exit codes (0-6)
 _OUTCOME_WORDS = {
     grading.FAILED: ("failed", "F", "FAILED"),
     grading.ERROR: ("error", "E", "ERROR"),
@@ -62,11 +69,17 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"milab: {exc}") from None
     config.stash[_RUN_KEY] = run
     config.pluginmanager.register(run, "milab-run")
+    config.pluginmanager.register(Progress(config, run), "milab-progress")
     config.pluginmanager.register(run.results, "milab-results")
     if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
         config.add_cleanup(gc.unfreeze)
+        if run.settings.emulator and not _is_worker(config) and sys.stderr.isatty():
+            # Before pytest prints anything: the few seconds this takes are not silent.
+            print(f"milab: starting a local Azure and building "
+                  f"{'the lab' if run.provisioning else 'its lab(s)'} with the suite's "
+                  "stages...", file=sys.stderr, flush=True)
         try:
             run.start()
         except MilabError as exc:
@@ -84,9 +97,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     run = config.stash.get(_RUN_KEY, None)
     if run is None or not run.settings.active:
         return []
-    lines = [f"milab: {run.settings.mode} mode, {len(run.settings.targets)} lab(s)"
-             + (" in a local Azure" if run.azure is not None else "")]
-    return lines + [f"milab: {note}" for note in run.notes]
+    return [f"milab: {run.settings.mode} mode, {len(run.settings.targets)} lab(s)"
+            + (" in a local Azure" if run.azure is not None else "")]
 
 
 def _run(config: pytest.Config) -> Run:
@@ -101,8 +113,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     run = _run(metafunc.config)
     targets = [t for t in run.settings.targets if not t.problem]
     if not targets:
-        reason = ("no lab to grade: pass --milab-group, --milab-roster or --milab-emulator"
-                  if not run.settings.targets else "no valid lab in the roster")
+        shard = run.settings.shard
+        reason = (f"shard {shard[0]}/{shard[1]} has no lab of the class" if shard and not
+                  run.settings.targets else "no lab to grade: pass --milab-group, "
+                  "--milab-roster or --milab-emulator" if not run.settings.targets
+                  else "no valid lab in the roster")
         metafunc.parametrize("_milab_target", [pytest.param(None, marks=pytest.mark.skip(
             reason=reason))], ids=["no-lab"], indirect=True, scope="session")
         return
@@ -140,6 +155,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         _check_suite(run, items)
     except (SuiteError, ValueError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
+    if not run.settings.targets and run.settings.shard is None and any(_lab_of(item) is None and hasattr(item, "callspec")
+                                        and "_milab_target" in item.callspec.params
+                                        for item in items):
+        raise pytest.UsageError("milab: no lab to grade: pass --milab-group NAME, "
+                                "--milab-roster FILE or --milab-emulator")
     run.results.set_steps(ordered)
     rank = {s.id: i for i, s in enumerate(ordered)}
     lab_rank = {t.label: i for i, t in enumerate(run.settings.targets)}
@@ -240,8 +260,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
             return None
         params = inspect.signature(pyfuncitem.obj).parameters
         args = {name: value for name, value in pyfuncitem.funcargs.items() if name in params}
+        progress = pyfuncitem.config.pluginmanager.get_plugin("milab-progress")
         run.driver.check(target.label, info.id, lambda: pyfuncitem.obj(**args),
-                         lambda changed: run.store.refresh(target, changed))
+                         lambda changed: run.store.refresh(target, changed),
+                         lambda left: progress.waiting(target.label, info.id, left))
         return True
     outcome, reason = inherited
     if outcome == grading.FAILED:
@@ -326,11 +348,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if _is_worker(config):
         config.workeroutput["milab_notes"] = list(run.notes)
         return
+    if config.option.collectonly:
+        return  # nothing was graded: no report is written (an old one stays as it was)
     results, steps = run.results.grade(run.settings.targets)
     for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
-    if any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
+    if any(reports.undecided(lab) for lab in results):
+        session.exitstatus = EXIT_UNDECIDED
+    elif any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -345,11 +371,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(line)
     for target in run.settings.targets:
         if target.problem:
-            terminalreporter.write_line(f"milab: not graded: {target.problem}", red=True)
+            terminalreporter.write_line(f"milab: not graded: {clean(target.problem)}", red=True)
     for note in run.notes:
-        terminalreporter.write_line(f"milab: {note}")
+        terminalreporter.write_line(f"milab: {clean(note, 500)}")
     for path in run.settings.reports:
         terminalreporter.write_line(f"milab: report written to {os.path.abspath(path)}")
+    labs = len(run.results.graded)
+    terminalreporter.write_line(
+        f"milab: {labs} lab{'s' if labs != 1 else ''} graded in "
+        f"{time.monotonic() - run.started:.1f}s (the whole run"
+        + (", the local Azure and its labs' building included" if run.azure is not None
+           else "") + ")")
 
 
 @pytest.hookimpl(optionalhook=True)

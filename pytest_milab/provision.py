@@ -50,6 +50,50 @@ class Stage:
                              "not among its checks")
 
 
+@dataclass(frozen=True)
+class Defect:
+    """A lab with one step broken the way a student would break it: the suite's stages with
+    some left out (`drop`), other starting values (`state`), or one more stage (`extra`) run
+    after the stage named `after` (at the end when None). Suites declare theirs with the hook
+    `pytest_milab_defects`; `milab emulator --lab NAME:DEFECT` builds one, and a suite's defect
+    catalogue shows each check failing on one.
+
+    `says`: words the broken step's reason contains. `seen_directly`: other steps that observe
+    the defect's effect themselves (they fail with their own reason, not "needs ...")."""
+
+    name: str
+    says: str
+    step: str = ""  # the step it breaks (default: the name)
+    drop: tuple[str, ...] = ()
+    state: dict[str, Any] = field(default_factory=dict)
+    extra: Callable[[ProvisionContext], None] | None = None
+    after: str | None = None
+    seen_directly: tuple[str, ...] = ()
+
+    @property
+    def breaks(self) -> str:
+        return self.step or self.name
+
+    def apply(self, stages: list[Stage]) -> tuple[list[Stage], dict[str, Any]]:
+        """The stages (checking nothing: they build, the grading judges) and initial state."""
+        from dataclasses import replace
+
+        known = {s.name for s in stages}
+        for name in (*self.drop, *((self.after,) if self.after else ())):
+            if name not in known:
+                raise ValueError(f"defect {self.name!r} names stage {name!r}, which the suite "
+                                 f"does not have ({', '.join(sorted(known))})")
+        out = [replace(s, checks=(), poll=()) for s in stages if s.name not in self.drop]
+        if self.extra is not None:
+            stage = Stage(f"defect: {self.name}", self.extra)
+            if self.after is None:
+                out.append(stage)
+            else:
+                at = next(i for i, s in enumerate(out) if s.name == self.after)
+                out.insert(at + 1, stage)
+        return out, dict(self.state)
+
+
 def principal_claims(credential) -> dict:
     """Who the credential is: the claims (`oid`, `tid`) of its ARM token, read not verified."""
     token = credential.get_token("https://management.azure.com/.default").token
@@ -77,13 +121,14 @@ class ProvisionContext:
     run_id: str
     ssh_public_key: str
     ssh_key_path: str
-    ssh_port: int = 22
+    ssh_port: int | None = None
     timeout: float = 60.0
     propagation_deadline: float = 120.0
     state: dict[str, Any] = field(default_factory=dict)
     created_apps: list[str] = field(default_factory=list)  # Graph object ids to delete
     ssh_host: str | None = None  # the lab's machine, for run_in_vm
     ssh_user: str | None = None
+    ssh_config: str | None = None  # the grader's ssh config (--milab-ssh-config)
 
     def __post_init__(self) -> None:
         from .azure.clients import SubscriptionClients
@@ -110,7 +155,7 @@ class ProvisionContext:
             raise RuntimeError("run_in_vm needs the machine: set ctx.ssh_host and ctx.ssh_user "
                                "in the stage that creates it")
         conn = VmConnection(SshTarget(self.ssh_host, self.ssh_user, self.ssh_port,
-                                      self.ssh_key_path), refused_for=180)
+                                      self.ssh_key_path, self.ssh_config), refused_for=180)
         try:
             return conn.run(command, timeout=timeout)
         finally:
@@ -320,14 +365,16 @@ class ProvisionDriver:
         return self._rank.get(step_id, len(self.stages))
 
     def check(self, label: str, step_id: str, run: Callable[[], None],
-              refresh: Callable[[bool], None]) -> None:
+              refresh: Callable[[bool], None],
+              waiting: Callable[[float], None] | None = None) -> None:
         """Build the lab up to this step's stage, then run its check on fresh evidence
         (`refresh(stages_ran)`); a polled check is re-run, with fresh evidence, until the
         deadline. A failing check that a failed stage explains says so."""
         build = self.builds[label]
         refresh(build.run_until(build.stage_of(step_id)))
         failure = build.failure_for(step_id)
-        delays = backoff(time.monotonic() + self.deadline)
+        deadline = time.monotonic() + self.deadline
+        delays = backoff(deadline)
         while True:
             try:
                 run()
@@ -348,6 +395,8 @@ class ProvisionDriver:
                     text = str(exc).strip().splitlines()
                     raise NotPropagated(f"not in force {self.deadline:.0f}s after the change: "
                                         f"{text[0] if text else repr(exc)}") from None
+                if waiting is not None:
+                    waiting(deadline - time.monotonic())
             time.sleep(delay)
             refresh(True)
 

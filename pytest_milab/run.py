@@ -4,8 +4,11 @@ evidence store, provision mode's driver and the results."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +35,74 @@ def settings_from(config: pytest.Config) -> Settings:
     return resolve(cli, ini, rootdir=Path(str(config.rootpath)))
 
 
+def process_started() -> float:
+    """When this process started, on the `time.monotonic()` clock (Linux: from /proc, so the
+    interpreter's and pytest's own start count too; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, age)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+def check_environment(settings: Settings) -> None:
+    """What the grader gave that cannot work, said before any lab is graded."""
+    if settings.ssh_key:
+        key = Path(settings.ssh_key).expanduser()
+        if not key.is_file():
+            raise MilabError(f"--milab-ssh-key {settings.ssh_key}: no such file")
+        if not os.access(key, os.R_OK):
+            raise MilabError(f"--milab-ssh-key {settings.ssh_key}: cannot read it (permission "
+                             "denied)")
+    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        path = os.environ.get(var)
+        if path and not Path(path).exists():
+            raise MilabError(f"{var} names {path}, which does not exist: is it a stopped local "
+                             "Azure's env file? Start `milab emulator` again and load its new "
+                             f"env file, or unset {var}")
+    if os.environ.get("MILAB_LOCAL_AZURE") == "1":
+        proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or ""
+        if proxy and not _listening(proxy):
+            raise MilabError(f"the local Azure this environment names (HTTPS_PROXY={proxy}) is "
+                             "not running: start `milab emulator --env-file FILE` again and load "
+                             "FILE, or unset the local Azure's variables")
+
+
+def _listening(url: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80),
+                                      timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_sdk_logs(verbose: bool):
+    """The SDKs' own warnings (azure-identity lists every credential it tried) stay out of the
+    terminal unless -v: milab says what failed in one line."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("azure", "msal", "paramiko", "urllib3")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 class Run:
     def __init__(self, config: pytest.Config, settings: Settings, suite: Suite) -> None:
         self.config = config
@@ -44,6 +115,7 @@ class Run:
         self.azure = None  # the in-process local Azure (--milab-emulator)
         self.notes: list[str] = []
         self.run_id = ""
+        self.started = process_started()
         self._saved_env: dict[str, str | None] = {}
 
     @property
@@ -76,9 +148,12 @@ class Run:
                 group = f"milab-lab-{self.run_id}"
                 self.settings = replace(self.settings,
                                         targets=(LabTarget(group=group, label=group),))
+        if worker is None:
+            check_environment(self.settings)
         credential = make_credential()
         if worker is None:
-            check_credential(credential)
+            with quiet_sdk_logs(self.config.get_verbosity() > 0):
+                check_credential(credential)
         pool = ClientPool(credential, self.settings.timeout, self.settings.concurrency * 2)
         gatherer = Gatherer(self.settings, self.suite, pool, self.connections,
                             lambda: default_subscription(credential, self.settings.timeout))
@@ -154,7 +229,7 @@ class Run:
                 credential, target.subscription or subscription, claims["tid"], claims["oid"],
                 target.group, self.suite.spec, self.run_id, public, str(key),
                 self.settings.ssh_port, self.settings.timeout,
-                self.settings.propagation_deadline))
+                self.settings.propagation_deadline, ssh_config=self.settings.ssh_config))
 
     def _apply_env(self, env: dict[str, str]) -> None:
         for key, value in env.items():

@@ -1,5 +1,9 @@
 """pytest-xdist scheduling by lab: every check of one lab goes to the same worker, in order,
-and to the worker whose share of the labs it is (see `sharing`)."""
+and to the worker whose share of the labs it is (see `sharing`).
+
+Built on xdist's documented `pytest_xdist_make_scheduler` hook and its `LoadScopeScheduling`,
+whose `_split_scope` and `_assign_work_unit` it overrides: those are not a public API, so the
+project pins the pytest-xdist versions it is tested with (pyproject.toml)."""
 
 from __future__ import annotations
 

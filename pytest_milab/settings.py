@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, RosterError
+from .text import clean
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Option:
     default: object = None
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    low: float | None = None  # the least value allowed (numbers)
+    low_open: bool = False  # the value must be above `low`, not equal to it
+    high: float | None = None
 
     @property
     def flag(self) -> str:
@@ -48,7 +52,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="USER"),
     Option("ssh-key", "private key for SSH (default: the keys and agent Fabric would use)",
            metavar="FILE"),
-    Option("ssh-port", "SSH port of the VMs", "int", 22, metavar="PORT"),
+    Option("ssh-port", "SSH port of the VMs (default: the ssh config's Port, else 22)", "int",
+           metavar="PORT", low=1, high=65535),
+    Option("ssh-config", "ssh config file (default: ~/.ssh/config, as Fabric reads it)",
+           metavar="FILE"),
     Option("report", "write a report; .json or .csv by suffix (repeatable)", "list",
            metavar="PATH"),
     Option("emulator", "start the local Azure in-process, build a complete lab in it and grade "
@@ -56,11 +63,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("mode", "discover grades finished labs read-only; provision builds a lab step by step",
            "str", "discover", choices=("discover", "provision")),
     Option("keep", "provision mode: keep what the run created", "flag", False),
-    Option("concurrency", "labs gathered at once", "int", 32, metavar="N"),
+    Option("concurrency", "labs gathered at once", "int", 32, metavar="N", low=1),
     Option("timeout", "seconds an Azure or SSH call may take, retries included", "float", 60.0,
-           metavar="SECONDS"),
+           metavar="SECONDS", low=0, low_open=True),
     Option("propagation-deadline", "seconds to wait for a change to take effect", "float",
-           120.0, metavar="SECONDS"),
+           120.0, metavar="SECONDS", low=0),
+    Option("shard", "grade only shard K of N of the labs (a stable share, whatever the roster's "
+           "order), e.g. 2/3; merge the shards' reports with `milab merge-reports`",
+           metavar="K/N"),
 )
 
 ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
@@ -91,7 +101,8 @@ class Settings:
     subscription: str | None = None
     ssh_user: str | None = None
     ssh_key: str | None = None
-    ssh_port: int = 22
+    ssh_port: int | None = None
+    ssh_config: str | None = None
     reports: tuple[str, ...] = ()
     emulator: bool = False
     mode: str = "discover"
@@ -99,12 +110,14 @@ class Settings:
     concurrency: int = 32
     timeout: float = 60.0
     propagation_deadline: float = 120.0
+    shard: tuple[int, int] | None = None  # (k, n): this run grades shard k of n
     targets: tuple[LabTarget, ...] = field(default_factory=tuple)
 
     @property
     def active(self) -> bool:
         """Whether any lab is to be graded in this run."""
-        return bool(self.targets) or self.emulator or self.mode == "provision"
+        return (bool(self.targets) or self.emulator or self.mode == "provision"
+                or self.shard is not None)
 
 
 def _convert(option: Option, raw: object, source: str):
@@ -124,13 +137,19 @@ def _convert(option: Option, raw: object, source: str):
             items = str(raw).split(",")
         return tuple(i.strip() for i in items if i.strip())
     text = str(raw).strip()
-    try:
-        if option.kind == "int":
-            return int(text)
-        if option.kind == "float":
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{source}: expected a number, got {raw!r}") from None
+    if option.kind in ("int", "float"):
+        try:
+            number = int(text) if option.kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"{source}: expected a number, got {raw!r}") from None
+        too_low = option.low is not None and (number < option.low or option.low_open
+                                              and number == option.low)
+        too_high = option.high is not None and number > option.high
+        if too_low or too_high or number != number:  # NaN too
+            bound = (f"above {option.low:g}" if option.low_open else f"at least {option.low:g}"
+                     if option.high is None else f"from {option.low:g} to {option.high:g}")
+            raise ConfigError(f"{source}: expected a number {bound}, got {raw!r}")
+        return number
     if option.choices and text not in option.choices:
         raise ConfigError(f"{source}: expected one of {', '.join(option.choices)}, got {raw!r}")
     return text
@@ -158,17 +177,24 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         ssh_user=values["ssh-user"],
         ssh_key=values["ssh-key"],
         ssh_port=values["ssh-port"],
+        ssh_config=values["ssh-config"],
         reports=values["report"] or (),
         emulator=values["emulator"],
         mode=values["mode"],
         keep=values["keep"],
-        concurrency=max(1, values["concurrency"]),
+        concurrency=values["concurrency"],
         timeout=values["timeout"],
         propagation_deadline=values["propagation-deadline"],
+        shard=parse_shard(values["shard"]) if values["shard"] else None,
     )
+    from .reports import SUFFIXES
+
     for report in settings.reports:
-        if Path(report).suffix.lower() not in (".json", ".csv"):
-            raise ConfigError(f"--milab-report {report}: the name must end in .json or .csv")
+        if Path(report).suffix.lower() not in SUFFIXES:
+            raise ConfigError(f"--milab-report {report}: the name must end in "
+                              f"{' or '.join(SUFFIXES)}")
+    if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
+        raise ConfigError(f"--milab-ssh-config {settings.ssh_config}: no such file")
     targets = [LabTarget(group=g) for g in settings.groups]
     for g in settings.groups:
         if not _GROUP.match(g):
@@ -178,17 +204,75 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         if rootdir is not None and not path.is_absolute() and not path.exists():
             path = rootdir / path
         targets += parse_roster(path)
-    return replace(settings, targets=tuple(label_targets(targets)))
+    targets = label_targets(targets)
+    if settings.shard is not None:
+        targets = [t for t in targets if shard_of(t, settings.shard[1]) == settings.shard[0]]
+    return replace(settings, targets=tuple(targets))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    k, sep, n = str(text).partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (0, 0)
+    if not sep or not 1 <= shard[0] <= shard[1]:
+        raise ConfigError(f"--milab-shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/3")
+    return shard
+
+
+def shard_of(target: LabTarget, shards: int) -> int:
+    """The shard (1..shards) a lab belongs to: from what names the lab (subscription, group,
+    student), never its place in the roster, so every shard agrees whatever the order."""
+    import hashlib
+
+    key = "\n".join(((target.subscription or "").lower(), target.group.lower(),
+                     target.student or "", str(target.line or "") if target.problem else ""))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % shards + 1
+
+
+MAX_LINE = 4096  # bytes of one roster line
+MAX_FIELD = 256  # characters of one field
+
+
+def _roster_rows(data: bytes) -> tuple[list[list[str]], dict[int, str]]:
+    """The roster's rows, one per line, and the lines that are not text a roster can hold
+    (line number -> why): not UTF-8, too long, not CSV."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    rows: list[list[str]] = []
+    bad: dict[int, str] = {}
+    for number, raw in enumerate(data.splitlines(), 1):
+        row: list[str] = []
+        if len(raw) > MAX_LINE:
+            bad[number] = f"the line is over {MAX_LINE} bytes"
+        else:
+            try:
+                row = next(csv.reader([raw.decode("utf-8")]), [])
+            except UnicodeDecodeError:
+                bad[number] = "the line is not UTF-8 text"
+            except csv.Error as exc:
+                bad[number] = f"not a CSV line ({exc})"
+        rows.append(row)
+    return rows, bad
+
+
+def _key_file(roster: Path, given: str) -> str | None:
+    """A roster's ssh_key: as given, else beside the roster; None when it is neither."""
+    for candidate in (Path(given).expanduser(), roster.parent / given):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def parse_roster(path: Path) -> list[LabTarget]:
     """Read a roster; a malformed line becomes a target carrying its `problem`, so the rest of
     the class is still graded and the line is reported, not lost."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"--milab-roster {path}: cannot read it ({exc.strerror})") from None
-    rows = list(csv.reader(text.splitlines()))
+    rows, bad = _roster_rows(data)
     header_index = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
     if header_index is None:
         raise ConfigError(f"--milab-roster {path}: the file is empty; it needs a header line "
@@ -205,12 +289,15 @@ def parse_roster(path: Path) -> list[LabTarget]:
     seen: dict[tuple[str, str], int] = {}
     for index in range(header_index + 1, len(rows)):
         row, line = rows[index], index + 1
-        if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+        if line not in bad and (not any(c.strip() for c in row)
+                                or row[0].lstrip().startswith("#")):
             continue
-        fields = dict(zip(header, (c.strip() for c in row), strict=False))
+        fields = dict(zip(header, (clean(c.strip(), MAX_FIELD) for c in row), strict=False))
         group = fields.get("group", "")
         problem = None
-        if len(row) != len(header):
+        if line in bad:
+            problem, group = bad[line], ""
+        elif len(row) != len(header):
             problem = f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}"
         elif not group:
             problem = "the group is empty"
@@ -218,6 +305,8 @@ def parse_roster(path: Path) -> list[LabTarget]:
             problem = f"{group!r} is not a valid resource group name"
         elif fields.get("subscription") and not _GUID.match(fields["subscription"]):
             problem = f"subscription {fields['subscription']!r} is not a subscription id"
+        elif fields.get("ssh_key") and not _key_file(path, fields["ssh_key"]):
+            problem = f"ssh_key {fields['ssh_key']!r}: no such file"
         else:
             pair = ((fields.get("subscription") or "").lower(), group.lower())
             if pair in seen:
@@ -228,7 +317,8 @@ def parse_roster(path: Path) -> list[LabTarget]:
         targets.append(LabTarget(
             group=group or f"line-{line}", subscription=fields.get("subscription") or None,
             student=fields.get("student") or None, ssh_user=fields.get("ssh_user") or None,
-            ssh_key=fields.get("ssh_key") or None, ssh_host=fields.get("ssh_host") or None,
+            ssh_key=_key_file(path, fields["ssh_key"]) if fields.get("ssh_key") and not problem
+            else None, ssh_host=fields.get("ssh_host") or None,
             line=line, problem=problem))
     return targets
 

@@ -10,7 +10,7 @@ import threading
 from concurrent.futures import Future
 
 from .errors import CouldNotDecide, SshError
-from .evidence import Connections, Gatherer, LabEvidence
+from .evidence import Connections, Gatherer, LabEvidence, SshOutcome
 from .settings import LabTarget, Settings
 from .sharing import lab_share
 
@@ -80,6 +80,13 @@ class EvidenceStore:
         self._evidence[target.label].__dict__.update(fresh.__dict__)
         self._stale.discard(target.label)
 
+    @property
+    def gathered(self) -> tuple[int, int] | None:
+        """(labs gathered, labs to gather) by this process, once gathering has begun."""
+        if self._pending is None:
+            return None
+        return sum(f.done() for f in self._pending.values()), len(self._pending)
+
     def subscription_of(self, label: str) -> str | None:
         ev = self._evidence.get(label)
         return ev.subscription if ev is not None else None
@@ -91,21 +98,21 @@ class EvidenceStore:
 
         if evidence.problem:
             raise CouldNotDecide(evidence.problem)
-        ssh = evidence.ssh or {}
-        if not evidence.machine:
-            if ssh.get("refused") or not ssh:
-                raise NeedsStep(f"needs ssh: {ssh.get('error') or 'the lab has no machine'}")
-            raise CouldNotDecide(ssh.get("error") or "the machine could not be found")
+        ssh = evidence.ssh or SshOutcome(refused=True, error="the lab has no machine")
+        if evidence.machine is None:
+            if ssh.refused:
+                raise NeedsStep(f"needs ssh: {ssh.error}")
+            raise CouldNotDecide(ssh.error or "the machine could not be found")
         try:
             ssh_target = self.gatherer.ssh_target(evidence, target)
         except SshError as exc:
             if exc.refused:
                 raise NeedsStep(f"needs ssh: {exc}") from None
             raise CouldNotDecide(str(exc)) from None
-        if ssh.get("refused"):
-            raise NeedsStep(f"needs ssh: {ssh.get('error')}")
+        if ssh.refused:
+            raise NeedsStep(f"needs ssh: {ssh.error}")
         return Vm(self.connections.get(target.label, ssh_target), self.gatherer.digest_key,
-                  evidence.machine.get("source", "imds"))
+                  evidence.machine.source)
 
     def close(self) -> None:
         self.gatherer.close()

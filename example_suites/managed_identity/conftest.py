@@ -32,6 +32,18 @@ def pytest_milab_stages(config, spec):
     return STAGES
 
 
+def pytest_milab_onboard(spec, group, public_key, user):
+    # VMAccess adds the account with the key (and sudo); the student's own stays untouched.
+    return [f"az vm user update --resource-group {group} --name {spec.vm_name} \\",
+            f"    --username {user} --ssh-key-value '{public_key}'"]
+
+
+def pytest_milab_defects(spec):
+    from .defects import DEFECTS
+
+    return DEFECTS
+
+
 @pytest.fixture
 def lab(evidence, milab_spec):
     return ManagedIdentityLab(evidence, milab_spec)

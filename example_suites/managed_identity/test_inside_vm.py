@@ -13,7 +13,7 @@ VAULT = "https://vault.azure.net"
 
 @pytest.mark.milab_step("ssh", title="The VM answers SSH", needs=("vm",))
 def test_ssh(lab):
-    assert lab.ssh.get("ok"), lab.ssh.get("error") or "the VM was not reached over SSH"
+    assert lab.ssh.ok, lab.ssh.error or "the VM was not reached over SSH"
 
 
 @pytest.mark.milab_step("imds-instance", title="IMDS describes this VM and its site tag",

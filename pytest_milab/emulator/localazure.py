@@ -50,6 +50,20 @@ class Machine:
     user: str
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds secrets), replacing it whole: created
+    new (O_EXCL, mode 0600) under a name nobody can guess, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class LocalAzure:
     """A local Azure for tests and demos.
 
@@ -169,11 +183,10 @@ class LocalAzure:
                 else:
                     os.environ[key] = value
 
-    def write_env_file(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
-        os.replace(tmp, path)
+    def write_env_file(self, path: str | Path, env: dict[str, str] | None = None) -> None:
+        """KEY=VALUE lines that reach this local Azure (its Owner's secret among them): only
+        the file's owner may read it."""
+        write_private(Path(path), "".join(f"{k}={v}\n" for k, v in (env or self.env).items()))
 
     def run(self, coro, timeout: float = 30):
         """Run a coroutine on the emulator's loop from another thread."""

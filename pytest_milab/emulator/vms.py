@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -351,6 +352,23 @@ class _SshServer(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:
+        """A client using this VM as a jump host (ssh -J, ProxyJump: a direct-tcpip channel)
+        may reach the SSH address of a VM of this local Azure, and nothing else. True lets
+        asyncssh open that connection itself (asyncssh's SSHServer.connection_requested); a
+        VM's address that does not answer now (stopped, NSG closed) is refused as sshd would."""
+        fleet = self.vm.fleet
+        if fleet.serves_ssh(dest_host, dest_port):
+            fleet.forwarded.append((self.vm.address, dest_host, dest_port))
+            return True
+        if fleet.serves_ssh(dest_host, dest_port, now=False):
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused")
+        # As sshd answers a destination its PermitOpen leaves out (asyncssh's plain False
+        # would read as the destination refusing).
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                        "open failed: not a VM of this local Azure")
+
     def validate_public_key(self, username: str, key) -> bool:
         if username != self.vm.admin_username:
             return False
@@ -387,6 +405,8 @@ class VmFleet:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ssh_connections = 0  # SSH connections accepted by any VM (benchmarks count them)
+        # Connections let through a VM used as a jump host: (its address, destination, port).
+        self.forwarded: list[tuple[str | None, str, int]] = []
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -424,6 +444,21 @@ class VmFleet:
             if live.proxy is not None and secrets.compare_digest(live.imds_key, key):
                 return vm_key
         return None
+
+    def serves_ssh(self, host: str, port: int, *, now: bool = True) -> bool:
+        """Whether a VM of this fleet answers SSH at that loopback address and port now (or,
+        `now` False, is a VM's public address, listening or not)."""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+        if not loopback or port != self.ssh_port:
+            return False
+        if now:
+            return any(live.address == host for live in list(self._live.values()))
+        with self.cloud.lock:
+            vms = [vm for vm in self.cloud.resources.values() if topology.is_vm(vm)]
+        return any((topology.ssh_address(self.cloud, vm) or (None,))[0] == host for vm in vms)
 
     def live(self, vm_id: str) -> LiveVm | None:
         """The running parts of a VM (by ARM id), if it is running."""

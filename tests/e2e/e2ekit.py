@@ -18,31 +18,35 @@ if str(SUITES) not in sys.path:
     sys.path.insert(0, str(SUITES))
 
 
+def loaded(suite: Path = SUITE):
+    """The suite as the `milab` command loads it."""
+    from pytest_milab.suiteload import load_suite
+
+    return load_suite(suite)
+
+
 def suite_module(name: str, suite: Path = SUITE):
     return importlib.import_module(f"{suite.name}.{name}")
 
 
 def suite_spec(suite: Path = SUITE):
     """The spec the suite's `pytest_milab_spec` hook gives."""
-    return suite_module("conftest", suite).pytest_milab_spec(config=None)
+    return loaded(suite).spec
 
 
 def suite_stages(suite: Path = SUITE) -> list:
     """The suite's stages, in the lab's order."""
-    conftest = suite_module("conftest", suite)
-    return conftest.pytest_milab_stages(config=None, spec=suite_spec(suite))
+    return loaded(suite).suite.stages()
+
+
+def suite_defects(suite: Path = SUITE) -> dict:
+    """The suite's defects by name."""
+    return loaded(suite).defects()
 
 
 def engine_suite(suite: Path = SUITE):
     """The engine's `Suite` as the suite's hooks describe it (for gathering without pytest)."""
-    from pytest_milab.azure.reads import check_reads
-    from pytest_milab.suite import Suite
-
-    conftest = suite_module("conftest", suite)
-    spec = suite_spec(suite)
-    return Suite(spec=spec, reads=check_reads(conftest.pytest_milab_reads(spec=spec)),
-                 machine=lambda lab: conftest.pytest_milab_machine(spec=spec, lab=lab),
-                 probe=conftest.pytest_milab_probe(spec=spec))
+    return loaded(suite).suite
 
 
 def suite_needs(suite: Path = SUITE) -> dict[str, tuple[str, ...]]:

@@ -95,3 +95,39 @@ def test_missing_roster_file(tmp_path):
 def test_duplicate_labels_are_made_unique():
     s = resolve({"group": ["g", "g"]}, {}, {})
     assert len({t.label for t in s.targets}) == 2
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"timeout": "0"}, "--milab-timeout: expected a number above 0, got '0'"),
+    ({"timeout": "-5"}, "--milab-timeout: expected a number above 0, got '-5'"),
+    ({"concurrency": "0"}, "--milab-concurrency: expected a number at least 1, got '0'"),
+    ({"propagation-deadline": "-1"},
+     "--milab-propagation-deadline: expected a number at least 0, got '-1'"),
+    ({"ssh-port": "70000"}, "--milab-ssh-port: expected a number from 1 to 65535, got '70000'"),
+    ({"timeout": "nan"}, "--milab-timeout: expected a number above 0, got 'nan'"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_option(given, message):
+    with pytest.raises(ConfigError) as info:
+        resolve(given, {}, {})
+    assert str(info.value) == message
+
+
+def test_roster_lines_that_are_not_text_are_bad_lines_and_the_rest_is_kept(tmp_path):
+    key = tmp_path / "alice_key"
+    key.write_text("k")
+    roster = tmp_path / "class.csv"
+    roster.write_bytes(b"group,student,ssh_key\n"
+                       b"lab-a,alice,alice_key\n"
+                       b"lab-b,b\xff\xfeb,\n"
+                       b"lab-c,carol," + b"x" * 200_000 + b"\n"
+                       b"lab-d,dave,missing_key\n"
+                       b"lab-e,\x1b[2Aeve\x07,\n")
+    targets = parse_roster(roster)
+    assert [(t.line, t.problem) for t in targets] == [
+        (2, None),
+        (3, "roster class.csv, line 3: the line is not UTF-8 text"),
+        (4, "roster class.csv, line 4: the line is over 4096 bytes"),
+        (5, "roster class.csv, line 5: ssh_key 'missing_key': no such file"),
+        (6, None)]
+    assert targets[0].ssh_key == str(key)
+    assert targets[4].student == "[2Aeve"  # no escape sequence reaches a terminal

@@ -135,4 +135,4 @@ def milab_spec():
     report = json.loads((pytester.path / "g.json").read_text())
     reasons = {s["reason"] for s in report["groups"][0]["steps"]}
     assert any("give the lab's spec with the pytest_milab_spec hook" in r for r in reasons)
-    assert result.ret == 1
+    assert result.ret == 10  # the checks could not decide: never the student's fault

@@ -1,0 +1,58 @@
+"""`milab onboard` and `milab preflight` against the local Azure: what a student runs to let
+the grader in, and, before the deadline, whether the grader can read each lab and log in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from e2ekit import SUITE, suite_defects, suite_spec, suite_stages
+
+from pytest_milab.provision import build_in_local_azure
+
+
+def milab(azure, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, **azure.env, "AZURE_CLIENT_ID": azure.grader.client_id,
+           "AZURE_CLIENT_SECRET": azure.grader.client_secret}
+    return subprocess.run([sys.executable, "-m", "pytest_milab.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_preflight_says_which_labs_are_ready(local_azure, tmp_path):
+    stages, state = suite_defects()["ssh"].apply(suite_stages())
+    build_in_local_azure(local_azure, ["pre-closed"], stages, suite_spec(), state=state)
+    key, _ = build_in_local_azure(local_azure, ["pre-ready"], suite_stages(), suite_spec())
+    result = milab(local_azure, "preflight", "--suite", str(SUITE), "--group", "pre-ready",
+                   "--group", "pre-closed", "--group", "pre-missing", "--ssh-key", str(key),
+                   "--ssh-port", local_azure.env["MILAB_SSH_PORT"])
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pre-ready    ready: the group is readable, logged in to "
+                               "azureuser@"), result.stdout + result.stderr
+    assert "first seen" in lines[0]
+    assert lines[1].startswith("pre-closed   cannot log in to the machine: the VM does not "
+                               "answer SSH")
+    assert "no rule allows inbound TCP 22" in lines[1]
+    assert lines[2].startswith("pre-missing  no resource group 'pre-missing' in subscription")
+    assert lines[3] == "milab preflight: 1 of 3 lab(s) ready; 2 need attention"
+    assert result.returncode == 1
+
+
+def test_onboard_prints_what_the_student_runs(local_azure, tmp_path):
+    pub = tmp_path / "grader.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGraderKey grader\n")
+    result = milab(local_azure, "onboard", "--suite", str(SUITE), "--public-key", str(pub))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:6] == [
+        f"az role assignment create --assignee {local_azure.grader.object_id} --role Reader \\",
+        "    --scope $(az group show --name managed_identity_lab --query id --output tsv)",
+        "# Let the grader log in to your lab's machine:",
+        "az vm user update --resource-group managed_identity_lab --name ubuntu \\",
+        "    --username milabgrader --ssh-key-value 'ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIGraderKey grader'"]
+    bad = milab(local_azure, "onboard", "--suite", str(SUITE), "--public-key",
+                str(tmp_path / "none.pub"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--public-key" in bad.stderr and "cannot read it" in bad.stderr
