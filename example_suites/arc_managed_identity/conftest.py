@@ -33,6 +33,23 @@ def pytest_milab_stages(config, spec):
     return STAGES
 
 
+def pytest_milab_onboard(spec, group, public_key, user):
+    # On the server (it is not Azure's to reach): the grader's own account, in the himds group
+    # so it can answer HIMDS's challenge; the grader's roster then names the server's address.
+    return [f"sudo adduser --disabled-password --gecos '' {user}",
+            f"sudo usermod -aG himds {user}",
+            f"sudo install -d -m 700 -o {user} -g {user} /home/{user}/.ssh",
+            f"echo '{public_key}' | sudo tee -a /home/{user}/.ssh/authorized_keys",
+            f"sudo chown {user}: /home/{user}/.ssh/authorized_keys",
+            "# and tell the grader the server's address (the roster's ssh_host)"]
+
+
+def pytest_milab_defects(spec):
+    from .defects import DEFECTS
+
+    return DEFECTS
+
+
 @pytest.fixture
 def lab(evidence, milab_spec):
     return ArcLab(evidence, milab_spec)

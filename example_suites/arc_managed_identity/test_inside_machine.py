@@ -11,7 +11,7 @@ KEY_DIR = "/var/opt/azcmagent/tokens/"
 
 @pytest.mark.milab_step("ssh", title="The server answers SSH", needs=("machine",))
 def test_ssh(lab):
-    assert lab.ssh.get("ok"), lab.ssh.get("error") or "the server was not reached over SSH"
+    assert lab.ssh.ok, lab.ssh.error or "the server was not reached over SSH"
 
 
 @pytest.mark.milab_step("himds-challenge", title="HIMDS's key-file challenge is answered",
@@ -26,7 +26,7 @@ def test_himds_challenge(lab):
     assert realm.startswith(KEY_DIR) and realm.endswith(".key"), (
         f"HIMDS's challenge names {realm or 'no file'}, not a key file under {KEY_DIR}")
     assert challenge.get("key") in ("read", "read with sudo"), (
-        f"{lab.ssh.get('target') or 'the SSH user'} {challenge.get('key')}: add the user to the "
+        f"{lab.ssh.target or 'the SSH user'} {challenge.get('key')}: add the user to the "
         "himds group (sudo usermod -aG himds <user>) or allow it sudo")
     assert token["status"] == 200, (
         f"with the key, HIMDS answered {token['status']} {token.get('code')}: "

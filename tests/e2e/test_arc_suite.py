@@ -6,7 +6,6 @@ and on Azure misbehaving where only Azure's behaviour decides the step)."""
 from __future__ import annotations
 
 import pytest
-from arc_defects import broken
 from e2ekit import (
     ARC_SUITE,
     dependents_of,
@@ -14,6 +13,7 @@ from e2ekit import (
     outcomes,
     provision,
     run_demo,
+    suite_defects,
     suite_needs,
     suite_spec,
     suite_stages,
@@ -104,24 +104,9 @@ def test_a_failed_onboarding_says_why_without_the_command_or_its_token(local_azu
     assert "--access-token" not in text and "eyJ" not in text
 
 
-# What the failing step's reason must say, so a student knows what to fix.
-DEFECTS = {
-    "resource-group": "not found in subscription",
-    "key-vault": "no vault named",
-    "machine": "no Arc-enabled server named 'onprem1'",
-    "machine-identity": "no system-assigned identity",
-    "himds-challenge": "add the user to the himds group",
-    "reader-assignment": "no Reader assignment",
-    "identity-access-policy": "no access policy for the server's identity",
-    "reader-denied-before": "should be read-only",
-    "secret-read": "does not hold the lab's value",
-}
-# Steps judged on what the identity was seen to do: a defect's effect fails them with their own
-# reason (the grant's step says what to fix), not "needs".
-SEEN_DIRECTLY = {
-    "reader-assignment": {"reader-allowed", "reader-denied-before"},
-    "identity-access-policy": {"secret-read"},
-}
+# What each defect breaks, what the failing step's reason must say, and which steps observe
+# its effect directly: the suite's own catalogue.
+DEFECTS = suite_defects(ARC_SUITE)
 # Steps only Azure's behaviour decides: shown failing by making the local Azure misbehave.
 QUIRKS = {
     "imds-token-audience-mismatch": ("management-token", "aud is"),
@@ -134,9 +119,9 @@ QUIRKS = {
 def graded(local_azure, tmp_path_factory):
     """One grading run over a complete Arc lab and one lab per defect."""
     spec = suite_spec(ARC_SUITE)
-    groups = {defect: f"arc-defect-{defect}" for defect in DEFECTS}
-    for defect, group in groups.items():
-        stages, state = broken(defect)
+    groups = {name: f"arc-defect-{name}" for name in DEFECTS}
+    for name, group in groups.items():
+        stages, state = DEFECTS[name].apply(suite_stages(ARC_SUITE))
         build_in_local_azure(local_azure, [group], stages, spec, state=state)
     key, failures = build_in_local_azure(local_azure, ["arc-complete-lab"],
                                          suite_stages(ARC_SUITE), spec)
@@ -152,20 +137,28 @@ def test_complete_arc_lab_gets_full_marks(graded):
     assert {s: o for s, (o, _) in got.items() if o != "passed"} == {}
 
 
-@pytest.mark.parametrize("defect", sorted(DEFECTS))
-def test_defect_fails_exactly_its_step_and_dependents(graded, needs, defect):
+@pytest.mark.parametrize("name", sorted(DEFECTS))
+def test_defect_fails_exactly_its_step_and_dependents(graded, needs, name):
     groups, run, _ = graded
-    got = outcomes(run.report, groups[defect])
+    defect = DEFECTS[name]
+    got = outcomes(run.report, groups[name])
     failed = {step for step, (outcome, _) in got.items() if outcome == "failed"}
-    seen = {defect} | SEEN_DIRECTLY.get(defect, set())
+    seen = {defect.breaks, *defect.seen_directly}
     assert failed == set().union(*(dependents_of(s, needs) for s in seen)), got
-    assert DEFECTS[defect] in got[defect][1], got[defect]
+    assert defect.says in got[defect.breaks][1], got[defect.breaks]
     for step in failed - seen:
         assert got[step][1].startswith("needs "), (step, got[step])
-    for step in seen - {defect}:
+    for step in seen - {defect.breaks}:
         assert not got[step][1].startswith("needs "), (step, got[step])
     others = {s: got[s] for s in set(got) - failed if got[s][0] != "passed"}
     assert others == {}
+
+
+def test_the_catalogue_covers_every_step_a_student_can_break(needs):
+    """Every step has a defect, or is Azure's own behaviour shown by a quirk, except `ssh`
+    (see the suite's defects.py: an unexplained refusal is `error`, never `failed`)."""
+    covered = {d.breaks for d in DEFECTS.values()} | {step for step, _ in QUIRKS.values()}
+    assert set(needs) - covered == {"ssh"}
 
 
 @pytest.mark.parametrize("quirk", sorted(QUIRKS))
