@@ -71,6 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(run, "milab-run")
     config.pluginmanager.register(Progress(config, run), "milab-progress")
     config.pluginmanager.register(run.results, "milab-results")
+    config.pluginmanager.register(ShortReports(), "milab-short-reports")
     if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
@@ -295,6 +296,36 @@ def _first_line(exc: BaseException | None) -> str:
         return ""
     text = str(getattr(exc, "msg", None) or exc).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+class ShortReports:
+    """A check that failed its step, or ended it another way, needs no traceback: its reason
+    says it all, and building one per failing check would make a class of labs not yet started
+    cost twice a complete one. With --tb=long (or native) a suite author gets it all.
+
+    A plugin object of its own: its report comes first (tryfirst), and the module's wrapper
+    below still completes it."""
+
+    @staticmethod
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+        return _short_report(item, call)
+
+
+def _short_report(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport | None:
+    if (call.excinfo is None or item.stash.get(_STEP_KEY, None) is None
+            or _lab_of(item) is None
+            or item.config.getoption("tbstyle", "auto") not in ("auto", "short", "line", "no")
+            or not isinstance(call.excinfo.value, (AssertionError, pytest.fail.Exception,
+                                                   StepOutcome))):
+        return None
+    return pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1),
+                             "failed", f"{item.nodeid}: {_first_line(call.excinfo.value)}",
+                             call.when,
+                             [(f"Captured {key} {when}", content)
+                              for when, key, content in item._report_sections],
+                             call.duration, call.start, call.stop,
+                             user_properties=item.user_properties)
 
 
 @pytest.hookimpl(wrapper=True)
