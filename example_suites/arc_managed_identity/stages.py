@@ -2,9 +2,9 @@
 spec names it: `ArcSpec(host=..., user=...)`); against a local Azure (`MILAB_LOCAL_AZURE=1`)
 the first stage racks one through the local Azure's control endpoint, its stand-in for a server
 in a rack. Onboarding runs the Connected Machine agent in the server, as the lab does:
-`sudo azcmagent connect ... --access-token <the operator's ARM token>` (public docs: "Connect
-hybrid machines to Azure by using a deployment script"; for many servers the docs use a service
-principal with the "Azure Connected Machine Onboarding" role instead).
+`sudo azcmagent connect ... --access-token <the operator's ARM token>` (public docs: "azcmagent
+connect"; for many servers, "Connect hybrid machines to Azure at scale" uses a service principal
+with the "Azure Connected Machine Onboarding" role instead).
 
 Each stage names the steps checked once it is done; the "denied before" steps are checked before
 the grant that ends the denial. A stage's failure becomes a step's reason in the reports, so no

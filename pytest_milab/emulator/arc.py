@@ -18,7 +18,12 @@ answered 401 with `WWW-Authenticate: Basic realm=<key file>`, a file under
 Privileges: commands over SSH run without any capability (when the emulator runs as root, their
 bounding set is emptied), so the key file, owned by another account, is out of their reach;
 `sudo` asks a broker in the emulator to run the command with full privileges, passing the
-caller's stdin, stdout and stderr, as sudo on an Ubuntu cloud image does for its admin user.
+caller's stdin, stdout and stderr, as sudo on an Ubuntu cloud image does for its admin user
+(until the control endpoint, control.py, takes that passwordless sudo away: then every `sudo`
+asks for a password no SSH command can give).
+
+A machine's `hostname -I` gives its address (or the one it has behind its site's NAT), which
+`azcmagent connect` reports in the resource's read-only `properties.networkProfile`.
 """
 
 from __future__ import annotations
