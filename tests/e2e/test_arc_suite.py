@@ -31,8 +31,9 @@ def needs():
     return suite_needs(ARC_SUITE)
 
 
-def test_demo_grades_a_complete_arc_lab(tmp_path, needs):
-    proc, report = run_demo(tmp_path, suite=ARC_SUITE)
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_demo_grades_a_complete_arc_lab(tmp_path, needs, workers):
+    proc, report = run_demo(tmp_path, *workers, suite=ARC_SUITE)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [lab] = report["groups"]
     assert lab["group"] == "arc_identity_lab"
