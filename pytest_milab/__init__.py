@@ -17,7 +17,7 @@ assertion, `error` with `CouldNotDecide`, `not-propagated` with `NotPropagated`,
 """
 
 from . import probe
-from .azure.builtins import ROLES, role_definition_id, role_name
+from .azure.builtins import API, ROLES, role_definition_id, role_name
 from .azure.reads import Read
 from .errors import (
     AzureError,
@@ -43,7 +43,7 @@ from .vm.ssh import CommandResult
 
 __version__ = "0.2.0"
 __all__ = [
-    "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide", "CredentialError",
+    "API", "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide", "CredentialError",
     "Defect",
     "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep", "NotPropagated", "Probe",
     "ProvisionContext", "Read", "ReadFailed", "RosterError", "SshError", "Stage",

@@ -9,6 +9,7 @@
     ├── AzureError              an Azure call failed after retries (throttled, 5xx, refused)
     ├── ReadFailed              one declared ARM read could not decide (not a 404)
     ├── SshError                the machine could not be reached or the probe failed to run
+    │   └── CommandTimedOut     internal to `vm.ssh`: a command outlived its deadline
     ├── StageFailed             provision mode: a stage Azure refused (its checks say why)
     └── StepOutcome             raised by checks to end a step other than passed/failed
         ├── CouldNotDecide      outcome `error`: the check could not decide (never costs points)
@@ -73,6 +74,13 @@ class SshError(MilabError):
         super().__init__(message)
         # refused: the VM does not answer (the student's lab); otherwise the grader's side failed
         self.refused = refused
+
+
+class CommandTimedOut(SshError):
+    """A command outlived its deadline (caught in `vm.ssh` and said as an SshError)."""
+
+    def __init__(self, message: str = "the command did not finish in time") -> None:
+        super().__init__(message)
 
 
 class StepOutcome(MilabError):

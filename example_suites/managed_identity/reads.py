@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pytest_milab import Machine, Read
+from pytest_milab import API, Machine, Read
 
-RESOURCES = "2021-04-01"
-KEYVAULT = "2023-07-01"
-COMPUTE = "2024-07-01"
-NETWORK = "2023-09-01"
-AUTHORIZATION = "2022-04-01"
+RESOURCES = API["Microsoft.Resources"]
+KEYVAULT = API["Microsoft.KeyVault"]
+COMPUTE = API["Microsoft.Compute"]
+NETWORK = API["Microsoft.Network"]
+AUTHORIZATION = API["Microsoft.Authorization"]
 
 
 def _props(resource) -> dict:

@@ -17,7 +17,8 @@ ROLES: dict[str, str] = {
 }
 ROLE_NAMES: dict[str, str] = {guid: name for name, guid in ROLES.items()}
 
-# api-versions of the engine's reads: stable ones every ARM region (and the local Azure) serves.
+# api-versions to read with, per resource provider: stable ones every ARM region (and the local
+# Azure) serves. Suites read with these too (`pytest_milab.API`).
 API = {
     "Microsoft.Resources": "2021-04-01",
     "Microsoft.KeyVault": "2023-07-01",

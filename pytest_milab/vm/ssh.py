@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..errors import ConfigError, SshError
+from ..errors import CommandTimedOut, ConfigError, SshError
 from ..retry import backoff
 
 # An open connection's transport thread wakes this often to notice it was closed (paramiko's
@@ -78,10 +78,6 @@ def _is_refusal(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and not isinstance(exc, paramiko.SSHException):
         return True
     return False
-
-
-class CommandTimedOut(Exception):
-    """Internal: a command outlived its deadline (raised and caught here, said as SshError)."""
 
 
 @functools.cache
