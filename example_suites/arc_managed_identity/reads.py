@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pytest_milab import Machine, Read
+from pytest_milab import API, Machine, Read
 
-RESOURCES = "2021-04-01"
-KEYVAULT = "2023-07-01"
-HYBRID_COMPUTE = "2024-07-10"
-AUTHORIZATION = "2022-04-01"
+RESOURCES = API["Microsoft.Resources"]
+KEYVAULT = API["Microsoft.KeyVault"]
+HYBRID_COMPUTE = API["Microsoft.HybridCompute"]
+AUTHORIZATION = API["Microsoft.Authorization"]
 
 
 def addresses(machine: dict | None) -> list[str]:
