@@ -56,6 +56,8 @@ def _emulator(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"milab emulator: could not start the local Azure: {exc}", file=sys.stderr)
         return 1
+    if args.operator_user:
+        azure.make_operator_user(args.operator_user)
     try:
         machines = [azure.add_machine(name, user=args.machine_user, public_keys=keys)
                     for name in args.machine]
@@ -388,7 +390,7 @@ def _merge_reports(args: argparse.Namespace) -> int:
     for out in args.out:
         if Path(out).suffix.lower() not in reports.SUFFIXES:
             print(f"milab merge-reports: --out {out}: the name must end in "
-                  f"{' or '.join(reports.SUFFIXES)}", file=sys.stderr)
+                  f"{reports.SUFFIX_WORDS}", file=sys.stderr)
             return 2
         reports.write(out, labs, steps)
         print(f"milab merge-reports: {len(labs)} lab(s) from {len(datas)} report(s) in {out}")
@@ -423,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
                           "roster (class.csv)")
     emu.add_argument("--labs", type=_count, default=0, metavar="N",
                      help="build N complete labs (lab-1 ... lab-N)")
+    emu.add_argument("--operator-user", default=None, metavar="UPN",
+                     help="also make the operator an Entra user (Owner of the subscription) "
+                          "with this name; the env file gets MILAB_OPERATOR_USER and "
+                          "MILAB_OPERATOR_PASSWORD for `az login -u ... -p ...`")
     _add_knob_flags(emu)
     emu.set_defaults(func=_emulator)
     clean = sub.add_parser("cleanup", help="delete what provision runs left behind")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from . import grading, reports
+from . import feedback, grading, reports
 from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, StepOutcome, SuiteError
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
@@ -385,6 +385,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
+    if run.settings.feedback:
+        feedback.write(run.settings.feedback, results, steps)
     if any(reports.undecided(lab) for lab in results):
         session.exitstatus = EXIT_UNDECIDED
     elif any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
@@ -407,6 +409,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(f"milab: {clean(note, 500)}")
     for path in run.settings.reports:
         terminalreporter.write_line(f"milab: report written to {os.path.abspath(path)}")
+    if run.settings.feedback:
+        terminalreporter.write_line(f"milab: feedback for each student written to "
+                                    f"{os.path.abspath(run.settings.feedback)}")
     labs = len(run.results.graded)
     terminalreporter.write_line(
         f"milab: {labs} lab{'s' if labs != 1 else ''} graded in "

@@ -14,7 +14,8 @@ from .grading import ERROR, NOT_PROPAGATED, LabResult, StepInfo, StepResult
 from .text import clean, csv_cell
 
 UNDECIDED = (ERROR, NOT_PROPAGATED)
-SUFFIXES = (".json", ".csv")
+SUFFIXES = (".json", ".csv", ".html")
+SUFFIX_WORDS = ", ".join(SUFFIXES[:-1]) + " or " + SUFFIXES[-1]
 
 
 def _num(x: float) -> int | float:
@@ -82,8 +83,16 @@ def to_csv(labs: list[LabResult], steps: list[StepInfo]) -> str:
 
 
 def write(path: str, labs: list[LabResult], steps: list[StepInfo]) -> None:
-    text = (json.dumps(to_json(labs), indent=2) + "\n" if path.lower().endswith(".json")
-            else to_csv(labs, steps))
+    """A report by its suffix: .json, .csv, or .html (the class report)."""
+    suffix = path.lower().rsplit(".", 1)[-1]
+    if suffix == "html":
+        import time
+
+        from . import html_report
+
+        html_report.write(path, labs, steps, generated=time.strftime("%Y-%m-%d %H:%M %Z"))
+        return
+    text = json.dumps(to_json(labs), indent=2) + "\n" if suffix == "json" else to_csv(labs, steps)
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write(text)
 

@@ -56,8 +56,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PORT", low=1, high=65535),
     Option("ssh-config", "ssh config file (default: ~/.ssh/config, as Fabric reads it)",
            metavar="FILE"),
-    Option("report", "write a report; .json or .csv by suffix (repeatable)", "list",
+    Option("report", "write a report; .json, .csv or .html by suffix (repeatable)", "list",
            metavar="PATH"),
+    Option("feedback", "write one Markdown file per student into DIR", metavar="DIR"),
     Option("emulator", "start the local Azure in-process, build a complete lab in it and grade "
            "it (the demo)", "flag", False),
     Option("mode", "discover grades finished labs read-only; provision builds a lab step by step",
@@ -104,6 +105,7 @@ class Settings:
     ssh_port: int | None = None
     ssh_config: str | None = None
     reports: tuple[str, ...] = ()
+    feedback: str | None = None
     emulator: bool = False
     mode: str = "discover"
     keep: bool = False
@@ -179,6 +181,7 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         ssh_port=values["ssh-port"],
         ssh_config=values["ssh-config"],
         reports=values["report"] or (),
+        feedback=values["feedback"],
         emulator=values["emulator"],
         mode=values["mode"],
         keep=values["keep"],
@@ -187,12 +190,17 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         propagation_deadline=values["propagation-deadline"],
         shard=parse_shard(values["shard"]) if values["shard"] else None,
     )
+    from . import reports
     from .reports import SUFFIXES
 
     for report in settings.reports:
         if Path(report).suffix.lower() not in SUFFIXES:
             raise ConfigError(f"--milab-report {report}: the name must end in "
-                              f"{' or '.join(SUFFIXES)}")
+                              f"{reports.SUFFIX_WORDS}")
+    if settings.feedback and Path(settings.feedback).exists() \
+            and not Path(settings.feedback).is_dir():
+        raise ConfigError(f"--milab-feedback {settings.feedback}: a file is in the way; give "
+                          f"a directory")
     if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
         raise ConfigError(f"--milab-ssh-config {settings.ssh_config}: no such file")
     targets = [LabTarget(group=g) for g in settings.groups]

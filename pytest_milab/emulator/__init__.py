@@ -4,6 +4,6 @@ nothing from the plugin.
 """
 
 from .audit import AuditEntry, AuditLog
-from .localazure import Identity, LocalAzure, Machine
+from .localazure import Identity, LocalAzure, Machine, UserIdentity
 
-__all__ = ["AuditEntry", "AuditLog", "Identity", "LocalAzure", "Machine"]
+__all__ = ["AuditEntry", "AuditLog", "Identity", "LocalAzure", "Machine", "UserIdentity"]

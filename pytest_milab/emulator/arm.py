@@ -1,7 +1,7 @@
 """Azure Resource Manager (`management.azure.com`): authentication, api-versions, RBAC and routing.
 
-Every request is authenticated (contract §5.2), needs a known api-version, and is authorised
-per request against the caller's role assignments in force (§5.3, §9). Paths are
+Every request is authenticated (“Azure REST API reference”), needs a known api-version, and is authorised
+per request against the caller's role assignments in force (“Troubleshoot Azure RBAC”). Paths are
 case-insensitive. The resource types live in `arm_*.py` modules as `Kind`s over `cloud.resources`.
 """
 
@@ -19,10 +19,13 @@ from starlette.routing import Route
 from . import (
     arm_authorization,
     arm_compute,
+    arm_deployments,
     arm_groups,
     arm_hybrid,
+    arm_images,
     arm_keyvault,
     arm_network,
+    arm_operations,
     rbac,
 )
 from .arm_kinds import (
@@ -47,10 +50,11 @@ from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
 # Importing these registers their resource kinds in arm_kinds.KINDS.
-PROVIDER_MODULES = (arm_authorization, arm_compute, arm_hybrid, arm_keyvault, arm_network)
+PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_hybrid, arm_images,
+                    arm_keyvault, arm_network, arm_operations)
 
 
-# -- authentication (contract §5.2) ---------------------------------------------------------------
+# -- authentication (“Azure REST API reference”) --------------------------------------------------
 def _challenge(description: str) -> dict[str, str]:
     # ARM sends this challenge with the missing-header 401 [CODE azure-core tests]; sending it with
     # the other 401s too is UNCONFIRMED but harmless to clients.
@@ -119,7 +123,7 @@ def need_provider_version(ctx: Ctx, kind: Kind) -> None:
                    f"are '{', '.join(LOCATION_NAMES)}'.")
 
 
-# -- routing ----------------------------------------------------------------------------------------
+# -- routing --------------------------------------------------------------------------------------
 def route(ctx: Ctx) -> Response:
     segs = [s for s in ctx.path.split("/") if s]
     low = [s.lower() for s in segs]
@@ -143,6 +147,11 @@ def route(ctx: Ctx) -> Response:
         raise uri_not_found(ctx)
     idx = max((i for i, s in enumerate(low) if s == "providers"), default=None)
     if idx is None:
+        at = 4 if len(low) > 4 and low[2] == "resourcegroups" else 2
+        if len(low) > at + 1 and low[at] == "deployments":
+            # "Deployment Operations - List" addresses deployments without `/providers/`.
+            segs = segs[:at] + ["providers", "Microsoft.Resources"] + segs[at:]
+            return provider_route(ctx, segs, at)
         return arm_groups.route(ctx, segs, low)
     tail = low[idx + 1:]
     if idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")
@@ -210,7 +219,7 @@ def _authorize(ctx: Ctx, kind: Kind, mode: str, segs: list[str]) -> None:
 
 
 def _check_scope_exists(ctx: Ctx, top_resource: str | None) -> None:
-    """After authorisation: a missing group or scope resource is a 404 (contract §5.4)."""
+    """After authorisation: a missing group or scope resource is a 404 (“Resolve errors for resource not found”)."""
     if ctx.rg and arm_key(ctx.rg_id) not in ctx.cloud.resource_groups:
         raise group_not_found(ctx.rg)
     if top_resource and arm_key(top_resource) not in ctx.cloud.resources:
@@ -258,7 +267,7 @@ def _invoke(ctx: Ctx, kind: Kind, mode: str) -> Response:
     raise method_not_allowed(ctx)
 
 
-# -- response headers ---------------------------------------------------------------------------------
+# -- response headers -----------------------------------------------------------------------------
 class RateLimits:
     """The decrementing `x-ms-ratelimit-remaining-*` counters, per caller and clock hour."""
 

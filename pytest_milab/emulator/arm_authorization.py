@@ -1,6 +1,6 @@
 """Microsoft.Authorization: role assignments, built-in role definitions and the caller's own
-effective permissions (contract §7.3). Assignments made here take effect after the propagation
-delay (`cloud.assign_role`), but are listed at once, as in Azure (§9)."""
+effective permissions (“Role Assignments - Create (Authorization REST API)”). Assignments made here take effect after the propagation
+delay (`cloud.assign_role`), but are listed at once, as in Azure (“Troubleshoot Azure RBAC”)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 from starlette.responses import Response
 
-from . import faults, rbac
+from . import conditions, faults, rbac
 from .arm_kinds import GUID_RE, ArmError, Ctx, Kind, register
 from .responses import iso, json_response
 from .state import RoleAssignment, arm_key
@@ -17,12 +17,12 @@ NS = "Microsoft.Authorization"
 
 
 def assignment_json(ra: RoleAssignment, *, just_created: bool = False) -> dict:
-    """Contract §7.3; the create answer shows `createdBy` null, later reads show the creator."""
+    """“Role Assignments - Create (Authorization REST API)”; the create answer shows `createdBy` null, later reads show the creator."""
     return {
         "properties": {
             "roleDefinitionId": ra.role_definition_id, "principalId": ra.principal_id,
-            "principalType": ra.principal_type, "scope": ra.scope, "condition": None,
-            "conditionVersion": None, "createdOn": iso(ra.created_on),
+            "principalType": ra.principal_type, "scope": ra.scope, "condition": ra.condition,
+            "conditionVersion": ra.condition_version, "createdOn": iso(ra.created_on),
             "updatedOn": iso(ra.created_on),
             "createdBy": None if just_created else ra.created_by, "updatedBy": ra.created_by,
             "delegatedManagedIdentityResourceId": None, "description": ra.description,
@@ -101,11 +101,15 @@ class RoleAssignments(Kind):
                     return json_response(assignment_json(existing))
                 raise ArmError(400, "RoleAssignmentUpdateNotPermitted", "Tenant ID, application "
                                "ID, principal ID, and scope are not allowed to be updated.")
+            condition, condition_version = conditions.checked(props, rbac.BUILTIN_ROLES[guid])
             ptype = props.get("principalType")
             if not ptype:
-                if not principal or ctx.cloud.principal(principal) is None:
+                if principal and ctx.cloud.user(principal) is not None:
+                    ptype = "User"
+                elif not principal or ctx.cloud.principal(principal) is None:
                     raise _principal_not_found(ctx, principal)
-                ptype = "ServicePrincipal"  # the only principals this directory holds
+                else:
+                    ptype = "ServicePrincipal"
             for ra in ctx.cloud.visible_role_assignments():
                 if ra.principal_id.lower() == principal.lower() and \
                         rbac.role_guid(ra.role_definition_id) == guid and \
@@ -117,6 +121,7 @@ class RoleAssignments(Kind):
                 role_definition_id=f"{_role_scope(ctx)}/providers/{NS}/roleDefinitions/{guid}",
                 created_by=ctx.oid, name=name)
             ra.description = props.get("description")
+            ra.condition, ra.condition_version = condition, condition_version
         return json_response(assignment_json(ra, just_created=True), 201)
 
     def delete(self, ctx: Ctx) -> Response:

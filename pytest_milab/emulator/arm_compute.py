@@ -1,7 +1,7 @@
 """Microsoft.Compute virtual machines and disks, and Microsoft.ManagedIdentity identities.
 
 A VM's system-assigned identity is a service principal of kind ManagedIdentity whose object id
-is `identity.principalId` (contract §7.2); user-assigned identities are resources with their own
+is `identity.principalId` (“Virtual Machines - Get (Compute REST API)”); user-assigned identities are resources with their own
 service principal. Power state lives in `cloud.vm_power`; lifecycle changes emit `vm.changed`
 and `vm.deleted` so the live VMs can follow.
 """
@@ -51,7 +51,7 @@ def disk_tier(sku: str) -> str:
     return "Standard"
 
 
-# -- managed identities -----------------------------------------------------------------------------
+# -- managed identities ---------------------------------------------------------------------------
 def _identity_kinds(text: object) -> set[str]:
     parts = {p.strip().lower() for p in str(text or "None").split(",") if p.strip()}
     if parts - {"systemassigned", "userassigned", "none"} or ("none" in parts and len(parts) > 1):
@@ -133,6 +133,7 @@ class UserAssignedIdentities(Tracked):
 # -- disks ----------------------------------------------------------------------------------------
 class Disks(Tracked):
     ns, types = NS, ("disks",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -170,7 +171,7 @@ class Disks(Tracked):
 DISKS = register(Disks())
 
 
-# -- virtual machines (contract §7.2) -------------------------------------------------------------------
+# -- virtual machines (“Virtual Machines - Get (Compute REST API)”) -------------------------------
 def _exact_version(image: dict) -> str:
     version = str(image.get("version") or "latest")
     if version.lower() != "latest":
@@ -231,6 +232,7 @@ def instance_view(ctx: Ctx, vm: dict) -> dict:
 
 class VirtualMachines(Tracked):
     ns, types = NS, ("virtualMachines",)
+    long_running = True
     actions = ("start", "powerOff", "deallocate", "restart")
     views = ("instanceView",)
 
@@ -292,7 +294,7 @@ class VirtualMachines(Tracked):
                 image["exactVersion"] = _exact_version(image)
             create = "FromImage"
             name = disk_in.get("name") or f"{vm['name']}_OsDisk_1_{secrets.token_hex(16)}"
-            # Azure spells the group in upper case in the disk ids it makes (contract §5.1).
+            # Azure spells the group in upper case in the disk ids it makes (“Resources - List By Resource Group”).
             disk_id = (f"/subscriptions/{ctx.sub}/resourceGroups/{(ctx.rg or '').upper()}"
                        f"/providers/{DISK_TYPE}/{name}")
             if arm_key(disk_id) in ctx.cloud.resources:

@@ -1,5 +1,5 @@
 """Microsoft.Resources: subscriptions, tenants, locations, providers, resource groups and the
-generic resource lists (contract §5.1, §5.4, §5.5)."""
+generic resource lists (“Resources - List By Resource Group”, “Resolve errors for resource not found”, “Subscriptions - List”)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from .state import Subscription, arm_key
 
 NAMESPACES.setdefault("microsoft.resources", "Microsoft.Resources")
 
-# ARM prints the resource-group actions with a lower-case `resourcegroups` [OBS, contract §5.3].
+# ARM prints the resource-group actions with a lower-case `resourcegroups` [OBS, “Troubleshoot Azure RBAC”].
 RG_ACTION = "Microsoft.Resources/subscriptions/resourcegroups"
 RG_RESOURCES_READ = "Microsoft.Resources/subscriptions/resourceGroups/resources/read"
 SUB_RESOURCES_READ = "Microsoft.Resources/subscriptions/resources/read"
@@ -122,7 +122,8 @@ def list_locations(ctx: Ctx) -> Response:
         "metadata": {"regionType": "Physical", "regionCategory": "Recommended",
                      "geographyGroup": geo, "latitude": lat, "longitude": lon,
                      "pairedRegion": [{"name": pair,
-                                       "id": f"/subscriptions/{sid}/locations/{pair}"}]},
+                                       "id": f"/subscriptions/{sid}/locations/{pair}"}]
+                     if pair else []},
     } for name, display, regional, geo, lat, lon, pair in LOCATIONS]
     return json_response({"value": value})
 
@@ -311,7 +312,7 @@ def _skip(token: str | None) -> int:
 
 
 def page(ctx: Ctx, items: list[dict]) -> dict:
-    """Apply `$top`/`$skiptoken`; `nextLink` only when another page exists (contract §5.1)."""
+    """Apply `$top`/`$skiptoken`; `nextLink` only when another page exists (“Resources - List By Resource Group”)."""
     top_text = ctx.q("$top")
     start = _skip(ctx.q("$skiptoken"))
     if not top_text:

@@ -1,4 +1,4 @@
-"""Microsoft.KeyVault vaults: access policies, soft delete, recover and purge (contract §7.1, §10).
+"""Microsoft.KeyVault vaults: access policies, soft delete, recover and purge (“Vaults - Create Or Update (Key Vault management REST API)”, “Azure CLI release notes”).
 
 Vault names are global. A deleted vault waits in `cloud.deleted_vaults` (its data in
 `cloud.vault_data` stays until purge). Access-policy changes show in ARM at once and are recorded
@@ -20,7 +20,7 @@ from .state import Timed, arm_key
 
 NS = "Microsoft.KeyVault"
 VAULT_TYPE = f"{NS}/vaults"
-RBAC_DEFAULT_FROM = "2026-02-01"  # api-version from which new vaults default to RBAC (§10)
+RBAC_DEFAULT_FROM = "2026-02-01"  # api-version from which new vaults default to RBAC (“Azure CLI release notes”)
 PERMISSION_KINDS = ("keys", "secrets", "certificates", "storage")
 _NAME_RE = re.compile(r"^[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$")
 
@@ -81,7 +81,7 @@ def merge_policies(current: list[dict], change: list[dict], kind: str) -> list[d
 
 
 def record_policies(ctx: Ctx, name: str, policies: list[dict]) -> None:
-    """The data plane enforces access policies after the propagation delay (contract §9)."""
+    """The data plane enforces access policies after the propagation delay (“Troubleshoot Azure RBAC”)."""
     ctx.cloud.access_policies.setdefault(name.lower(), Timed()).set(
         copy.deepcopy(policies), ctx.cloud.effective_time())
 
@@ -190,6 +190,12 @@ class Vaults(Tracked):
             raise ArmError(404, "ResourceNotFound",
                            f"The vault '{name}' was not found in deleted state and cannot be "
                            "recovered.")
+
+    def put(self, ctx: Ctx) -> Response:
+        """"Vaults - Create Or Update" answers 200 whether the vault is new or not."""
+        resp = super().put(ctx)
+        resp.status_code = 200
+        return resp
 
     def after_put(self, ctx: Ctx, res: dict, existing: dict | None) -> None:
         name = res["name"].lower()

@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from . import rbac
+from . import arm_lro, rbac
 from .arm_versions import LOCATION_NAMES, normalize_location
 from .responses import arm_error, json_response
 from .state import Cloud, arm_key, new_guid
@@ -301,6 +301,8 @@ def visible(ctx: Ctx, items: list[dict], sub_action: str,
 class Tracked(Kind):
     """A top-level resource stored in `cloud.resources` under its id."""
 
+    long_running = False  # PUT answers Creating/Updating and finishes later (arm_lro.py)
+
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         """The stored JSON for a PUT body (or a PATCH merged onto `existing`)."""
         return self.base(ctx, body, existing)
@@ -376,8 +378,9 @@ class Tracked(Kind):
             res = self.build(ctx, body, existing)
             self.store(ctx, res)
             self.after_put(ctx, res, existing)
+            headers = arm_lro.begin_put(ctx, res, existing) if self.long_running else {}
             out = self.present(ctx, res)
-        return json_response(out, 200 if existing else 201)
+        return json_response(out, 200 if existing else 201, headers)
 
     def patch(self, ctx: Ctx) -> Response:
         body = ctx.json()

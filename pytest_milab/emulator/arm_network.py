@@ -71,9 +71,10 @@ def _bad_request(message: str) -> ArmError:
     return ArmError(400, "InvalidRequestFormat", message)
 
 
-# -- virtual networks and subnets -------------------------------------------------------------------
+# -- virtual networks and subnets -----------------------------------------------------------------
 class VirtualNetworks(Tracked):
     ns, types = NS, ("virtualNetworks",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -132,7 +133,7 @@ class Subnets(InlineChild):
     ns, types, prop = NS, ("virtualNetworks", "subnets"), "subnets"
 
 
-# -- network security groups ---------------------------------------------------------------------------
+# -- network security groups ----------------------------------------------------------------------
 _DEFAULT_RULES = (
     ("AllowVnetInBound", "Allow inbound traffic from all VMs in VNET", "VirtualNetwork",
      "VirtualNetwork", "Allow", 65000, "Inbound"),
@@ -167,6 +168,7 @@ def default_rules(nsg_id: str) -> list[dict]:
 
 class NetworkSecurityGroups(Tracked):
     ns, types = NS, ("networkSecurityGroups",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -235,9 +237,10 @@ class DefaultSecurityRules(InlineChild):
     writable = False
 
 
-# -- public IP addresses (contract §7.4) ---------------------------------------------------------------
+# -- public IP addresses (“Public IP Addresses - Get (Network REST API)”) -------------------------
 class PublicIPAddresses(Tracked):
     ns, types = NS, ("publicIPAddresses",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)
@@ -291,7 +294,7 @@ class PublicIPAddresses(Tracked):
         ctx.emit("network.changed", res)
 
 
-# -- network interfaces -------------------------------------------------------------------------------
+# -- network interfaces ---------------------------------------------------------------------------
 def _taken_ips(cloud: Cloud, subnet_id: str, except_nic: str) -> set[str]:
     taken = set()
     for key, res in cloud.resources.items():
@@ -323,6 +326,7 @@ def _mac() -> str:
 
 class NetworkInterfaces(Tracked):
     ns, types = NS, ("networkInterfaces",)
+    long_running = True
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         out = self.base(ctx, body, existing)

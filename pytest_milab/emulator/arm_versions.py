@@ -1,20 +1,27 @@
 """The api-versions and locations the local ARM knows, per resource provider.
 
 Each list holds what the installed SDKs send (azure-mgmt-resource 26, -keyvault 14.1, -compute 39,
--network 33.1, -authorization 4.0, -msi 7.1, -subscription 3.1.1, -hybridcompute 9) and the older versions the
-Azure CLI sends. Newest first: ARM prints them in that order in InvalidApiVersionParameter.
+-network 33.1, -authorization 4.0, -msi 7.1, -subscription 3.1.1, -hybridcompute 9), what the Azure CLI sends (its
+AAZ commands, its multi-api SDKs and the literal versions of its ARM templates, e.g.
+Microsoft.Network 2015-06-15 in `az vm create`'s), and the older stable versions the published
+REST API specs list. tests/emulator/test_api_versions.py reads the installed packages' sources and
+checks that every version they send for an emulated type is here. Newest first: ARM prints them
+in that order in InvalidApiVersionParameter.
 """
 
 from __future__ import annotations
 
+from .regions import LOCATION_NAMES as REGION_NAMES
+from .regions import LOCATIONS as REGIONS
+
 # Microsoft.Resources: resource groups, resources lists, providers. keyvault's vaults.list
 # still lists through `/subscriptions/{sub}/resources?api-version=2015-11-01`.
 RESOURCES = (
-    "2025-04-01", "2024-11-01", "2024-07-01", "2024-03-01", "2023-07-01", "2022-09-01",
+    "2025-04-01", "2025-03-01", "2024-11-01", "2024-07-01", "2024-03-01", "2023-07-01", "2022-09-01",
     "2021-04-01", "2021-01-01", "2020-10-01", "2020-08-01", "2020-06-01", "2019-10-01",
     "2019-08-01", "2019-07-01", "2019-05-10", "2019-05-01", "2019-03-01", "2018-05-01",
     "2018-02-01", "2017-05-10", "2016-09-01", "2016-07-01", "2016-02-01", "2015-11-01",
-    "2014-04-01",
+    "2015-01-01", "2014-04-01",
 )
 
 # `/subscriptions`, `/subscriptions/{id}`, `/tenants`, `/subscriptions/{id}/locations`.
@@ -27,17 +34,25 @@ _COMPUTE = (
     "2026-04-01", "2026-03-03", "2026-03-02", "2025-11-01", "2025-04-01", "2025-01-02",
     "2024-11-01", "2024-07-01", "2024-03-02", "2024-03-01", "2023-10-02", "2023-09-01",
     "2023-07-01", "2023-04-02", "2023-03-01", "2023-01-02", "2022-11-01", "2022-08-01",
-    "2022-07-02", "2022-03-02", "2022-03-01", "2021-11-01", "2021-08-01", "2021-07-01",
+    "2022-07-02", "2022-03-02", "2022-03-01", "2021-12-01", "2021-11-01", "2021-08-01",
+    "2021-07-01", "2021-04-01", "2021-03-01", "2020-12-01", "2020-09-30", "2020-06-30",
+    "2020-06-01", "2020-05-01", "2019-12-01", "2019-11-01", "2019-07-01", "2019-03-01",
+    "2018-10-01", "2018-09-30", "2018-06-01", "2018-04-01", "2017-12-01", "2017-03-30",
+    "2016-04-30-preview", "2016-03-30", "2015-06-15",
 )
 
 _NETWORK = (
-    "2026-03-01", "2025-07-01", "2025-05-01", "2025-03-01", "2025-01-01", "2024-10-01",
+    "2026-03-01", "2025-09-01", "2025-07-01", "2025-05-01", "2025-03-01", "2025-01-01", "2024-10-01",
     "2024-07-01", "2024-05-01", "2024-03-01", "2024-01-01", "2023-11-01", "2023-09-01",
     "2023-06-01", "2023-05-01", "2023-04-01", "2023-02-01", "2022-11-01", "2022-09-01",
     "2022-07-01", "2022-05-01", "2022-01-01", "2021-08-01", "2021-05-01", "2021-03-01",
     "2021-02-01", "2020-11-01", "2020-08-01", "2020-07-01", "2020-06-01", "2020-05-01",
     "2020-04-01", "2020-03-01", "2019-12-01", "2019-11-01", "2019-09-01", "2019-08-01",
     "2019-06-01", "2019-04-01", "2019-02-01", "2018-12-01", "2018-11-01", "2018-10-01",
+    "2018-08-01", "2018-07-01", "2018-06-01", "2018-04-01", "2018-02-01", "2018-01-01",
+    "2017-11-01", "2017-10-01", "2017-09-01", "2017-08-01", "2017-06-01", "2017-04-01",
+    "2017-03-01", "2016-12-01", "2016-11-01", "2016-10-01", "2016-09-01", "2016-08-01",
+    "2016-07-01", "2016-06-01", "2016-03-30", "2015-06-15", "2015-05-01-preview",
 )
 
 _KEYVAULT = (
@@ -49,7 +64,7 @@ _KEYVAULT = (
 )
 
 _MANAGED_IDENTITY = (
-    "2024-11-30", "2023-07-31-preview", "2023-01-31", "2022-01-31-preview", "2021-09-30-preview",
+    "2025-05-31-preview", "2025-01-31-preview", "2024-11-30", "2023-07-31-preview", "2023-01-31", "2022-01-31-preview", "2021-09-30-preview",
     "2018-11-30", "2015-08-31-preview",
 )
 
@@ -65,7 +80,7 @@ _ROLE_ASSIGNMENTS = (
     "2017-10-01-preview", "2015-07-01",
 )
 _ROLE_DEFINITIONS = ("2022-05-01-preview", "2022-04-01", "2018-01-01-preview", "2015-07-01")
-_PERMISSIONS = ("2022-04-01", "2018-01-01-preview", "2015-07-01")
+_PERMISSIONS = ("2022-05-01-preview", "2022-04-01", "2018-01-01-preview", "2015-07-01")
 
 # namespace (lower) -> first type segment (lower, or "" for the whole namespace) -> versions
 PROVIDERS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -86,27 +101,8 @@ def provider_versions(namespace: str, first_type: str = "") -> tuple[str, ...]:
     return table.get(first_type.lower()) or table.get("", ())
 
 
-# (name, displayName, regionalDisplayName, geographyGroup, latitude, longitude, pairedRegion)
-LOCATIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
-    ("uksouth", "UK South", "(Europe) UK South", "Europe", "50.941", "-0.799", "ukwest"),
-    ("ukwest", "UK West", "(Europe) UK West", "Europe", "53.427", "-3.084", "uksouth"),
-    ("westeurope", "West Europe", "(Europe) West Europe", "Europe", "52.3667", "4.9", "northeurope"),
-    ("northeurope", "North Europe", "(Europe) North Europe", "Europe", "53.3478", "-6.2597",
-     "westeurope"),
-    ("francecentral", "France Central", "(Europe) France Central", "Europe", "46.3772", "2.3730",
-     "francesouth"),
-    ("swedencentral", "Sweden Central", "(Europe) Sweden Central", "Europe", "60.67488", "17.14127",
-     "swedensouth"),
-    ("eastus", "East US", "(US) East US", "US", "37.3719", "-79.8164", "westus"),
-    ("eastus2", "East US 2", "(US) East US 2", "US", "36.6681", "-78.3889", "centralus"),
-    ("westus2", "West US 2", "(US) West US 2", "US", "47.233", "-119.852", "westcentralus"),
-    ("centralus", "Central US", "(US) Central US", "US", "41.5908", "-93.6208", "eastus2"),
-    ("australiaeast", "Australia East", "(Asia Pacific) Australia East", "Asia Pacific",
-     "-33.86", "151.2094", "australiasoutheast"),
-    ("japaneast", "Japan East", "(Asia Pacific) Japan East", "Asia Pacific", "35.68", "139.77",
-     "japanwest"),
-)
-LOCATION_NAMES = tuple(loc[0] for loc in LOCATIONS)
+# Every public region (regions.py); re-exported here for the modules that import them.
+LOCATIONS, LOCATION_NAMES = REGIONS, REGION_NAMES
 
 
 def normalize_location(value: str) -> str:

@@ -1,6 +1,6 @@
 """Microsoft Entra ID for one tenant: discovery documents, keys and client-credential tokens.
 
-Served for `login.microsoftonline.com` and `login.windows.net`. Error bodies follow contract §8.1.
+Served for `login.microsoftonline.com` and `login.windows.net`. Error bodies follow “Microsoft identity platform and the OAuth 2.0 client credentials flow”.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
+from . import users
 from .responses import json_response, read_form, set_caller
 from .state import Cloud
 from .tokens import KNOWN_RESOURCES, TokenIssuer, audience_for_scope
@@ -116,11 +117,14 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
         host = request.url.hostname or "login.microsoftonline.com"
         v2 = request.url.path.endswith("/v2.0/token")
         form = await read_form(request)
+        grant = form.get("grant_type")
+        if known_tenant(tenant) and grant in ("password", "refresh_token",
+                                              users.DEVICE_CODE_GRANT):
+            return user_token(request, form, grant, v2, host)  # `organizations` serves users
         if not known_tenant(tenant) or tenant.lower() in ("common", "organizations"):
             return _aad_error(400, "invalid_request", 90002,
                               f"Tenant '{tenant}' not found. Check to make sure you have the "
                               "correct tenant ID and are signing into the correct cloud.", host)
-        grant = form.get("grant_type")
         if grant != "client_credentials":
             return _aad_error(400, "unsupported_grant_type", 70003,
                               "The app requested an unsupported grant type "
@@ -165,7 +169,66 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             "not_before": str(c["nbf"]), "resource": resource, "access_token": issued.value,
         }, 200, headers)
 
+    def user_token(request: Request, form: dict, grant: str, v2: bool, host: str):
+        """Tokens for a user: username/password, a refresh token or an approved device code."""
+        client_id = form.get("client_id") or ""
+        try:
+            if not users.known_client(cloud, client_id):
+                raise users.SignInError(400, "unauthorized_client", 700016,
+                                        f"Application with identifier '{client_id}' was not "
+                                        f"found in the directory '{cloud.tenant_id}'.")
+            scope = form.get("scope") or ""
+            if grant == "password":
+                user = users.check_password(cloud, form.get("username") or "",
+                                            form.get("password") or "")
+            elif grant == "refresh_token":
+                user = users.redeem_refresh_token(cloud, form.get("refresh_token") or "",
+                                                  client_id)
+            else:
+                user, first_scope = users.redeem_device_code(cloud, form.get("device_code") or "",
+                                                             client_id)
+                scope = scope or first_scope
+            body = users.issue_for_user(cloud, tokens, user, client_id, scope, TOKEN_LIFETIME,
+                                        v2=v2, resource=None if v2 else form.get("resource", ""))
+        except users.SignInError as exc:
+            return _aad_error(exc.status, exc.error, exc.code, exc.text, host)
+        set_caller(request, user.object_id)
+        return json_response(body, 200, {"Cache-Control": "no-store, no-cache",
+                                         "Pragma": "no-cache"})
+
+    async def device_code(request: Request):
+        if (refusal := unknown_tenant(request)) is not None:
+            return refusal
+        form = await read_form(request)
+        client_id = form.get("client_id") or ""
+        if not users.known_client(cloud, client_id):
+            return _aad_error(400, "unauthorized_client", 700016,
+                              f"Application with identifier '{client_id}' was not found in the "
+                              f"directory '{cloud.tenant_id}'.", request.url.hostname)
+        return json_response(users.start_device_code(cloud, client_id, form.get("scope") or ""))
+
+    async def device_auth(request: Request):
+        """Stands in for the browser page at microsoft.com/devicelogin (users.py)."""
+        form = await read_form(request)
+        try:
+            user = users.approve_device_code(cloud, form.get("otc") or "", form.get("login") or "",
+                                             form.get("passwd") or "")
+        except users.SignInError as exc:
+            return _aad_error(exc.status, exc.error, exc.code, exc.text, request.url.hostname)
+        return json_response({"approved": True, "userPrincipalName": user.user_principal_name})
+
+    async def user_realm(request: Request):
+        """MSAL asks whether an account is managed or federated before a password sign-in."""
+        name = request.path_params["user"]
+        domain = name.split("@", 1)[-1]
+        return json_response({"ver": "1.0", "account_type": "Managed", "domain_name": domain,
+                              "cloud_instance_name": "microsoftonline.com",
+                              "cloud_audience_urn": "urn:federation:MicrosoftOnline"})
+
     return Starlette(routes=[
+        Route("/common/userrealm/{user}", user_realm),
+        Route("/common/oauth2/deviceauth", device_auth, methods=["POST"]),
+        Route("/{tenant}/oauth2/v2.0/devicecode", device_code, methods=["POST"]),
         Route("/common/discovery/instance", instance_discovery),
         Route("/common/discovery/keys", keys),
         Route("/{tenant}/discovery/v2.0/keys", keys),

@@ -1,6 +1,6 @@
 """The local Azure misbehaving on purpose: faults, ARM throttling and quirks, all off by default.
 
-`Knobs` (state.py) holds one `Faults` and one `Quirks`; the services ask them one question per
+`Knobs` (knobs.py) holds one `Faults` and one `Quirks`; the services ask them one question per
 request (a hook of a line or two each), and tests switch them at run time from any thread:
 
     knobs.faults.error_burst("arm", status=503, count=2)   # the next 2 ARM requests get 503
@@ -35,7 +35,8 @@ from starlette.responses import Response
 from .responses import json_response
 
 if TYPE_CHECKING:
-    from .state import Cloud, Knobs
+    from .knobs import Knobs
+    from .state import Cloud
 
 # The services the front door routes (error bursts and latency apply to these), and the latency
 # that is not HTTP: the pause before a VM's SSH server accepts a login.
@@ -265,7 +266,7 @@ def error_response(burst: _Burst) -> Response:
         headers["Retry-After"] = str(burst.retry_after)
     if service in ("imds", "himds"):
         # The identity endpoint's documented error codes include server_error and
-        # service_unavailable (contract §2.3).
+        # service_unavailable (“How to use managed identities for Azure resources on an Azure VM to acquire an access token”).
         code = "service_unavailable" if status == 503 else "server_error"
         return json_response({"error": code, "error_description": f"IMDS returned {status}"},
                              status, headers)
@@ -310,7 +311,7 @@ async def after(seconds: float, value: Any) -> Any:
     return value
 
 
-# -- ARM throttling (contract §5.4) -------------------------------------------------------------
+# -- ARM throttling (“Understand how Azure Resource Manager throttles requests”) ------------------
 @dataclass
 class _Bucket:
     tokens: float

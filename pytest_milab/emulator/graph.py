@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .responses import set_caller
-from .state import Application, Cloud, ServicePrincipal, password_credential
+from .state import Application, Cloud, ServicePrincipal, User, password_credential
 from .tokens import GRAPH_AUDIENCES, TokenIssuer, TokenRejected
 
 GRAPH = "https://graph.microsoft.com"
@@ -129,14 +129,15 @@ def application_json(app: Application) -> dict:
         "notes": None,
         "publisherDomain": DOMAIN,
         "serviceManagementReference": None,
-        "signInAudience": "AzureADMyOrg",
+        "signInAudience": app.sign_in_audience,
         "tags": list(app.tags),
         "tokenEncryptionKeyId": None,
         "defaultRedirectUri": None,
         "optionalClaims": None,
         "addIns": [],
         "api": {"acceptMappedClaims": None, "knownClientApplications": [],
-                "requestedAccessTokenVersion": None, "oauth2PermissionScopes": [],
+                "requestedAccessTokenVersion": app.requested_access_token_version,
+                "oauth2PermissionScopes": [],
                 "preAuthorizedApplications": []},
         "appRoles": [],
         "info": {"logoUrl": None, "marketingUrl": None, "privacyStatementUrl": None,
@@ -158,6 +159,23 @@ def application_json(app: Application) -> dict:
 
 def _is_user_assigned(resource_id: str) -> bool:
     return "/microsoft.managedidentity/userassignedidentities/" in resource_id.lower()
+
+
+def _app_audience(cloud: Cloud, app_id: str) -> str:
+    app = cloud.application_by_app_id(app_id)
+    return app.sign_in_audience if app else "AzureADMyOrg"
+
+
+AUDIENCES = ("AzureADMyOrg", "AzureADMultipleOrgs", "AzureADandPersonalMicrosoftAccount",
+             "PersonalMicrosoftAccount")
+
+
+def user_json(user: User) -> dict:
+    """A user's default properties, as "Get user" (Microsoft Graph v1.0) returns them."""
+    return {"businessPhones": [], "displayName": user.display_name,
+            "givenName": user.given_name, "jobTitle": None, "mail": None, "mobilePhone": None,
+            "officeLocation": None, "preferredLanguage": None, "surname": user.surname,
+            "userPrincipalName": user.user_principal_name, "id": user.object_id}
 
 
 def service_principal_json(cloud: Cloud, sp: ServicePrincipal) -> dict:
@@ -195,7 +213,7 @@ def service_principal_json(cloud: Cloud, sp: ServicePrincipal) -> dict:
         "replyUrls": [],
         "servicePrincipalNames": names,
         "servicePrincipalType": "ManagedIdentity" if managed else "Application",
-        "signInAudience": None if managed else "AzureADMyOrg",
+        "signInAudience": None if managed else _app_audience(cloud, sp.app_id),
         "tags": list(sp.tags),
         "tokenEncryptionKeyId": None,
         "samlSingleSignOnSettings": None,
@@ -223,11 +241,14 @@ _AND = re.compile(r"\s+and\s+", re.I)
 FILTERABLE = {
     "applications": {"eq": {"appid", "displayname", "id", "publisherdomain"},
                      "startswith": {"displayname"}, "any": {"identifieruris", "tags"}},
+    "users": {"eq": {"displayname", "id", "mail", "userprincipalname"},
+              "startswith": {"displayname", "userprincipalname", "mail"}, "any": set()},
     "servicePrincipals": {"eq": {"appid", "displayname", "id", "serviceprincipaltype"},
                           "startswith": {"displayname"},
                           "any": {"serviceprincipalnames", "tags", "alternativenames"}},
 }
-RESOURCE_NAME = {"applications": "Application", "servicePrincipals": "ServicePrincipal"}
+RESOURCE_NAME = {"applications": "Application", "servicePrincipals": "ServicePrincipal",
+                 "users": "User"}
 
 Predicate = Callable[[dict], bool]
 
@@ -330,6 +351,10 @@ class GraphService:
                                 'client_id="00000003-0000-0000-c000-000000000000"'})
 
     def may_write(self, claims: dict) -> bool:
+        """Service principals granted it; users, who may register applications by default
+        ("Default user permissions in Microsoft Entra ID")."""
+        if claims.get("idtyp") == "user" and self.cloud.user(str(claims.get("oid") or "")):
+            return True
         sp = self.cloud.principal(str(claims.get("oid") or ""))
         return bool(sp and sp.graph_write)
 
@@ -366,10 +391,24 @@ class GraphService:
             return self.directory_object(request, version, rest.split("/", 1)[1])
         if lower == "organization" and method == "GET":
             return self.organization(request, version)
-        if lower == "me":
-            # [OBS] what Graph tells an app-only token.
-            return bad_request(request, "/me request is only valid with delegated "
-                                        "authentication flow.", "BadRequest")
+        if lower == "me" or lower.startswith("me/"):
+            user = self.cloud.user(str(claims.get("oid") or "")) \
+                if claims.get("idtyp") == "user" else None
+            if user is None:
+                # [OBS] what Graph tells an app-only token.
+                return bad_request(request, "/me request is only valid with delegated "
+                                            "authentication flow.", "BadRequest")
+            if lower == "me" and method == "GET":
+                return self.get_user(request, version, user)
+        if lower == "users" and method == "GET":
+            return self.list_users(request, version)
+        if lower.startswith("users/") and lower.count("/") == 1 and method == "GET":
+            ident = rest.split("/", 1)[1]
+            user = self.cloud.user(ident) if GUID.match(ident) else \
+                self.cloud.user_by_name(ident)
+            if user is None:
+                return not_found(request, ident)
+            return self.get_user(request, version, user)
         segment = rest.split("/", 1)[0].split("(", 1)[0]
         if method not in ("GET", "POST", "PATCH", "DELETE"):
             return graph_error(request, 405, "Request_BadRequest",
@@ -408,6 +447,26 @@ class GraphService:
             return self.remove_password(request, obj, body)
         return bad_request(request, f"Resource not found for the segment '{m.group('action')}'.",
                            "BadRequest")
+
+    # -- users --------------------------------------------------------------------------------
+    def get_user(self, request: Request, version: str, user: User) -> Response:
+        body = {"@odata.context": context(version, "users/$entity")}
+        body.update(_select(user_json(user), request.query_params.get("$select")))
+        return graph_json(request, body)
+
+    def list_users(self, request: Request, version: str) -> Response:
+        with self.cloud.lock:
+            items = [user_json(u) for u in sorted(self.cloud.users.values(),
+                                                  key=lambda u: u.created)]
+        expr = request.query_params.get("$filter")
+        if expr:
+            try:
+                predicate = parse_filter(expr, "users")
+            except FilterError as exc:
+                return bad_request(request, exc.message, exc.code)
+            items = [o for o in items if predicate(o)]
+        select = request.query_params.get("$select")
+        return self.page(request, version, "users", [_select(o, select) for o in items])
 
     # -- reads --------------------------------------------------------------------------------
     def lookup(self, collection: str, *, object_id: str | None = None,
@@ -476,6 +535,11 @@ class GraphService:
             for obj in pool:
                 if obj.object_id.lower() in ids:
                     found.append({"@odata.type": f"#microsoft.graph.{kind}", **self.to_json(obj)})
+        if not types or "user" in types:
+            for ident in ids:
+                user = self.cloud.user(ident)
+                if user is not None:
+                    found.append({"@odata.type": "#microsoft.graph.user", **user_json(user)})
         return graph_json(request, {"@odata.context": context(version, "directoryObjects"),
                                     "value": found})
 
@@ -488,6 +552,11 @@ class GraphService:
                         "@odata.type": f"#microsoft.graph.{kind}"}
                 body.update(self.to_json(obj))
                 return graph_json(request, body)
+        user = self.cloud.user(ident)
+        if user is not None:
+            body = {"@odata.context": context(version, "directoryObjects/$entity"),
+                    "@odata.type": "#microsoft.graph.user", **user_json(user)}
+            return graph_json(request, body)
         return not_found(request, ident)
 
     def organization(self, request: Request, version: str) -> Response:
@@ -510,9 +579,18 @@ class GraphService:
             # UNCONFIRMED: wording for a missing displayName.
             return bad_request(request, "Invalid value specified for property 'displayName' of "
                                         "resource 'Application'.")
+        audience = (body or {}).get("signInAudience") or "AzureADandPersonalMicrosoftAccount"
+        if audience not in AUDIENCES:
+            return bad_request(request, "Invalid value specified for property 'signInAudience' "
+                                        "of resource 'Application'.")
+        token_version = ((body or {}).get("api") or {}).get("requestedAccessTokenVersion")
         app = self.cloud.add_application(name)
         with self.cloud.lock:
             app.tags = [str(t) for t in (body or {}).get("tags") or []]
+            # Graph requires v2 tokens for audiences with personal accounts, and picks them.
+            app.sign_in_audience = audience
+            app.requested_access_token_version = token_version if token_version is not None \
+                else (2 if "Personal" in audience else None)
         out = {"@odata.context": context(version, "applications/$entity")}
         out.update(application_json(app))
         return graph_json(request, out, 201, {"Location": self._location(app.object_id,
@@ -551,6 +629,12 @@ class GraphService:
                 obj.display_name = body["displayName"]
             if isinstance(body.get("tags"), list):
                 obj.tags = [str(t) for t in body["tags"]]
+            if isinstance(obj, Application) and body.get("signInAudience") in AUDIENCES:
+                obj.sign_in_audience = body["signInAudience"]
+            api = body.get("api")
+            if isinstance(obj, Application) and isinstance(api, dict) and \
+                    "requestedAccessTokenVersion" in api:
+                obj.requested_access_token_version = api["requestedAccessTokenVersion"]
         return graph_json(request, None, 204)
 
     def delete(self, request: Request, obj) -> Response:

@@ -1,4 +1,4 @@
-"""The Instance Metadata Service (contract §1, §2): instance metadata and managed-identity tokens.
+"""The Instance Metadata Service (“Azure Instance Metadata Service for virtual machines”, “How to use managed identities for Azure resources on an Azure VM to acquire an access token”): instance metadata and managed-identity tokens.
 
 One plain-HTTP app serves every VM. Requests arrive through a VM's own egress proxy, which stamps
 them with that VM's key (`network.VM_KEY_HEADER`); the key says which VM is asking, so a VM sees
@@ -25,7 +25,7 @@ from .responses import set_caller
 from .state import Cloud
 from .tokens import KNOWN_RESOURCES, Token, TokenIssuer
 
-# Documented versions (contract §1.3) plus the newer ones real IMDS reports; the 2021-08-01 and
+# Documented versions (“Azure Instance Metadata Service for virtual machines”) plus the newer ones real IMDS reports; the 2021-08-01 and
 # 2021-11-15 entries follow the doc's field table (UNCONFIRMED as separate releases).
 API_VERSIONS = (
     "2017-03-01", "2017-04-02", "2017-08-01", "2017-10-01", "2017-12-01", "2018-02-01",
@@ -41,7 +41,7 @@ TOKEN_LIFETIME = 86399
 TOKEN_REUSE_MARGIN = 600  # a cached token is handed out again while it has this much life left
 SERVER = "IMDS/150.870.65.1015"
 
-# The api-version that introduced each field (contract §1.4); a request for an older version
+# The api-version that introduced each field (“Azure Instance Metadata Service for virtual machines”); a request for an older version
 # does not see it. Fields not listed exist in every version.
 SINCE = {
     "compute.azEnvironment": "2018-10-01",
@@ -91,7 +91,7 @@ SINCE = {
     "compute.zone": "2017-12-01",
 }
 
-# -- error bodies (contract §1.2 for instance endpoints, §2.3 for identity endpoints) ----------
+# -- error bodies (“Azure Instance Metadata Service for virtual machines” for instance endpoints, “How to use managed identities for Azure resources on an Azure VM to acquire an access token” for identity endpoints) ---
 METADATA_HEADER_INSTANCE = {"error": "Bad request. Required metadata header not specified"}
 METADATA_HEADER_IDENTITY = {"error": "invalid_request",
                             "error_description": "Required metadata header not specified"}
@@ -265,7 +265,7 @@ def _compute(vm: dict) -> dict:
         "sku": _s(image.get("sku")),
         "storageProfile": _storage_profile(vm),
         "subscriptionId": _subscription(rid),
-        # Sorted pairs, as in every documented sample (ordering UNCONFIRMED, contract §1.4).
+        # Sorted pairs, as in every documented sample (ordering UNCONFIRMED, “Azure Instance Metadata Service for virtual machines”).
         "tags": ";".join(f"{k}:{_s(v)}" for k, v in sorted(tags.items())),
         "tagsList": [{"name": k, "value": _s(v)} for k, v in sorted(tags.items())],
         "userData": _s(p.get("userData")),
@@ -293,7 +293,7 @@ def _network(cloud: Cloud, vm: dict) -> dict:
         addresses, subnets = [], []
         for cfg in topology.ip_configurations(nic):
             pip = topology.public_ip(cloud, cfg)
-            # Only a Basic-SKU public IP shows here; Standard gives "" (contract §1.4).
+            # Only a Basic-SKU public IP shows here; Standard gives "" (“Azure Instance Metadata Service for virtual machines”).
             basic = str(((pip or {}).get("sku") or {}).get("name", "Basic")).lower() == "basic"
             addresses.append({
                 "privateIpAddress": _s(cfg.get("privateIPAddress")),
@@ -345,7 +345,7 @@ def _walk(doc: Any, parts: list[str]) -> Any:
 
 def _as_text(node: Any) -> str:
     """format=text: a leaf's bare value; for an object or array, its child names or indexes one a
-    line (the layout for non-leaves is UNCONFIRMED, contract §1.5)."""
+    line (the layout for non-leaves is UNCONFIRMED, “Azure Instance Metadata Service for virtual machines”)."""
     if isinstance(node, dict):
         return "\n".join(node)
     if isinstance(node, list):
@@ -505,7 +505,7 @@ class Imds:
             return cached
         extra = {"xms_mirid": topology.mirid(mi.resource_id)}
         if mi.user_assigned:
-            extra["xms_az_rid"] = topology.mirid(vm["id"])  # absent for system-assigned (§4.1)
+            extra["xms_az_rid"] = topology.mirid(vm["id"])  # absent for system-assigned (“Microsoft identity platform access token claims reference”)
         token = self.tokens.issue(aud=aud, oid=mi.principal_id, appid=mi.client_id,
                                   appidacr="2", lifetime=TOKEN_LIFETIME, extra=extra)
         self._cache[key] = token

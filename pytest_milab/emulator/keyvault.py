@@ -1,4 +1,4 @@
-"""The Key Vault data plane (`https://{vault}.vault.azure.net`): secrets only (contract §6).
+"""The Key Vault data plane (`https://{vault}.vault.azure.net`): secrets only (“Azure Key Vault REST API error codes”).
 
 Every request goes through the same gate, in the order a real vault applies it: the vault must
 exist (in Azure a missing vault fails at DNS), the bearer token must be valid for
@@ -145,7 +145,7 @@ class VaultContext:
 
     @property
     def recovery_level(self) -> str:
-        # Contract §6.5: 90 days is plain "Recoverable", anything shorter "CustomizedRecoverable";
+        # “Get Secret (Azure Key Vault REST API)”: 90 days is plain "Recoverable", anything shorter "CustomizedRecoverable";
         # "+Purgeable" unless purge protection is on.
         level = "Recoverable" if self.retention_days >= 90 else "CustomizedRecoverable"
         return level if self.purge_protected else level + "+Purgeable"
@@ -326,7 +326,7 @@ def authorize(ctx: VaultContext, op: Operation, secret: str | None) -> Response 
                     f"{HELP_403}", ctx.vault, inner="AccessDenied")
 
 
-# -- JSON shapes (contract §6.5) ----------------------------------------------------------------
+# -- JSON shapes (“Get Secret (Azure Key Vault REST API)”) ----------------------------------------
 def _attributes(ctx: VaultContext, v: SecretVersion) -> dict:
     attrs: dict[str, Any] = {"enabled": v.enabled}
     if v.nbf is not None:
@@ -522,7 +522,9 @@ async def list_versions(ctx: VaultContext, args: dict[str, str]) -> Response:
     with ctx.cloud.lock:
         secret = ctx.store.secrets.get(args["name"].lower())
         if secret is None:
-            return secret_not_found(ctx, args["name"])
+            # Key Vault lists the versions of a secret it does not have as an empty page, not a
+            # 404 (recorded in the SDKs' test recordings of "Get Secret Versions").
+            return page(ctx, [], f"/secrets/{args['name']}/versions")
         items = [item(ctx, secret, v, with_version=True) for v in secret.versions]
     return page(ctx, items, f"/secrets/{secret.name}/versions")
 

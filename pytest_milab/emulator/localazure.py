@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import arm, control, entra, graph, keyvault, rbac, userland
+from . import arm, control, entra, graph, keyvault, rbac, userland, users
 from .arc import ArcFleet
 from .faults import LATENCY_SERVICES, Quirks
 from .frontdoor import FrontDoor
@@ -28,6 +28,16 @@ from .network import (
 from .state import Cloud, Knobs
 from .tokens import TokenIssuer
 from .vms import VmFleet
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """An Entra user of the local tenant and its password (`az login -u UPN -p PASSWORD`)."""
+
+    tenant_id: str
+    user_principal_name: str
+    password: str
+    object_id: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class LocalAzure:
     Behaviour knobs (all off by default), given here or changed at run time on `azure.knobs`:
 
     - `propagation_delay`: seconds before role assignments and access policies take effect.
+    - `knobs.lro_delay`: seconds a long-running ARM operation (a template deployment, a network
+      or compute PUT) stays in progress; 0.05 by default, 0 ends them at once.
     - `latency`: seconds added per service: arm, keyvault, entra, graph, imds, himds (an Arc
       machine's metadata service), aka.ms, and ssh_handshake (before a VM's or machine's SSH
       server accepts a login).
@@ -107,6 +119,7 @@ class LocalAzure:
         self._thread: threading.Thread | None = None
         self._closers: list = []
         self.started_in: float | None = None
+        self.operator_user: UserIdentity | None = None  # make_operator_user
 
     # -- public handles -------------------------------------------------------------------------
     @property
@@ -167,6 +180,10 @@ class LocalAzure:
         env = {"MILAB_SSH_PORT": str(self.vms.ssh_port), "MILAB_LOCAL_AZURE": "1"}
         if self.az_cli:
             env["MILAB_AZ_CLI"] = str(self.az_cli)
+        user = self.operator_user
+        if user is not None:
+            env.update(MILAB_OPERATOR_USER=user.user_principal_name,
+                       MILAB_OPERATOR_PASSWORD=user.password)
         return env
 
     @contextlib.contextmanager
@@ -222,6 +239,34 @@ class LocalAzure:
     def remove_machine(self, name: str) -> None:
         """Switch the machine off and throw it away (its Arc resource, if any, stays in ARM)."""
         self.run(self.machines.remove(name))
+
+    def add_user(self, user_principal_name: str, password: str | None = None, *,
+                 role: str | None = None, scope: str | None = None) -> UserIdentity:
+        """A new Entra user that signs in with a password or a device code (users.py), optionally
+        given a built-in role (at the subscription unless `scope` says otherwise)."""
+        password = password or secrets.token_urlsafe(18) + "!Aa1"
+        user = self.cloud.add_user(user_principal_name, password)
+        if role:
+            definition = rbac.role_by_name(role)
+            if definition is None:
+                raise ValueError(f"unknown built-in role {role!r}")
+            self.cloud.assign_role(
+                scope=scope or f"/subscriptions/{self.subscription_id}",
+                role_definition_id=f"/subscriptions/{self.subscription_id}/providers/"
+                                   f"Microsoft.Authorization/roleDefinitions/{definition.guid}",
+                principal_id=user.object_id, principal_type="User", immediate=True)
+        return UserIdentity(self.tenant_id, user.user_principal_name, password, user.object_id)
+
+    def make_operator_user(self, user_principal_name: str = "operator@localazure.onmicrosoft.com",
+                           password: str | None = None) -> UserIdentity:
+        """The operator as a user (Owner of the subscription); `env` then carries
+        MILAB_OPERATOR_USER and MILAB_OPERATOR_PASSWORD for `az login -u … -p …`."""
+        self.operator_user = self.add_user(user_principal_name, password, role="Owner")
+        return self.operator_user
+
+    def approve_device_code(self, user_code: str, user_principal_name: str) -> None:
+        """Complete a device code sign-in as this user, without a browser (users.py)."""
+        users.approve_device_code(self.cloud, user_code, user_principal_name)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalAzure:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import uuid
 
 from starlette.responses import Response
 
@@ -26,11 +25,6 @@ def iso(ts: float) -> str:
     """ARM's timestamp form, e.g. 2024-05-01T10:11:12.1234567Z."""
     t = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}0Z"
-
-
-def request_ids() -> dict[str, str]:
-    rid = str(uuid.uuid4())
-    return {"x-ms-request-id": rid, "x-ms-correlation-request-id": rid}
 
 
 def set_caller(request, oid: str | None) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditLog
-from .faults import Faults, Quirks
+from .knobs import Knobs
 
 
 def new_guid() -> str:
@@ -36,6 +36,9 @@ class Application:
     created: float
     passwords: list[dict] = field(default_factory=list)  # {keyId, displayName, secretText, hint, ...}
     tags: list[str] = field(default_factory=list)
+    # What Graph gives an application created with only a display name (graph.py).
+    sign_in_audience: str = "AzureADandPersonalMicrosoftAccount"
+    requested_access_token_version: int | None = 2
 
 
 @dataclass
@@ -51,6 +54,19 @@ class ServicePrincipal:
 
 
 @dataclass
+class User:
+    """An Entra user account: signs in with its UPN and password (users.py)."""
+
+    object_id: str
+    user_principal_name: str
+    display_name: str
+    password: str
+    created: float = 0.0
+    given_name: str | None = None
+    surname: str | None = None
+
+
+@dataclass
 class RoleAssignment:
     id: str
     name: str
@@ -63,6 +79,8 @@ class RoleAssignment:
     effective_at: float
     removed_at: float | None = None
     description: str | None = None
+    condition: str | None = None
+    condition_version: str | None = None
 
     def in_force(self, now: float) -> bool:
         if self.effective_at > now:
@@ -96,36 +114,6 @@ class Subscription:
     state: str = "Enabled"
 
 
-@dataclass
-class Knobs:
-    """Behaviour a test can turn at run time; everything is off by default (see faults.py).
-
-    `latency` maps a service (faults.LATENCY_SERVICES: arm, keyvault, entra, graph, imds, himds,
-    aka.ms, ssh_handshake) to seconds added to each request or SSH login. `throttle` turns on ARM's token
-    buckets (per caller and subscription) of the given capacities and refill rates per second.
-    Mutate `faults` and `quirks` in place: the services hold on to these objects.
-    """
-
-    propagation_delay: float = 0.0
-    latency: dict[str, float] = field(default_factory=dict)  # service name -> seconds
-    throttle: bool = False
-    arm_read_bucket: int = 250
-    arm_read_refill: float = 25.0  # UNCONFIRMED rate (contract §5.4)
-    arm_write_bucket: int = 200
-    arm_write_refill: float = 10.0
-    faults: Faults = field(default_factory=Faults)
-    quirks: Quirks = field(default_factory=Quirks)
-
-    def reset(self) -> None:
-        """Every knob back to its default, keeping the `faults` and `quirks` objects."""
-        for f in fields(Knobs):
-            if f.name not in ("faults", "quirks"):
-                setattr(self, f.name, f.default if f.default_factory is MISSING
-                        else f.default_factory())
-        self.faults.clear()
-        self.quirks.clear()
-
-
 class Cloud:
     """Everything the local Azure knows. Mutate only while holding `lock`."""
 
@@ -139,6 +127,7 @@ class Cloud:
         self.subscriptions: dict[str, Subscription] = {}
         self.applications: dict[str, Application] = {}  # by object id
         self.service_principals: dict[str, ServicePrincipal] = {}  # by object id
+        self.users: dict[str, User] = {}  # by object id (lower)
         self.resource_groups: dict[str, dict] = {}  # arm_key(id) -> ARM JSON
         self.resources: dict[str, dict] = {}  # arm_key(id) -> ARM JSON (generic resources)
         self.role_assignments: dict[str, RoleAssignment] = {}  # arm_key(id) -> assignment
@@ -205,6 +194,26 @@ class Cloud:
             return self.service_principals.get(object_id.lower()) or next(
                 (sp for sp in self.service_principals.values()
                  if sp.object_id.lower() == object_id.lower()), None)
+
+    def add_user(self, user_principal_name: str, password: str, *,
+                 display_name: str | None = None) -> User:
+        with self.lock:
+            if self.user_by_name(user_principal_name) is not None:
+                raise ValueError(f"a user {user_principal_name!r} exists already")
+            local = user_principal_name.split("@", 1)[0]
+            user = User(new_guid(), user_principal_name, display_name or local, password,
+                        self.now())
+            self.users[user.object_id.lower()] = user
+            return user
+
+    def user(self, object_id: str) -> User | None:
+        with self.lock:
+            return self.users.get(object_id.lower())
+
+    def user_by_name(self, user_principal_name: str) -> User | None:
+        with self.lock:
+            return next((u for u in self.users.values()
+                         if u.user_principal_name.lower() == user_principal_name.lower()), None)
 
     # -- subscriptions ------------------------------------------------------------------------
     def add_subscription(self, display_name: str, subscription_id: str | None = None) -> Subscription:

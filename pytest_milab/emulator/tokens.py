@@ -1,4 +1,4 @@
-"""Access tokens: RS256 JWTs signed with a key made per run, with Entra's v1 claims (contract §4)."""
+"""Access tokens: RS256 JWTs signed with a key made per run, with Entra's v1 claims (“Microsoft identity platform access token claims reference”)."""
 
 from __future__ import annotations
 
@@ -144,8 +144,8 @@ def audience_for_scope(scope: str) -> str:
 
     Strips `/.default` and nothing else, so `https://management.core.windows.net//.default`
     gives `https://management.core.windows.net/` and `https://vault.azure.net/.default` gives
-    `https://vault.azure.net` (contract §4.1). For `https://management.azure.com/.default` the exact
-    string Azure prints is UNCONFIRMED (§4.2); ARM accepts either form, so both work.
+    `https://vault.azure.net` (“Microsoft identity platform access token claims reference”). For `https://management.azure.com/.default` the exact
+    string Azure prints is UNCONFIRMED (“Microsoft identity platform access token claims reference”); ARM accepts either form, so both work.
     """
     first = scope.split()[0] if scope.split() else ""
     if first.endswith("/.default"):

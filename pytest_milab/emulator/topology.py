@@ -155,7 +155,7 @@ class ManagedIdentity:
 
 
 def mirid(resource_id: str) -> str:
-    """Resource ids as tokens carry them: a lower-case `resourcegroups` segment (contract §4.1)."""
+    """Resource ids as tokens carry them: a lower-case `resourcegroups` segment (“Microsoft identity platform access token claims reference”)."""
     return re.sub(r"/resourcegroups/", "/resourcegroups/", resource_id, flags=re.I)
 
 

@@ -1,4 +1,4 @@
-"""ARM through the proxy with unchanged SDK clients and plain requests (contract §5, §7, §9, §10)."""
+"""ARM through the proxy with unchanged SDK clients and plain requests (“Azure Resource Manager REST API reference”, “Troubleshoot Azure RBAC”, “Azure CLI release notes”)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def wait_for(predicate, timeout: float = 10.0, step: float = 0.1):
 
 
 def build_lab(azure, cred, group: str, vault: str) -> dict:
-    """The lab's control plane (contract §0 steps 1-5 and 9) built with the real SDKs."""
+    """The lab's control plane (“Azure Citadel: Managed Identities” steps 1-5 and 9) built with the real SDKs."""
     sub, tid = azure.subscription_id, azure.tenant_id
     ResourceManagementClient(cred, sub).resource_groups.create_or_update(
         group, {"location": "uksouth"})
@@ -133,9 +133,9 @@ def lab(local_azure) -> dict:
     return {**built, "group": group, "vault": vault}
 
 
-# -- §5.1, §7: the lab's control plane ------------------------------------------------------------
+# -- “Resources - List By Resource Group”, “Azure Resource Manager REST API reference”: the lab's control plane ---
 def test_operator_builds_the_lab_control_plane(azure_env, operator_credential, lab):
-    """§5.1 resources list, §7.1 vault, §7.2 VM, §7.3 assignment, §7.4 public IP."""
+    """“Resources - List By Resource Group” resources list, “Vaults - Create Or Update (Key Vault management REST API)” vault, “Virtual Machines - Get (Compute REST API)” VM, “Role Assignments - Create (Authorization REST API)” assignment, “Public IP Addresses - Get (Network REST API)” public IP."""
     vault, unique_group = lab["vault"], lab["group"]
     cloud, sub = azure_env.cloud, azure_env.subscription_id
 
@@ -205,7 +205,7 @@ def test_operator_builds_the_lab_control_plane(azure_env, operator_credential, l
 
 
 def test_sdk_list_clients_see_the_lab(azure_env, operator_credential, lab):
-    """§5.1 and §5.5 through each SDK's own list calls (paging, subscription client)."""
+    """“Resources - List By Resource Group” and “Subscriptions - List” through each SDK's own list calls (paging, subscription client)."""
     vault, unique_group = lab["vault"], lab["group"]
     sub = azure_env.subscription_id
     assert vault in [v.name for v in
@@ -231,7 +231,7 @@ def test_sdk_list_clients_see_the_lab(azure_env, operator_credential, lab):
     assert reader.role_name == "Reader" and reader.permissions[0].actions == ["*/read"]
 
 
-# -- §5.3, §9: the lab's 403, then Reader, then the propagation delay --------------------------------
+# -- “Troubleshoot Azure RBAC”: the lab's 403, then Reader, then the propagation delay ------------
 def test_student_is_refused_until_reader_is_assigned(azure_env, operator_credential,
                                                      unique_group):
     sub = azure_env.subscription_id
@@ -257,7 +257,7 @@ def test_student_is_refused_until_reader_is_assigned(azure_env, operator_credent
     allowed = arm("GET", path, cred, api="2020-06-01")
     assert allowed.status_code == 200 and allowed.json() == {"value": []}
 
-    # With a propagation delay the same grant on another group takes a while (contract §9).
+    # With a propagation delay the same grant on another group takes a while (“Troubleshoot Azure RBAC”).
     other = f"{unique_group}-2"
     rc.resource_groups.create_or_update(other, {"location": "uksouth"})
     azure_env.knobs.propagation_delay = 1.5
@@ -274,7 +274,7 @@ def test_student_is_refused_until_reader_is_assigned(azure_env, operator_credent
 
 
 def test_grader_reads_everything_but_cannot_write(azure_env, grader_credential, lab):
-    """§5.3: the grader holds Reader at the subscription."""
+    """“Troubleshoot Azure RBAC”: the grader holds Reader at the subscription."""
     vault, unique_group = lab["vault"], lab["group"]
     sub = azure_env.subscription_id
     vm = ComputeManagementClient(grader_credential, sub).virtual_machines.get(
@@ -301,7 +301,7 @@ def test_grader_reads_everything_but_cannot_write(azure_env, grader_credential, 
 
 def test_contributor_cannot_assign_roles_but_owner_can(azure_env, operator_credential,
                                                        unique_group):
-    """§7.3: roleAssignments/write is in Contributor's notActions."""
+    """“Role Assignments - Create (Authorization REST API)”: roleAssignments/write is in Contributor's notActions."""
     sub = azure_env.subscription_id
     ResourceManagementClient(operator_credential, sub).resource_groups.create_or_update(
         unique_group, {"location": "uksouth"})
@@ -334,7 +334,7 @@ def test_contributor_cannot_assign_roles_but_owner_can(azure_env, operator_crede
 
 
 def test_role_assignment_errors_and_lookups(azure_env, operator_credential, unique_group):
-    """§7.3: RoleAssignmentExists, PrincipalNotFound, RoleDefinitionDoesNotExist, get, delete."""
+    """“Role Assignments - Create (Authorization REST API)”: RoleAssignmentExists, PrincipalNotFound, RoleDefinitionDoesNotExist, get, delete."""
     sub = azure_env.subscription_id
     ResourceManagementClient(operator_credential, sub).resource_groups.create_or_update(
         unique_group, {"location": "uksouth"})
@@ -386,7 +386,7 @@ def test_role_assignment_errors_and_lookups(azure_env, operator_credential, uniq
     assert [r.id for r in reader] == [role_id(sub, rbac.READER)]
 
 
-# -- §5.2 authentication, §5.4 errors -------------------------------------------------------------
+# -- “Azure REST API reference” authentication, “Resolve errors for resource not found” errors ----
 def test_authentication_failures(azure_env):
     sub = azure_env.subscription_id
     path = f"/subscriptions/{sub}/resourcegroups"
@@ -468,7 +468,7 @@ def test_api_version_errors(azure_env, operator_credential, unique_group):
 
 
 def test_not_found_and_existence(azure_env, operator_credential, unique_group):
-    """§5.4: 404s after authorisation, 403 before it; HEAD check_existence."""
+    """“Resolve errors for resource not found”: 404s after authorisation, 403 before it; HEAD check_existence."""
     sub = azure_env.subscription_id
     group = f"/subscriptions/{sub}/resourceGroups/{unique_group}"
     gone = arm("GET", f"{group}/resources", operator_credential, api="2020-06-01")
@@ -499,7 +499,7 @@ def test_not_found_and_existence(azure_env, operator_credential, unique_group):
 
 
 def test_arm_headers_and_case_insensitive_paths(azure_env, operator_credential, unique_group):
-    """§5.4 response headers; paths are case-insensitive and keep the creator's casing."""
+    """“Resolve errors for resource not found” response headers; paths are case-insensitive and keep the creator's casing."""
     sub = azure_env.subscription_id
     put = arm("PUT", f"/subscriptions/{sub}/resourcegroups/{unique_group}", operator_credential,
               json={"location": "UK South", "tags": {"env": "test"}})
@@ -521,7 +521,7 @@ def test_arm_headers_and_case_insensitive_paths(azure_env, operator_credential, 
     assert patched.json()["tags"] == {"owner": "milab"}
 
 
-# -- §5.1 paging and filters -------------------------------------------------------------------
+# -- “Resources - List By Resource Group” paging and filters --------------------------------------
 def test_resource_list_paging_and_filters(azure_env, operator_credential, unique_group):
     sub = azure_env.subscription_id
     group = f"/subscriptions/{sub}/resourceGroups/{unique_group}"
@@ -551,7 +551,7 @@ def test_resource_list_paging_and_filters(azure_env, operator_credential, unique
     assert azure_env.cloud.principal(identity.principal_id).mi_resource_id == identity.id
 
 
-# -- §7.3 permissions, §5.5 subscriptions -------------------------------------------------------------
+# -- “Role Assignments - Create (Authorization REST API)” permissions, “Subscriptions - List” subscriptions ---
 def test_permissions_endpoint_and_subscription_listing(azure_env, operator_credential,
                                                        grader_credential, unique_group):
     sub = azure_env.subscription_id
@@ -586,7 +586,7 @@ def test_permissions_endpoint_and_subscription_listing(azure_env, operator_crede
     assert "uksouth" in names
 
 
-# -- §7.1, §10 Key Vault ----------------------------------------------------------------------------
+# -- “Vaults - Create Or Update (Key Vault management REST API)”, “Azure CLI release notes” Key Vault ---
 def test_vault_permission_model_default_depends_on_api_version(azure_env, operator_credential,
                                                                unique_group):
     sub, tid = azure_env.subscription_id, azure_env.tenant_id
@@ -601,7 +601,7 @@ def test_vault_permission_model_default_depends_on_api_version(azure_env, operat
     old_name = vault_name()
     old = arm("PUT", f"{group}/providers/Microsoft.KeyVault/vaults/{old_name}",
               operator_credential, api="2023-07-01", json=body)
-    assert old.status_code == 201
+    assert old.status_code == 200  # Key Vault answers a create with 200, not 201
     assert old.json()["properties"]["enableRbacAuthorization"] is False
     assert old.json()["properties"]["accessPolicies"] == []
 
@@ -675,7 +675,7 @@ def test_soft_deleted_vault_conflicts_recovers_and_purges(azure_env, operator_cr
     assert kv.vaults.begin_create_or_update(unique_group, name, body).result().name == name
 
 
-# -- §7.2 VMs, identities, power, group delete --------------------------------------------------------
+# -- “Virtual Machines - Get (Compute REST API)” VMs, identities, power, group delete -------------
 def test_vm_power_and_identity_changes(azure_env, operator_credential, unique_group):
     vault = vault_name()
     lab = build_lab(azure_env, operator_credential, unique_group, vault)

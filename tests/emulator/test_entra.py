@@ -1,4 +1,4 @@
-"""Entra through the proxy with unchanged clients (contract §4, §8)."""
+"""Entra through the proxy with unchanged clients (“Microsoft identity platform access token claims reference”, “Microsoft identity platform and the OAuth 2.0 client credentials flow”)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Microsoft Graph v1.0 through the proxy: what `az ad sp create-for-rbac` and clean-up send
-(contract §0 step 13, §10 create-for-rbac row; shapes from az CLI recordings)."""
+(“Azure Citadel: Managed Identities” step 13, “Azure CLI release notes” create-for-rbac row; shapes from az CLI recordings)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def test_create_for_rbac_sequence_gives_a_working_credential(azure_env, operator
 
     app, pwd, sp = create_for_rbac(headers, name)
     assert app["@odata.context"] == f"{GRAPH}/$metadata#applications/$entity"
-    assert app["displayName"] == name and app["signInAudience"] == "AzureADMyOrg"
+    assert app["displayName"] == name
+    # What Graph gives an app made with a display name only (azure-cli recordings, 2022 on).
+    assert app["signInAudience"] == "AzureADandPersonalMicrosoftAccount"
+    assert app["api"]["requestedAccessTokenVersion"] == 2
     assert app["passwordCredentials"] == [] and app["tags"] == []
     assert app["createdDateTime"].endswith("Z")
     assert pwd["displayName"] == "rbac" and pwd["endDateTime"] == "2099-01-01T00:00:00Z"

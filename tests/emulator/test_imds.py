@@ -1,4 +1,4 @@
-"""IMDS through a VM's own egress proxy, as curl inside the VM reaches it (contract §1, §2, §4.1).
+"""IMDS through a VM's own egress proxy, as curl inside the VM reaches it (“Azure Instance Metadata Service for virtual machines”, “How to use managed identities for Azure resources on an Azure VM to acquire an access token”, “Microsoft identity platform access token claims reference”).
 
 Most checks talk HTTP through the VM's proxy from the test process (fast); the lab's curl
 commands verbatim inside the VM are in test_vms.py.
@@ -48,7 +48,7 @@ def all_primitives_are_strings(node) -> bool:
     return isinstance(node, str)
 
 
-# -- §1.4 the instance document -----------------------------------------------------------------
+# -- “Azure Instance Metadata Service for virtual machines” the instance document -----------------
 def test_instance_at_the_labs_version_describes_this_vm(ubuntu, imds):
     r = instance(imds)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
@@ -95,7 +95,7 @@ def test_standard_sku_public_ip_is_not_shown(local_azure):
         standard.delete()
 
 
-# -- §1.5 route filtering and format -----------------------------------------------------------
+# -- “Azure Instance Metadata Service for virtual machines” route filtering and format ------------
 def test_leaf_needs_format_text(ubuntu, imds):
     assert instance(imds, path="/compute/vmId").status_code == 400
     assert instance(imds, path="/compute/vmId", format="json").status_code == 400
@@ -134,7 +134,7 @@ def test_versions_need_no_api_version(imds):
     assert "2020-09-01" in versions and "2018-02-01" in versions
 
 
-# -- §1.2 errors --------------------------------------------------------------------------------
+# -- “Azure Instance Metadata Service for virtual machines” errors --------------------------------
 def test_missing_or_wrong_metadata_header_is_400(imds):
     expected = {"error": "Bad request. Required metadata header not specified"}
     for headers in ({}, {"Metadata": "True"}, {"Metadata": "yes"}):
@@ -176,7 +176,7 @@ def test_only_requests_from_a_vm_are_answered(local_azure, ubuntu, imds):
     assert r.text == "ubuntu"
 
 
-# -- §2 the token endpoint ----------------------------------------------------------------------
+# -- “How to use managed identities for Azure resources on an Azure VM to acquire an access token” the token endpoint ---
 def test_system_identity_token_has_the_contract_claims(ubuntu, imds):
     r = token(imds)
     assert r.status_code == 200

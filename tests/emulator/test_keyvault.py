@@ -1,6 +1,6 @@
-"""The Key Vault data plane through the proxy with the real SecretClient (contract §6, §7.1, §9).
+"""The Key Vault data plane through the proxy with the real SecretClient (“Azure Key Vault REST API error codes”, “Vaults - Create Or Update (Key Vault management REST API)”, “Troubleshoot Azure RBAC”).
 
-Vaults are put straight into the model the way the ARM service records them (§7.1), so these
+Vaults are put straight into the model the way the ARM service records them (“Vaults - Create Or Update (Key Vault management REST API)”), so these
 tests need nothing but Key Vault itself.
 """
 
@@ -21,7 +21,7 @@ ALL_SECRETS = ["get", "list", "set", "delete", "recover", "purge", "backup", "re
 
 def make_vault(azure, *, policies: list[dict] | None = None, rbac_mode: bool = False,
                retention: int = 90, location: str = "uksouth", name: str | None = None) -> str:
-    """Insert a vault's ARM JSON and its access policies, as the ARM service does (§7.1)."""
+    """Insert a vault's ARM JSON and its access policies, as the ARM service does (“Vaults - Create Or Update (Key Vault management REST API)”)."""
     cloud = azure.cloud
     name = name or f"kv-{uuid.uuid4().hex[:12]}"
     rid = (f"/subscriptions/{azure.subscription_id}/resourceGroups/rg-kv-tests/providers/"
@@ -73,7 +73,7 @@ def operator_vault(azure_env):
                                                   *ALL_SECRETS)])
 
 
-# -- §6.5 / §6.6: the SDK round trip -----------------------------------------------------------
+# -- “Get Secret (Azure Key Vault REST API)” / “Azure Key Vault Secrets client library for Python”: the SDK round trip ---
 def test_sdk_sets_gets_and_lists_versions(azure_env, operator_credential, operator_vault):
     client = secret_client(operator_vault, operator_credential)
     first = client.set_secret("portal-phrase", "TheCakeIsALie")
@@ -87,7 +87,7 @@ def test_sdk_sets_gets_and_lists_versions(azure_env, operator_credential, operat
 
     listed = {p.name: p for p in client.list_properties_of_secrets(max_page_size=1)}
     assert set(listed) == {"portal-phrase", "other"}
-    assert listed["portal-phrase"].version is None  # list ids carry no version (§6.5)
+    assert listed["portal-phrase"].version is None  # list ids carry no version (“Get Secret (Azure Key Vault REST API)”)
     assert listed["portal-phrase"].content_type == "text/plain"
     versions = list(client.list_properties_of_secret_versions("portal-phrase"))
     assert {v.version for v in versions} == {first.properties.version, second.properties.version}
@@ -130,7 +130,7 @@ def test_backup_and_restore(azure_env, operator_credential, operator_vault):
     assert client.get_secret("kept").value == "one"
 
 
-# -- §6.1 / §6.2: authentication --------------------------------------------------------------
+# -- “Azure Key Vault REST API error codes” / “Azure Key Vault REST API error codes”: authentication ---
 def test_no_token_is_the_akv10000_challenge(azure_env, operator_vault):
     r = requests.get(f"https://{operator_vault}.vault.azure.net/secrets/x?api-version=7.1")
     assert r.status_code == 401
@@ -191,7 +191,7 @@ def test_invalid_secret_name_is_bad_parameter(azure_env, operator_credential, op
     assert r.status_code == 400 and r.json()["error"]["code"] == "BadParameter"
 
 
-# -- §6.3: authorisation ----------------------------------------------------------------------
+# -- “Azure Key Vault REST API error codes”: authorisation ----------------------------------------
 def test_access_policy_denial_body(azure_env, grader_credential, operator_vault):
     r = requests.get(f"https://{operator_vault}.vault.azure.net/secrets/portal-phrase"
                      "?api-version=7.1", headers=bearer(grader_credential))
@@ -261,7 +261,7 @@ def test_rbac_vault_denies_then_allows_after_assignment(azure_env, operator_cred
 
 def test_new_access_policy_applies_after_propagation(azure_env, operator_credential,
                                                      grader_credential, operator_vault):
-    """§9: a policy change is enforced only once the propagation delay has passed."""
+    """“Troubleshoot Azure RBAC”: a policy change is enforced only once the propagation delay has passed."""
     cloud = azure_env.cloud
     op_policy = policy(azure_env, azure_env.operator.object_id, *ALL_SECRETS)
     secret_client(operator_vault, operator_credential).set_secret("portal-phrase", "Cake")
@@ -281,7 +281,7 @@ def test_new_access_policy_applies_after_propagation(azure_env, operator_credent
     assert time.monotonic() - added_at >= 1.4
 
 
-# -- §6.4 / §6.5: not found, conflicts, bundle shape ---------------------------------------------
+# -- “Azure Key Vault REST API error codes” / “Get Secret (Azure Key Vault REST API)”: not found, conflicts, bundle shape ---
 def test_secret_not_found_message(azure_env, operator_credential, operator_vault):
     base = f"https://{operator_vault}.vault.azure.net/secrets"
     r = requests.get(f"{base}/nope?api-version=7.1", headers=bearer(operator_credential))

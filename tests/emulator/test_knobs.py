@@ -473,3 +473,45 @@ def test_cli_flags_reach_the_local_azure(monkeypatch, tmp_path, capsys):
         cli.main(["emulator", "--env-file", "x", "--quirk", "nope"])
     assert set(cli.LATENCY_SERVICES) == set(faults.LATENCY_SERVICES)
     assert set(cli.QUIRK_NAMES) == set(faults.QUIRKS)
+
+
+def test_cli_operator_user_flag(monkeypatch, tmp_path):
+    import pytest_milab.emulator as emulator
+
+    made = []
+
+    class Stop(Exception):
+        pass
+
+    class Fake:
+        started_in = 0.0
+
+        def __init__(self, **kwargs):
+            pass
+
+        def start(self):
+            return self
+
+        def make_operator_user(self, upn):
+            made.append(upn)
+
+        def write_env_file(self, path):
+            raise Stop
+
+        def stop(self):
+            made.append("stopped")
+
+    monkeypatch.setattr(emulator, "LocalAzure", Fake)
+    with pytest.raises(Stop):
+        cli.main(["emulator", "--env-file", str(tmp_path / "env"),
+                  "--operator-user", "ops@localazure.onmicrosoft.com"])
+    assert made == ["ops@localazure.onmicrosoft.com", "stopped"]
+
+
+def test_an_operator_user_reaches_the_env(tmp_path):
+    with LocalAzure(workdir=tmp_path) as azure:
+        user = azure.make_operator_user("ops@localazure.onmicrosoft.com", "S3cret!pass")
+        assert azure.env["MILAB_OPERATOR_USER"] == "ops@localazure.onmicrosoft.com"
+        assert azure.env["MILAB_OPERATOR_PASSWORD"] == "S3cret!pass"
+        assert [ra.principal_type for ra in azure.cloud.visible_role_assignments()
+                if ra.principal_id == user.object_id] == ["User"]

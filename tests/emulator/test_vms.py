@@ -1,5 +1,5 @@
 """Live VMs over real SSH (Fabric): login, NSGs, power, the userland, and the lab's in-VM commands
-verbatim (contract §0 steps 6-7, 10 and 14, §1, §2, §4.1).
+verbatim (“Azure Citadel: Managed Identities” steps 6-7, 10 and 14, “Azure Instance Metadata Service for virtual machines”, “How to use managed identities for Azure resources on an Azure VM to acquire an access token”, “Microsoft identity platform access token claims reference”).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def test_other_hosts_are_unreachable_from_the_vm(ubuntu):
     assert r.exited != 0
 
 
-# -- the lab's commands verbatim (contract §0) --------------------------------------------------
+# -- the lab's commands verbatim (“Azure Citadel: Managed Identities”) ----------------------------
 def test_lab_step_6_instance_metadata(ubuntu):
     doc = json.loads(ubuntu.run(INSTANCE_CMD).stdout)
     assert doc["compute"]["resourceId"] == ubuntu.id
@@ -363,7 +363,7 @@ def test_lab_steps_10_to_12_key_vault_from_the_vm(azure_env, operator_credential
             azure_env.cloud.resources.pop(vault["id"].lower(), None)
 
 
-# -- the whole lab through ARM with the SDKs (contract §0 steps 1-12) ------------------------------
+# -- the whole lab through ARM with the SDKs (“Azure Citadel: Managed Identities” steps 1-12) -----
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
 LAB_LIST = ('resourceGroupName=$(jq -r .compute.resourceGroupName <<< $imds); '
             'subscriptionId=$(jq -r .compute.subscriptionId <<< $imds); '
@@ -536,7 +536,7 @@ def test_the_reader_grant_takes_effect_after_the_propagation_delay(azure_env, op
                     reason="no Azure CLI configured: set MILAB_AZ_CLI to an `az` in its own venv "
                            "(tox -e azcli does)")
 def test_the_lab_with_the_azure_cli(azure_env, operator_credential, unique_group):
-    """Contract §0 step 14: install the CLI in the VM, `az login --identity`, read the secret."""
+    """“Azure Citadel: Managed Identities” step 14: install the CLI in the VM, `az login --identity`, read the secret."""
     pkey, public_key = client_key()
     lab = build_lab(azure_env, operator_credential, unique_group, public_key)
     try:

@@ -1,5 +1,5 @@
 """Test helpers for live VMs: put a VM and its network into the ARM model the way ARM stores them
-(contract §7.2, §7.4), emit ARM's lifecycle events, and reach the VM over Fabric or its proxy.
+(“Virtual Machines - Get (Compute REST API)”, “Public IP Addresses - Get (Network REST API)”), emit ARM's lifecycle events, and reach the VM over Fabric or its proxy.
 """
 
 from __future__ import annotations

@@ -36,8 +36,18 @@ def test_bad_number_names_its_source():
 
 
 def test_report_suffix_is_checked():
-    with pytest.raises(ConfigError, match="must end in .json or .csv"):
+    with pytest.raises(ConfigError, match=r"^--milab-report grades.txt: the name must end in "
+                                          r"\.json, \.csv or \.html$"):
         resolve({"report": ["grades.txt"]}, {}, {})
+    assert resolve({"report": ["class.HTML"]}, {}, {}).reports == ("class.HTML",)
+
+
+def test_feedback_directory(tmp_path):
+    assert resolve({}, {}, {"MILAB_FEEDBACK": "fb"}).feedback == "fb"
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=r"^--milab-feedback .*f: a file is in the way; give "
+                                          r"a directory$"):
+        resolve({"feedback": str(tmp_path / "f")}, {}, {})
 
 
 def test_flag_from_environment():

@@ -1,0 +1,87 @@
+"""Every public Azure region, as "Subscriptions - List Locations" (Azure REST API reference,
+Resource Management) answers for a pay-as-you-go subscription: name, display names, geography
+group, coordinates and paired region (none for regions Azure does not pair)."""
+
+from __future__ import annotations
+
+# (name, displayName, geographyGroup, latitude, longitude, pairedRegion or "")
+_REGIONS: tuple[tuple[str, str, str, str, str, str], ...] = (
+    ("eastus", "East US", "US", "37.3719", "-79.8164", "westus"),
+    ("eastus2", "East US 2", "US", "36.6681", "-78.3889", "centralus"),
+    ("southcentralus", "South Central US", "US", "29.4167", "-98.5", "northcentralus"),
+    ("westus2", "West US 2", "US", "47.233", "-119.852", "westcentralus"),
+    ("westus3", "West US 3", "US", "33.448376", "-112.074036", "eastus"),
+    ("centralus", "Central US", "US", "41.5908", "-93.6208", "eastus2"),
+    ("northcentralus", "North Central US", "US", "41.8819", "-87.6278", "southcentralus"),
+    ("westus", "West US", "US", "37.783", "-122.417", "eastus"),
+    ("westcentralus", "West Central US", "US", "40.890", "-110.234", "westus2"),
+    ("canadacentral", "Canada Central", "Canada", "43.653", "-79.383", "canadaeast"),
+    ("canadaeast", "Canada East", "Canada", "46.817", "-71.217", "canadacentral"),
+    ("brazilsouth", "Brazil South", "South America", "-23.55", "-46.633", "southcentralus"),
+    ("brazilsoutheast", "Brazil Southeast", "South America", "-22.90278", "-43.2075",
+     "brazilsouth"),
+    ("chilecentral", "Chile Central", "South America", "-33.447487", "-70.673676", ""),
+    ("mexicocentral", "Mexico Central", "Mexico", "20.588818", "-100.389888", ""),
+    ("northeurope", "North Europe", "Europe", "53.3478", "-6.2597", "westeurope"),
+    ("westeurope", "West Europe", "Europe", "52.3667", "4.9", "northeurope"),
+    ("uksouth", "UK South", "Europe", "50.941", "-0.799", "ukwest"),
+    ("ukwest", "UK West", "Europe", "53.427", "-3.084", "uksouth"),
+    ("francecentral", "France Central", "Europe", "46.3772", "2.3730", "francesouth"),
+    ("francesouth", "France South", "Europe", "43.8345", "2.1972", "francecentral"),
+    ("germanywestcentral", "Germany West Central", "Europe", "50.110924", "8.682127",
+     "germanynorth"),
+    ("germanynorth", "Germany North", "Europe", "53.073635", "8.806422", "germanywestcentral"),
+    ("norwayeast", "Norway East", "Europe", "59.913868", "10.752245", "norwaywest"),
+    ("norwaywest", "Norway West", "Europe", "58.969975", "5.733107", "norwayeast"),
+    ("switzerlandnorth", "Switzerland North", "Europe", "47.451542", "8.564572",
+     "switzerlandwest"),
+    ("switzerlandwest", "Switzerland West", "Europe", "46.204391", "6.143158",
+     "switzerlandnorth"),
+    ("swedencentral", "Sweden Central", "Europe", "60.67488", "17.14127", "swedensouth"),
+    ("swedensouth", "Sweden South", "Europe", "55.60587", "13.00073", "swedencentral"),
+    ("polandcentral", "Poland Central", "Europe", "52.23334", "21.01666", ""),
+    ("italynorth", "Italy North", "Europe", "45.46888", "9.18109", ""),
+    ("spaincentral", "Spain Central", "Europe", "40.4259", "-3.4209", ""),
+    ("australiaeast", "Australia East", "Asia Pacific", "-33.86", "151.2094",
+     "australiasoutheast"),
+    ("australiasoutheast", "Australia Southeast", "Asia Pacific", "-37.8136", "144.9631",
+     "australiaeast"),
+    ("australiacentral", "Australia Central", "Asia Pacific", "-35.3075", "149.1244",
+     "australiacentral2"),
+    ("australiacentral2", "Australia Central 2", "Asia Pacific", "-35.3075", "149.1244",
+     "australiacentral"),
+    ("southeastasia", "Southeast Asia", "Asia Pacific", "1.283", "103.833", "eastasia"),
+    ("eastasia", "East Asia", "Asia Pacific", "22.267", "114.188", "southeastasia"),
+    ("japaneast", "Japan East", "Asia Pacific", "35.68", "139.77", "japanwest"),
+    ("japanwest", "Japan West", "Asia Pacific", "34.6939", "135.5022", "japaneast"),
+    ("koreacentral", "Korea Central", "Asia Pacific", "37.5665", "126.9780", "koreasouth"),
+    ("koreasouth", "Korea South", "Asia Pacific", "35.1796", "129.0756", "koreacentral"),
+    ("centralindia", "Central India", "Asia Pacific", "18.5822", "73.9197", "southindia"),
+    ("southindia", "South India", "Asia Pacific", "12.9822", "80.1636", "centralindia"),
+    ("westindia", "West India", "Asia Pacific", "19.088", "72.868", "southindia"),
+    ("jioindiawest", "Jio India West", "Asia Pacific", "22.470701", "70.05773",
+     "jioindiacentral"),
+    ("jioindiacentral", "Jio India Central", "Asia Pacific", "21.146633", "79.08886",
+     "jioindiawest"),
+    ("indonesiacentral", "Indonesia Central", "Asia Pacific", "-6.2088", "106.8456", ""),
+    ("malaysiawest", "Malaysia West", "Asia Pacific", "3.1390", "101.6869", ""),
+    ("newzealandnorth", "New Zealand North", "Asia Pacific", "-36.84853", "174.76349", ""),
+    ("uaenorth", "UAE North", "Middle East", "25.266666", "55.316666", "uaecentral"),
+    ("uaecentral", "UAE Central", "Middle East", "24.466667", "54.366669", "uaenorth"),
+    ("qatarcentral", "Qatar Central", "Middle East", "25.551462", "51.439327", ""),
+    ("israelcentral", "Israel Central", "Middle East", "31.2655698", "33.4506633", ""),
+    ("southafricanorth", "South Africa North", "Africa", "-25.73134", "28.21837",
+     "southafricawest"),
+    ("southafricawest", "South Africa West", "Africa", "-34.075691", "18.843266",
+     "southafricanorth"),
+)
+
+_PREFIX = {"US": "US", "Canada": "Canada", "South America": "South America", "Mexico": "Mexico",
+           "Europe": "Europe", "Asia Pacific": "Asia Pacific", "Middle East": "Middle East",
+           "Africa": "Africa"}
+
+# (name, displayName, regionalDisplayName, geographyGroup, latitude, longitude, pairedRegion)
+LOCATIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = tuple(
+    (name, display, f"({_PREFIX[geo]}) {display}", geo, lat, lon, pair)
+    for name, display, geo, lat, lon, pair in _REGIONS)
+LOCATION_NAMES = tuple(loc[0] for loc in LOCATIONS)
