@@ -12,7 +12,7 @@ marks the lab step it proves and judges the lab through fixtures::
 
 Fixtures: `lab` (a `Lab`; a suite returns its own subclass), `vm` (a `Vm` over SSH),
 `evidence` (`LabEvidence`), `milab_spec` (the suite's spec). A check ends `failed` on an
-assertion, `error` with `CouldNotDecide`, `not-propagated` with `NotPropagated`, `skipped` with
+assertion, `unverified` with `Unverified`, `error` with `CouldNotDecide`, `not-propagated` with `NotPropagated`, `skipped` with
 `pytest.skip`.
 """
 
@@ -32,6 +32,7 @@ from .errors import (
     StepMarkerError,
     StepOutcome,
     SuiteError,
+    Unverified,
 )
 from .evidence import LabEvidence
 from .lab import Lab, NeedsStep
@@ -47,6 +48,6 @@ __all__ = [
     "Defect",
     "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep", "NotPropagated", "Probe",
     "ProvisionContext", "Read", "ReadFailed", "RosterError", "SshError", "Stage",
-    "StepMarkerError", "StepOutcome", "SuiteError", "Vm", "probe", "role_definition_id",
+    "StepMarkerError", "StepOutcome", "SuiteError", "Unverified", "Vm", "probe", "role_definition_id",
     "role_name",
 ]

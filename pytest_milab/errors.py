@@ -12,6 +12,8 @@
     │   └── CommandTimedOut     internal to `vm.ssh`: a command outlived its deadline
     ├── StageFailed             provision mode: a stage Azure refused (its checks say why)
     └── StepOutcome             raised by checks to end a step other than passed/failed
+        ├── Unverified          outcome `unverified`: the student's machine did not let the
+        │                       grader see (counts as not passed)
         ├── CouldNotDecide      outcome `error`: the check could not decide (never costs points)
         └── NotPropagated       outcome `not-propagated`: a change exists but is not yet in force
 
@@ -68,12 +70,15 @@ class AzureError(MilabError):
 
 
 class SshError(MilabError):
-    """The VM could not be reached over SSH, or the probe did not run."""
+    """The machine could not be reached over SSH, or the probe did not run."""
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, refused: bool = False, machine: bool = False) -> None:
         super().__init__(message)
-        # refused: the VM does not answer (the student's lab); otherwise the grader's side failed
+        # refused: the machine does not answer (its lab may explain why);
+        # machine: it answered, but not as a machine that lets the grader see (garbage, a hang,
+        # the grader's key refused); neither: the grader's side failed
         self.refused = refused
+        self.machine = machine
 
 
 class CommandTimedOut(SshError):
@@ -87,6 +92,13 @@ class StepOutcome(MilabError):
     """A check ends its step with an outcome other than passed or failed."""
 
     outcome = "error"
+
+
+class Unverified(StepOutcome):
+    """The student's machine did not let the grader see: it answered garbage, hung, or refused
+    SSH while it runs and nothing keeps SSH out. Counted, with no points."""
+
+    outcome = "unverified"
 
 
 class CouldNotDecide(StepOutcome):

@@ -27,14 +27,16 @@ class SshOutcome:
 
     ok: bool = False
     refused: bool = False  # the machine did not answer and the lab explains why (the student's)
+    unverified: bool = False  # the machine misbehaved: answered garbage, hung, refused unexplained
     error: str | None = None
     target: str | None = None  # user@host:port
     host_key: dict | None = None  # {"type", "sha256", "known"}: known when in known_hosts
 
 
-@dataclass
+@dataclass(repr=False)
 class LabEvidence:
-    """The facts of one lab. Holds no secret and no token, so it may be stored."""
+    """The facts of one lab. Holds no secret and no token, so it may be stored; its repr (what
+    `-l` and `--debug` show) names the lab and what was gathered, not the probe's digests."""
 
     label: str
     group: str
@@ -52,6 +54,16 @@ class LabEvidence:
     declared_reads: frozenset[str] | None = None  # None: anything may be read (tests)
     declared_parts: frozenset[str] | None = None
     digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
+
+    def __repr__(self) -> str:
+        parts = [f"group={self.group!r}", f"reads={sorted(self.control)}"]
+        if self.errors:
+            parts.append(f"unread={sorted(self.errors)}")
+        if self.probe is not None:
+            parts.append(f"probe={sorted(self.probe)}")
+        if self.problem:
+            parts.append(f"problem={self.problem!r}")
+        return f"<LabEvidence {self.label} {' '.join(parts)}>"
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -322,6 +334,10 @@ class Gatherer:
             ev.ssh.error = str(exc)
             if exc.refused:
                 self._explain_refusal(ev, machine, conn, clients)
+            elif exc.machine:  # the machine answered, but not as a machine that lets us see
+                ev.ssh.unverified = True
+        except Exception as exc:  # noqa: BLE001 - the grader's own trouble: never the student's
+            ev.ssh.error = f"reading the machine failed: {type(exc).__name__}: {exc}"
 
     def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients) -> None:
         """The machine did not answer SSH for as long as the grader waited. That is the
@@ -346,8 +362,12 @@ class Gatherer:
         if state is not None and state != "running":
             ev.ssh.refused, ev.ssh.error = True, f"{ev.ssh.error}; the VM is {state}: start it"
             return
+        # It runs (or is not known to be stopped) and nothing in the lab keeps SSH out, yet it
+        # refuses: the grader cannot see inside. Not a failure it can prove, and never a free
+        # pass: the in-machine steps are unverified (counted, no points) until it answers.
         running = "is running" if state == "running" else "is not known to be stopped"
         ev.ssh.refused = False
+        ev.ssh.unverified = True
         ev.ssh.error = (f"{ev.ssh.error} for {conn.refused_seconds:.0f}s although the machine "
-                        f"{running} and nothing in the lab keeps SSH out: could not decide "
-                        "(grade again later)")
+                        f"{running} and nothing in the lab keeps SSH out: let the grader in "
+                        "and grade again")

@@ -12,7 +12,16 @@ import re
 import unicodedata
 from pathlib import Path
 
-from .grading import ERROR, FAILED, NOT_PROPAGATED, PASSED, SKIPPED, LabResult, StepInfo
+from .grading import (
+    ERROR,
+    FAILED,
+    NOT_PROPAGATED,
+    PASSED,
+    SKIPPED,
+    UNVERIFIED,
+    LabResult,
+    StepInfo,
+)
 from .reports import _num, undecided
 from .text import clean
 
@@ -88,7 +97,8 @@ def render(lab: LabResult, steps: list[StepInfo]) -> str:
                   "Your instructor will correct the class list and grade your lab again; "
                   "you do not need to do anything.", ""]
         return "\n".join(lines)
-    failed = [s for s in lab.steps if s.outcome == FAILED and needed_step(s.reason) is None]
+    failed = [s for s in lab.steps if s.outcome in (FAILED, UNVERIFIED)
+              and needed_step(s.reason) is None]
     waiting = [s for s in lab.steps if s.outcome == FAILED and needed_step(s.reason)]
     later = [s for s in lab.steps if s.outcome in (ERROR, NOT_PROPAGATED)]
     passed = [s for s in lab.steps if s.outcome == PASSED]

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-PASSED, FAILED, ERROR, NOT_PROPAGATED, SKIPPED = (
-    "passed", "failed", "error", "not-propagated", "skipped")
+PASSED, FAILED, UNVERIFIED, ERROR, NOT_PROPAGATED, SKIPPED = (
+    "passed", "failed", "unverified", "error", "not-propagated", "skipped")
 # When several checks of one step disagree, the first of these wins.
-_PRECEDENCE = (FAILED, ERROR, NOT_PROPAGATED, PASSED, SKIPPED)
-COUNTED = (PASSED, FAILED)  # outcomes that count in max_score
+_PRECEDENCE = (FAILED, UNVERIFIED, ERROR, NOT_PROPAGATED, PASSED, SKIPPED)
+# Outcomes that count in max_score. `unverified`: the student's machine did not let the grader
+# see (it answered garbage, hung, refused SSH while running with SSH allowed): no points, as
+# if the step had failed, so breaking the probe never raises a score.
+COUNTED = (PASSED, FAILED, UNVERIFIED)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ def prerequisite_outcome(step: StepInfo, outcomes: dict[str, tuple[str, str]]) -
             continue
         if outcome == FAILED:
             return FAILED, f"needs {need}"
+        if outcome == UNVERIFIED:
+            return UNVERIFIED, f"needs {need}, which could not be verified"
         if outcome == SKIPPED:
             return SKIPPED, f"needs {need}, which was skipped"
         return outcome, f"needs {need}, which could not be decided" if outcome == ERROR \

@@ -18,7 +18,16 @@ import json
 from html import escape
 
 from .feedback import needed_step
-from .grading import ERROR, FAILED, NOT_PROPAGATED, PASSED, SKIPPED, LabResult, StepInfo
+from .grading import (
+    ERROR,
+    FAILED,
+    NOT_PROPAGATED,
+    PASSED,
+    SKIPPED,
+    UNVERIFIED,
+    LabResult,
+    StepInfo,
+)
 from .reports import _num, status, undecided
 from .text import clean
 
@@ -26,6 +35,7 @@ from .text import clean
 OUTCOMES = {
     PASSED: ("passed", "✓", "passed"),
     FAILED: ("failed", "✗", "failed"),
+    UNVERIFIED: ("unverified", "?", "unverified: the machine did not let the grader see"),
     ERROR: ("error", "!", "error: could not decide, grade again"),
     NOT_PROPAGATED: ("not-propagated", "…", "not propagated yet, grade again"),
     SKIPPED: ("skipped", "–", "skipped"),
@@ -314,6 +324,8 @@ th[aria-sort=descending] button.sort::after { content:" ↓"; color:var(--ink); 
 .cell.failed { background:var(--fail); color:var(--fail-ink); border-color:#e9a79f; }
 .cell.error { color:var(--err-ink); border-color:#e8c25c;
   background:repeating-linear-gradient(135deg,var(--err) 0 4px,#fff3d1 4px 8px); }
+.cell.unverified { background:var(--fail); color:var(--fail-ink); border-style:dotted;
+  border-color:#c9463a; }
 .cell.not-propagated { background:var(--prop); color:var(--prop-ink); border-style:dashed; border-color:#86acd8; }
 .cell.skipped { background:var(--skip); color:var(--skip-ink); }
 .cell.not-run { background:#fff; border:1px dashed var(--line); }

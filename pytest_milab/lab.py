@@ -10,7 +10,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from .errors import CouldNotDecide, SuiteError
+from .errors import CouldNotDecide, SuiteError, Unverified
 from .evidence import LabEvidence, SshOutcome
 
 
@@ -88,7 +88,7 @@ class Lab:
         Cannot decide when SSH failed for a reason the lab does not explain."""
         ssh = self.evidence.ssh or SshOutcome(refused=True, error="the lab has no machine")
         if ssh.error and not ssh.ok and not ssh.refused:
-            raise CouldNotDecide(ssh.error)
+            raise (Unverified if ssh.unverified else CouldNotDecide)(ssh.error)
         return ssh
 
     def probe(self, name: str) -> dict:
@@ -104,6 +104,8 @@ class Lab:
         if ev.probe is None:
             if ssh.refused:
                 raise NeedsStep(f"needs ssh: {ssh.error or 'the machine was not reached'}")
+            if ssh.unverified:
+                raise Unverified(f"the machine did not let the grader see: {ssh.error}")
             raise CouldNotDecide(ssh.error or "the in-machine probe did not run")
         result = ev.probe.get(name)
         if not isinstance(result, dict):

@@ -33,6 +33,7 @@ _STEP_KEY = pytest.StashKey[StepInfo]()
 EXIT_UNDECIDED = 10  # apart from pytest's own exit codes (0-6)
 _OUTCOME_WORDS = {
     grading.FAILED: ("failed", "F", "FAILED"),
+    grading.UNVERIFIED: ("unverified", "U", "UNVERIFIED"),
     grading.ERROR: ("error", "E", "ERROR"),
     grading.NOT_PROPAGATED: ("not-propagated", "P", "NOT-PROPAGATED"),
 }

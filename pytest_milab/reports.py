@@ -10,7 +10,7 @@ import csv
 import io
 import json
 
-from .grading import ERROR, NOT_PROPAGATED, LabResult, StepInfo, StepResult
+from .grading import COUNTED, ERROR, NOT_PROPAGATED, LabResult, StepInfo, StepResult
 from .text import clean, csv_cell
 
 UNDECIDED = (ERROR, NOT_PROPAGATED)
@@ -55,7 +55,8 @@ def problems(lab: LabResult) -> str:
     """The failed steps with their reasons, in one cell."""
     if lab.problem:
         return lab.problem
-    return "; ".join(f"{s.id}: {s.reason}" for s in lab.steps if s.outcome == "failed")
+    return "; ".join(f"{s.id}: {s.reason}" for s in lab.steps
+                     if s.outcome in ("failed", "unverified"))
 
 
 def to_csv(labs: list[LabResult], steps: list[StepInfo]) -> str:
@@ -76,7 +77,7 @@ def to_csv(labs: list[LabResult], steps: list[StepInfo]) -> str:
             row += [_num(lab.score), _num(lab.max_score), undecided(lab)]
             for step in steps:
                 r = by_id.get(step.id)
-                counted = r is not None and r.outcome in ("passed", "failed")
+                counted = r is not None and r.outcome in COUNTED
                 row += [_num(r.points) if counted else "", r.outcome if r else ""]
         writer.writerow([csv_cell(c) for c in row + [problems(lab)]])
     return out.getvalue()
@@ -105,13 +106,18 @@ def terminal_lines(labs: list[LabResult]) -> list[str]:
         return []
     names = {lab.label: clean(lab.label, 60) for lab in graded}
     width = max(len("lab"), *(len(n) for n in names.values()))
-    lines = [f"{'lab':<{width}}  {'score':>9}  passed failed error not-prop skipped"]
+    unverified = any(s.outcome == "unverified" for lab in graded for s in lab.steps)
+    lines = [f"{'lab':<{width}}  {'score':>9}  passed failed "
+             + ("unverif " if unverified else "") + "error not-prop skipped"]
     for lab in graded:
         counts = {o: sum(1 for s in lab.steps if s.outcome == o)
-                  for o in ("passed", "failed", "error", "not-propagated", "skipped")}
+                  for o in ("passed", "failed", "unverified", "error", "not-propagated",
+                            "skipped")}
         score = f"{_num(lab.score)}/{_num(lab.max_score)}"
         lines.append(f"{names[lab.label]:<{width}}  {score:>9}  {counts['passed']:>6} "
-                     f"{counts['failed']:>6} {counts['error']:>5} {counts['not-propagated']:>8} "
+                     f"{counts['failed']:>6} "
+                     + (f"{counts['unverified']:>7} " if unverified else "")
+                     + f"{counts['error']:>5} {counts['not-propagated']:>8} "
                      f"{counts['skipped']:>7}")
     # (outcome, step, reason) -> labs, in the order first seen
     shared: dict[tuple[str, str, str], list[str]] = {}

@@ -68,21 +68,25 @@ def _link(bin_dir: Path, name: str, target: str) -> None:
 
 
 def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None) -> None:
-    """Fill a VM's bin folder: the base system and the shims. Installed tools are kept."""
+    """Fill a VM's bin folder: the base system and the shims. What is there already is kept,
+    as a real disk keeps it across restarts: installed tools, and whatever the VM's root put in
+    place of a base tool."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name in BASE_TOOLS:
         target = host_tool(name)
         if target:
             _link(bin_dir, name, target)
     bash = host_tool("bash") or "/bin/bash"
-    _write_script(bin_dir / "python3",
-                  f"#!{bash}\n# The VM's python3 is the emulator's interpreter, so azure-identity "
-                  f"is importable.\nexec {shlex.quote(sys.executable)} \"$@\"\n")
-    _write_script(bin_dir / "hostname", f"#!{bash}\necho {shlex.quote(computer_name)}\n")
-    _write_script(bin_dir / "sudo", _sudo_script(bash))
     apt = _apt_script(bash, bin_dir, az_cli)
-    _write_script(bin_dir / "apt", apt)
-    _write_script(bin_dir / "apt-get", apt)
+    shims = {
+        "python3": f"#!{bash}\n# The VM's python3 is the emulator's interpreter, so "
+                   f"azure-identity is importable.\nexec {shlex.quote(sys.executable)} \"$@\"\n",
+        "sudo": _sudo_script(bash), "apt": apt, "apt-get": apt,
+    }
+    for name, text in shims.items():
+        if not (bin_dir / name).exists():
+            _write_script(bin_dir / name, text)
+    _write_script(bin_dir / "hostname", f"#!{bash}\necho {shlex.quote(computer_name)}\n")
 
 
 def _sudo_script(bash: str) -> str:

@@ -13,7 +13,8 @@ import shlex
 import zlib
 from importlib import resources
 
-from ..errors import CouldNotDecide, SshError
+from ..errors import CouldNotDecide, SshError, Unverified
+from ..text import clean
 from .ssh import CommandResult, VmConnection
 
 MARK = "MILAB-PROBE-RESULT "
@@ -50,15 +51,20 @@ def _result(result: CommandResult, mark: str) -> dict:
             data = json.loads(found[0][len(mark):])
         except ValueError:
             data = None
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not getattr(result, "truncated", False):
             return data
-        raise SshError("the probe's result line is not a JSON object")
+        raise SshError("the probe's result line is not a JSON object", machine=True)
     if len(found) > 1:
-        raise SshError("the probe's result line appeared more than once")
-    detail = (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise SshError("the probe's result line appeared more than once", machine=True)
+    if getattr(result, "truncated", False):
+        raise SshError("the machine answered the probe with more output than a probe gives",
+                       machine=True)
+    detail = clean((result.stderr.strip().splitlines() or ["no output"])[-1], 300)
     if result.exit_code == 127 or "python3: not found" in result.stderr:
-        raise SshError("the machine has no python3, which the probe needs")
-    raise SshError(f"the probe did not report (exit {result.exit_code}: {detail})")
+        raise SshError("the machine has no python3, which the probe needs (install it)",
+                       machine=True)
+    raise SshError(f"the probe did not report (exit {result.exit_code}: {detail})",
+                   machine=True)
 
 
 class Vm:
@@ -85,13 +91,13 @@ class Vm:
         try:
             return self._conn.run(command, timeout=timeout)
         except SshError as exc:
-            raise CouldNotDecide(str(exc)) from None
+            raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
 
     def _single(self, part) -> dict:
         try:
             result = run_probe(self._conn, [part.program({})], self._key).get(part.name)
         except SshError as exc:
-            raise CouldNotDecide(str(exc)) from None
+            raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
         if not isinstance(result, dict) or set(result) == {"error"}:
             raise CouldNotDecide(f"in the machine: {(result or {}).get('error', 'no result')}")
         return result

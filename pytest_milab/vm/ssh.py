@@ -319,8 +319,9 @@ class VmConnection:
             try:
                 return self._exec(command, timeout)
             except CommandTimedOut:
+                # The machine took the command and kept it: its doing, not the grader's.
                 raise SshError(f"a command on {self._where()} did not finish in "
-                               f"{timeout:.0f}s") from None
+                               f"{timeout:.0f}s", machine=True) from None
             except Exception as exc:
                 self.close()
                 if attempt == 2:

@@ -36,7 +36,7 @@ def canary_run(local_azure, tmp_path_factory):
         sp_password = client.get_secret("client-secret").value
     start = len(local_azure.audit)
     run = grade(local_azure, key, tmp_path_factory.mktemp("canary"), "canary-lab",
-                extra=("-l", "--tb=long", "-rA"))
+                extra=("-vv", "-l", "--tb=long", "-rA", "--debug"))
     return run, (canary, sp_password), local_azure.audit.entries()[start:]
 
 
@@ -47,12 +47,15 @@ def test_the_canary_lab_fails_secret_read(canary_run):
     assert got["sp-login"][0] == "passed"  # the stored password was used, inside the VM
 
 
-@pytest.mark.parametrize("where", ["output", "junit.xml", "grades.json", "grades.csv"])
+@pytest.mark.parametrize("where", ["output", "junit.xml", "grades.json", "grades.csv",
+                                   "pytestdebug.log"])
 def test_no_secret_or_token_in_any_output(canary_run, where):
+    """Under -vv -l --tb=long --debug: no secret, no digest of one, no token anywhere."""
     run, secrets, _ = canary_run
     text = run.output if where == "output" else run.file(where)
     for secret in secrets:
         assert secret not in text
+        assert hashlib.sha256(secret.encode()).hexdigest() not in text
     assert not JWT.search(text)
 
 
