@@ -18,7 +18,12 @@ answered 401 with `WWW-Authenticate: Basic realm=<key file>`, a file under
 Privileges: commands over SSH run without any capability (when the emulator runs as root, their
 bounding set is emptied), so the key file, owned by another account, is out of their reach;
 `sudo` asks a broker in the emulator to run the command with full privileges, passing the
-caller's stdin, stdout and stderr, as sudo on an Ubuntu cloud image does for its admin user.
+caller's stdin, stdout and stderr, as sudo on an Ubuntu cloud image does for its admin user
+(until the control endpoint, control.py, takes that passwordless sudo away: then every `sudo`
+asks for a password no SSH command can give).
+
+A machine's `hostname -I` gives its address (or the one it has behind its site's NAT), which
+`azcmagent connect` reports in the resource's read-only `properties.networkProfile`.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import topology, userland
+from . import faults, topology, userland
 from .frontdoor import FrontDoor
 from .imds import _as_text, _walk
 from .network import (
@@ -220,6 +225,15 @@ exec python3 -I {shlex.quote(str(SUDO_CLIENT))} {shlex.quote(str(socket_path))} 
 """
 
 
+def _no_sudo_script(bash: str, user: str) -> str:
+    return f"""#!{bash}
+# sudo on a local Azure on-premises machine whose admin user has no NOPASSWD rule: every use
+# would ask for a password, which no SSH command can give.
+echo "sudo: a password is required" >&2
+exit 1
+"""
+
+
 def _agent_script(bash: str, state_dir: Path, etc_dir: Path) -> str:
     return f"""#!{bash}
 # azcmagent, the Azure Connected Machine agent's command line (the local Azure's version).
@@ -229,14 +243,28 @@ exec python3 -I {shlex.quote(str(AGENT_SCRIPT))} "$@"
 """
 
 
+def _hostname_script(bash: str, name: str, address: str) -> str:
+    return f"""#!{bash}
+# hostname on a local Azure on-premises machine: its name, and with -I its address (the one its
+# SSH server listens on, or its site's address behind NAT; one network interface).
+case "$1" in
+  -I|--all-ip-addresses|-i|--ip-address) echo {shlex.quote(address)} ;;
+  *) echo {shlex.quote(name)} ;;
+esac
+"""
+
+
 # -- a machine -----------------------------------------------------------------------------------
 class ArcMachine(LiveVm):
     """One on-premises machine: a LiveVm whose identity is its own rather than an ARM VM's."""
 
     def __init__(self, fleet: ArcFleet, name: str, *, user: str, public_keys: list[str],
-                 address: str) -> None:
+                 address: str, site_address: str | None = None) -> None:
         super().__init__(fleet, f"machine:{name.lower()}", {"name": name})
         self.name = name
+        # What the server itself sees as its address (`hostname -I`, so what its agent reports):
+        # the address it listens on, unless it sits behind its site's NAT.
+        self.site_address = site_address or address
         self.user = user
         self.public_keys = [k.strip() for k in public_keys if k and k.strip()]
         self.host_address = address
@@ -244,6 +272,7 @@ class ArcMachine(LiveVm):
         self.state_dir = self.root / "var" / "opt" / "azcmagent"
         self.broker: SudoBroker | None = None
         self.pending_keys: dict[str, Path] = {}  # secret -> key file, for one use each
+        self.sudo_allowed = True  # the admin user may sudo without a password
 
     # -- what the machine is -------------------------------------------------------------------
     def agent_config(self) -> dict | None:
@@ -324,9 +353,24 @@ class ArcMachine(LiveVm):
         run.mkdir(exist_ok=True)
         if self.broker is None:
             self.broker = SudoBroker(run / "sudo.sock")
-        userland._write_script(self.bin / "sudo", _sudo_script(bash, self.broker.path))
+        self._write_sudo()
         userland._write_script(self.bin / "azcmagent",
                                _agent_script(bash, self.state_dir, self.etc))
+        userland._write_script(self.bin / "hostname",
+                               _hostname_script(bash, self.name, self.site_address))
+
+    def _write_sudo(self) -> None:
+        bash = userland.host_tool("bash") or "/bin/bash"
+        text = _sudo_script(bash, self.broker.path) if self.sudo_allowed else \
+            _no_sudo_script(bash, self.user)
+        userland._write_script(self.bin / "sudo", text)
+
+    def set_sudo(self, allowed: bool) -> None:
+        """Whether the admin user may sudo without a password (an Ubuntu cloud image's
+        NOPASSWD rule), as an administrator editing /etc/sudoers.d would decide."""
+        self.sudo_allowed = allowed
+        if self.broker is not None:
+            self._write_sudo()
 
     def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
         if host == IMDS_HOST:
@@ -449,7 +493,8 @@ class Himds:
         if sp is None:
             return _json({"error": "invalid_request",
                           "error_description": "Identity not found"}, 400)
-        token = self.tokens.issue(aud=resource, oid=sp.object_id, appid=sp.app_id, appidacr="2",
+        token = self.tokens.issue(aud=faults.token_audience(self.cloud.knobs, resource),
+                                  oid=sp.object_id, appid=sp.app_id, appidacr="2",
                                   lifetime=TOKEN_LIFETIME,
                                   extra={"xms_mirid": topology.mirid(res["id"])})
         set_caller(request, sp.object_id)
@@ -510,11 +555,13 @@ class ArcFleet:
         if self._listener is not None:
             await self._listener.stop()
 
-    async def add(self, name: str, *, user: str, public_keys: list[str]) -> ArcMachine:
+    async def add(self, name: str, *, user: str, public_keys: list[str],
+                  site_address: str | None = None) -> ArcMachine:
         if name.lower() in self.machines:
             raise ValueError(f"there is already a machine named {name!r}")
         address = self.cloud.allocate_ip()
-        machine = ArcMachine(self, name, user=user, public_keys=public_keys, address=address)
+        machine = ArcMachine(self, name, user=user, public_keys=public_keys, address=address,
+                             site_address=site_address)
         await machine.power_on()
         self.machines[name.lower()] = machine
         await self._listen(machine)

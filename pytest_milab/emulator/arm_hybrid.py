@@ -23,11 +23,14 @@ MACHINE_TYPE = f"{NS}/machines"
 # What the platform sets or computes; a PUT or PATCH body cannot change these.
 COMPUTED = {"provisioningState", "status", "lastStatusChange", "agentVersion", "errorDetails",
             "vmUuid", "displayName", "machineFqdn", "osName", "osVersion", "osType", "osSku",
-            "domainName", "adFqdn", "dnsFqdn", "detectedProperties"}
+            "domainName", "adFqdn", "dnsFqdn", "detectedProperties", "networkProfile"}
 # What the agent reports about the server it runs on (the `agent` key of the PUT body is how
-# the local agent passes them; Azure learns them from the agent's own channel).
+# the local agent passes them; Azure learns them from the agent's own channel). networkProfile
+# is read-only in the REST API ("Machines - Get", api-version 2024-07-10):
+# {"networkInterfaces": [{"ipAddresses": [{"address", "ipAddressVersion",
+#                                          "subnet": {"addressPrefix"}}]}]}.
 REPORTED = ("agentVersion", "machineFqdn", "osName", "osVersion", "osType", "osSku",
-            "displayName", "domainName", "dnsFqdn", "vmUuid")
+            "displayName", "domainName", "dnsFqdn", "vmUuid", "networkProfile")
 
 
 class HybridMachines(Tracked):

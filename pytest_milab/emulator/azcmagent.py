@@ -177,6 +177,17 @@ def set_environment(on: bool) -> None:
         f.write("".join(line + "\n" for line in lines))
 
 
+def network_profile() -> dict:
+    """The machine's addresses as the agent reports them (`hostname -I`), in ARM's shape."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10)
+        addresses = out.stdout.split()
+    except OSError:
+        addresses = []
+    ips = [{"address": a, "ipAddressVersion": "IPv6" if ":" in a else "IPv4"} for a in addresses]
+    return {"networkInterfaces": [{"ipAddresses": ips}]} if ips else {"networkInterfaces": []}
+
+
 def hostname() -> str:
     try:
         out = subprocess.run(["hostname"], capture_output=True, text=True, timeout=10)
@@ -264,7 +275,8 @@ def connect(flags: dict[str, str]) -> int:
                            "agent": {"agentVersion": VERSION, "machineFqdn": name,
                                      "displayName": name, "osName": "linux",
                                      "osType": "linux", "osSku": "Ubuntu 22.04.4 LTS",
-                                     "osVersion": "5.15.0-1057-generic", "dnsFqdn": name}}}
+                                     "osVersion": "5.15.0-1057-generic", "dnsFqdn": name,
+                                     "networkProfile": network_profile()}}}
     if tags:
         body["tags"] = tags
     print("INFO    Creating resource in Azure...  "

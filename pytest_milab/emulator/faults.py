@@ -50,8 +50,8 @@ QUIRKS = {
     "imds-no-tags-path":
         "IMDS answers 404 for /metadata/instance/compute/tagsList (the full document keeps it)",
     "imds-token-audience-mismatch":
-        "IMDS tokens asked for https://management.azure.com/ carry aud "
-        "https://management.core.windows.net/ (ARM still accepts them)",
+        "IMDS (and an Arc machine's HIMDS) tokens asked for https://management.azure.com/ carry "
+        "aud https://management.core.windows.net/ (ARM still accepts them)",
     "arm-permissions-too-wide":
         "ARM's subscription-level permissions list shows */read to a managed identity even "
         "without an assignment there",

@@ -14,11 +14,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import arm, entra, graph, keyvault, rbac, userland, users
+from . import arm, control, entra, graph, keyvault, rbac, userland, users
 from .arc import ArcFleet
 from .faults import LATENCY_SERVICES, Quirks
 from .frontdoor import FrontDoor
-from .network import EMULATED_HOSTS, CertificateAuthority, ForwardProxy, HttpListener
+from .network import (
+    CONTROL_HOSTS,
+    EMULATED_HOSTS,
+    CertificateAuthority,
+    ForwardProxy,
+    HttpListener,
+)
 from .state import Cloud, Knobs
 from .tokens import TokenIssuer
 from .vms import VmFleet
@@ -296,10 +302,13 @@ class LocalAzure:
             "*.vault.azure.net": ("keyvault", keyvault.build_app(self.cloud, self.tokens)),
         }
         routes.update(self._extra_routes())
+        # The local Azure's stand-in for racking a server (control.py): its Owner only.
+        routes[control.HOST] = ("control", control.build_app(
+            self.tokens, self.operator.object_id, lambda: self.machines))
         self.tls = HttpListener(FrontDoor(self.cloud, routes), cert=self.ca)
         await self.tls.start()
         self._closers.append(self.tls.stop)
-        self.proxy = ForwardProxy(tls_port=self.tls.port, allowed=EMULATED_HOSTS,
+        self.proxy = ForwardProxy(tls_port=self.tls.port, allowed=EMULATED_HOSTS + CONTROL_HOSTS,
                                   faults=self.knobs.faults, name="host")
         await self.proxy.start()
         self._closers.append(self.proxy.stop)

@@ -30,6 +30,8 @@ EMULATED_HOSTS = (
 )
 # Hosts a VM's shell may also reach: the Azure CLI installer's short link.
 VM_EXTRA_HOSTS = ("aka.ms",)
+# The local Azure's own control endpoint (control.py): the host's clients only, never a VM's.
+CONTROL_HOSTS = ("control.localazure.test",)
 IMDS_HOST = "169.254.169.254"
 VM_KEY_HEADER = "x-milab-vm-key"
 # A `plain_http` route for a host nothing answers on (169.254.169.254 outside Azure, a stopped
@@ -57,7 +59,8 @@ class CertificateAuthority:
         self._ca = trustme.CA(organization_name="pytest-milab local Azure")
         self.ca_path = directory / "ca.pem"
         self._ca.cert_pem.write_to_path(str(self.ca_path))
-        cert = self._ca.issue_cert(*EMULATED_HOSTS, *VM_EXTRA_HOSTS, "localhost", "127.0.0.1")
+        cert = self._ca.issue_cert(*EMULATED_HOSTS, *VM_EXTRA_HOSTS, *CONTROL_HOSTS, "localhost",
+                                   "127.0.0.1")
         self.cert_path = directory / "server.pem"
         self.key_path = directory / "server.key"
         cert.cert_chain_pems[0].write_to_path(str(self.cert_path))

@@ -121,7 +121,8 @@ def outcomes(report: dict, group: str) -> dict[str, tuple[str, str]]:
     return {s["id"]: (s["outcome"], s["reason"]) for s in lab["steps"]}
 
 
-def provision(azure, directory: Path, *, credentials=None, extra=()) -> GradingRun:
+def provision(azure, directory: Path, *, credentials=None, extra=(),
+              suite: Path = SUITE) -> GradingRun:
     """Run the example suite in provision mode against a local Azure, as its operator (or
     `credentials`, an Identity), in a subprocess."""
     who = credentials or azure.operator
@@ -130,7 +131,7 @@ def provision(azure, directory: Path, *, credentials=None, extra=()) -> GradingR
                PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)
     directory.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-v",
+    args = [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-v",
             "--rootdir", str(directory), "-c", os.devnull, "--milab-mode", "provision",
             "--milab-report", str(directory / "grades.json"),
             "--milab-ssh-port", azure.env.get("MILAB_SSH_PORT", "22"), *extra]
@@ -139,3 +140,19 @@ def provision(azure, directory: Path, *, credentials=None, extra=()) -> GradingR
     report_path = directory / "grades.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return GradingRun(proc.returncode, proc.stdout + proc.stderr, report, directory)
+
+
+def run_demo(directory: Path, *extra, suite: Path = SUITE) -> tuple[subprocess.CompletedProcess,
+                                                                   dict]:
+    """The README's demo, `pytest --milab-emulator <suite>`, in a subprocess with nothing of a
+    local Azure in its environment; its JSON report."""
+    env = {k: v for k, v in os.environ.items()
+           if (k == "MILAB_AZ_CLI" or not k.startswith(("AZURE_", "MILAB_"))) and k.lower() not in (
+               "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "ssl_cert_file",
+               "curl_ca_bundle")}
+    report = directory / "grades.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--milab-emulator", str(suite), "-p", "no:cacheprovider",
+         "--rootdir", str(directory), "-c", os.devnull, "--milab-report", str(report), *extra],
+        env=env, cwd=directory, capture_output=True, text=True, timeout=600)
+    return proc, (json.loads(report.read_text()) if report.exists() else {})

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
-from e2ekit import SUITE
-
-
-def run_demo(tmp_path, *extra):
-    env = {k: v for k, v in os.environ.items()
-           if (k == "MILAB_AZ_CLI" or not k.startswith(("AZURE_", "MILAB_"))) and k.lower() not in (
-               "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "ssl_cert_file",
-               "curl_ca_bundle")}
-    report = tmp_path / "grades.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--milab-emulator", str(SUITE), "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path), "-c", os.devnull, "--milab-report", str(report), *extra],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    return proc, json.loads(report.read_text())
+from e2ekit import run_demo
 
 
 @pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])

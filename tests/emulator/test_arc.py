@@ -442,6 +442,79 @@ def test_ssh_refusal_applies_to_machines(local_azure, onprem):
         local_azure.knobs.faults.clear()
 
 
+# -- the control endpoint: racking a server ---------------------------------------------------
+def control(azure, method: str, path: str, token: str | None = None, **kwargs):
+    """The local Azure's control endpoint through the host's proxy."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"https": f"http://127.0.0.1:{azure.proxy.port}"}
+    session.verify = str(azure.ca_path)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return session.request(method, f"https://control.localazure.test{path}", headers=headers,
+                           timeout=10, **kwargs)
+
+
+def test_the_owner_racks_a_server_that_reports_its_address_once_onboarded(
+        azure_env, operator_credential, grader_credential, grader_key):
+    token = operator_token(operator_credential)
+    name = f"racked-{uuid.uuid4().hex[:6]}"
+    body = {"name": name, "user": "azureuser", "publicKeys": [grader_key[1]]}
+    assert control(azure_env, "POST", "/machines", json=body).status_code == 401
+    assert control(azure_env, "POST", "/machines", operator_token(grader_credential),
+                   json=body).status_code == 403
+    assert control(azure_env, "POST", "/machines", token,
+                   json={**body, "name": "no/slash"}).status_code == 400
+    r = control(azure_env, "POST", "/machines", token, json=body)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    try:
+        assert made["user"] == "azureuser" and made["port"] == azure_env.machines.ssh_port
+        assert control(azure_env, "POST", "/machines", token, json=body).status_code == 409
+        assert control(azure_env, "GET", f"/machines/{name}", token).json() == made
+        box = Box(azure_env, name, made["address"], made["port"], made["user"], grader_key[0])
+        assert box.run("hostname; hostname -I").stdout == f"{name}\n{made['address']}\n"
+        group = f"rg-arc-{uuid.uuid4().hex[:8]}"
+        add_group(azure_env, group)
+        r = box.run(f"sudo azcmagent connect --resource-group {group} --tenant-id "
+                    f"{azure_env.tenant_id} --location uksouth --subscription-id "
+                    f"{azure_env.subscription_id} --resource-name onprem1 --access-token {token}")
+        assert r.exited == 0, r.stderr
+        path = (f"/subscriptions/{azure_env.subscription_id}/resourceGroups/{group}/providers/"
+                "Microsoft.HybridCompute/machines/onprem1")
+        res = arm(azure_env, "GET", path, token).json()
+        assert res["properties"]["networkProfile"] == {"networkInterfaces": [{"ipAddresses": [
+            {"address": made["address"], "ipAddressVersion": "IPv4"}]}]}
+        # An administrator takes the admin's passwordless sudo away: HIMDS's key is out of reach.
+        r = control(azure_env, "PATCH", f"/machines/{name}", token, json={"sudo": False})
+        assert r.status_code == 200 and r.json()["sudo"] is False
+        refused = box.run("sudo -n true")
+        assert refused.exited == 1 and "a password is required" in refused.stderr
+        assert control(azure_env, "PATCH", f"/machines/{name}", token,
+                       json={"sudo": True}).json()["sudo"] is True
+        assert box.run("sudo -n true").exited == 0
+        # Read-only: a PATCH cannot move the server elsewhere.
+        arm(azure_env, "PATCH", path, token, json={"properties": {"networkProfile": {}}})
+        assert arm(azure_env, "GET", path, token).json()["properties"]["networkProfile"] == \
+            res["properties"]["networkProfile"]
+    finally:
+        azure_env.remove_machine(name)
+
+
+def test_a_server_behind_nat_reports_its_site_address(azure_env, operator_credential,
+                                                      grader_key):
+    token = operator_token(operator_credential)
+    name = f"natted-{uuid.uuid4().hex[:6]}"
+    r = control(azure_env, "POST", "/machines", token, json={
+        "name": name, "publicKeys": [grader_key[1]], "siteAddress": "10.1.0.4"})
+    assert r.status_code == 201, r.text
+    try:
+        box = Box(azure_env, name, r.json()["address"], r.json()["port"], "azureuser",
+                  grader_key[0])
+        assert box.run("hostname -I").stdout == "10.1.0.4\n"
+    finally:
+        azure_env.remove_machine(name)
+
+
 def test_cli_adds_machines(monkeypatch, tmp_path, capsys):
     import signal
 
