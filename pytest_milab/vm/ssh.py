@@ -224,7 +224,7 @@ class VmConnection:
             if isinstance(exc, paramiko.BadHostKeyException):
                 raise SshError(_changed_key(exc, where)) from None
             if _is_refusal(exc):
-                raise SshError(f"the VM does not answer SSH at {where} ({_why(exc)})",
+                raise SshError(f"the machine does not answer SSH at {where} ({_why(exc)})",
                                refused=True) from None
             raise SshError(f"SSH login to {where} failed ({_why(exc)}); check the SSH user and "
                            "key (--milab-ssh-user, --milab-ssh-key, the ssh config)") from None
@@ -367,7 +367,7 @@ class _Capped:
 def _changed_key(exc, where: str) -> str:
     return (f"SSH to {where} refused: the host key of {exc.hostname} changed (known_hosts "
             f"lists {exc.expected_key.fingerprint}, the host offers {exc.key.fingerprint}); if "
-            "the VM was rebuilt, remove its old line from known_hosts")
+            "the machine was rebuilt, remove its old line from known_hosts")
 
 
 def _why(exc: BaseException) -> str:

@@ -32,7 +32,7 @@ def test_preflight_says_which_labs_are_ready(local_azure, tmp_path):
     assert lines[0].startswith("pre-ready    ready: the group is readable, logged in to "
                                "azureuser@"), result.stdout + result.stderr
     assert "first seen" in lines[0]
-    assert lines[1].startswith("pre-closed   cannot log in to the machine: the VM does not "
+    assert lines[1].startswith("pre-closed   cannot log in to the machine: the machine does not "
                                "answer SSH")
     assert "no rule allows inbound TCP 22" in lines[1]
     assert lines[2].startswith("pre-missing  no resource group 'pre-missing' in subscription")
