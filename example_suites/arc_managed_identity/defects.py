@@ -6,8 +6,8 @@ shows each check failing on its defect with a reason naming the fix.
 Steps no student can break are shown failing by the local Azure misbehaving on purpose (its
 quirks): `management-token`, `reader-allowed` and `wrong-audience` check Azure's own behaviour.
 `ssh` on an on-premises server fails only when it has no address to reach (the grader then
-needs the roster's ssh_host); a server that refuses SSH with nothing in Azure to explain it is
-graded `error`, never `failed`, by the engine's rule."""
+needs the roster's ssh_host); a server that refuses SSH with nothing in Azure to explain it
+ends `ssh` and every in-machine step `unverified` (counted, no points), by the engine's rule."""
 
 from __future__ import annotations
 

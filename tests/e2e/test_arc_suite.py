@@ -157,9 +157,27 @@ def test_defect_fails_exactly_its_step_and_dependents(graded, needs, name):
 
 def test_the_catalogue_covers_every_step_a_student_can_break(needs):
     """Every step has a defect, or is Azure's own behaviour shown by a quirk, except `ssh`
-    (see the suite's defects.py: an unexplained refusal is `error`, never `failed`)."""
+    (see the suite's defects.py, and the next test)."""
     covered = {d.breaks for d in DEFECTS.values()} | {step for step, _ in QUIRKS.values()}
     assert set(needs) - covered == {"ssh"}
+
+
+def test_a_server_refusing_ssh_earns_nothing_inside_it(graded, local_azure, tmp_path):
+    """Nothing in Azure explains an on-premises server refusing SSH, so `ssh` cannot be shown
+    `failed`; it and every in-machine step end `unverified`: counted, no points."""
+    _, _, key = graded
+    local_azure.knobs.faults.ssh_refuse(60.0)
+    try:
+        run = grade(local_azure, key, tmp_path, "arc-complete-lab", suite=ARC_SUITE)
+    finally:
+        local_azure.knobs.faults.clear()
+    got = outcomes(run.report, "arc-complete-lab")
+    inside = {"ssh", "himds-challenge", "management-token", "reader-denied-before",
+              "reader-allowed", "wrong-audience", "secret-read"}
+    assert {s for s, (o, _) in got.items() if o == "unverified"} == inside, got
+    assert {o for s, (o, _) in got.items() if s not in inside} == {"passed"}
+    lab = run.report["groups"][0]
+    assert lab["score"] == len(got) - len(inside) and lab["max_score"] == len(got)
 
 
 @pytest.mark.parametrize("quirk", sorted(QUIRKS))
