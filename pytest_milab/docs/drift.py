@@ -20,8 +20,11 @@ class Entry:
     line: str
     unless: str = ""
     symptom: str = ""
+    later: str = ""
     fix: dict = field(default_factory=dict)
     when_passed: bool = False
+    static: bool = False
+    with_line: str = ""
     since: str = ""
     source: str = ""
 
@@ -48,6 +51,7 @@ class Drift:
     text: str  # that line as written
     fixed: str | None  # today's form of the line (None: advice only)
     insert: str | None = None  # a line to put before `doc_line`
+    read_only: bool = False  # found by reading a block that could not run
 
     @property
     def fix_words(self) -> str:
@@ -58,7 +62,7 @@ class Drift:
         return "no automatic fix"
 
     def one_line(self) -> str:
-        return (f"drift: line {self.doc_line} `{self.text.strip()[:120]}`: "
+        return (f"drift{' (read, not run)' if self.read_only else ''}: line {self.doc_line} `{self.text.strip()[:120]}`: "
                 f"{self.entry.title}; {self.fix_words}")
 
 
@@ -80,15 +84,13 @@ def match(doc: Document, block: Block, output: str, command: str, passed: bool,
     entries, defaults = catalogue()
     found: list[Drift] = []
     seen_lines: set[tuple[str, int]] = set()
-    shown = output + "\n" + command
+    shown = output
     for entry in entries:
         if not entry.line or (passed and not entry.when_passed):
             continue
-        symptom = not entry.symptom or re.search(entry.symptom, shown, re.I) is not None
-        if not symptom:
-            continue
-        candidates = [(n, t) for n, t in _lines(block) if entry.broken(t)]
-        if not candidates and not passed:
+        here = not entry.symptom or re.search(entry.symptom, shown) is not None
+        candidates = [(n, t) for n, t in _lines(block) if entry.broken(t)] if here else []
+        if not candidates and not passed and entry.later and re.search(entry.later, shown):
             for earlier in reversed(doc.blocks[:block.number - 1]):
                 candidates = [(n, t) for n, t in _lines(earlier) if entry.broken(t)]
                 if candidates:
@@ -106,6 +108,29 @@ def match(doc: Document, block: Block, output: str, command: str, passed: bool,
                       f"${name} is used but no step sets it", "", since="the document",
                       source="the document")
         found.append(Drift(entry, block.number, number, text, None, defaults.get(name)))
+    return found
+
+
+def read(doc: Document, block: Block) -> list[Drift]:
+    """Known drift found by reading a block that could not run (it needed a failed block)."""
+    entries, defaults = catalogue()
+    text = "\n".join(b.text for b in doc.blocks)
+    found = []
+    for entry in entries:
+        if not entry.static or (entry.with_line and not re.search(entry.with_line, text)):
+            continue
+        for number, line in _lines(block):
+            if entry.broken(line):
+                found.append(Drift(entry, block.number, number, line, entry.fixed(line),
+                                   read_only=True))
+    for name, insert in defaults.items():
+        pattern = r"\$\{?" + re.escape(name) + r"\b"
+        uses = [(n, t) for n, t in _lines(block) if re.search(pattern, t)]
+        if uses and not re.search(r"(?:^|[\s;(])" + re.escape(name) + "=", text, re.M):
+            entry = Entry("undefined-variable", f"${name} is used but no step sets it", "",
+                          since="the document", source="the document")
+            found.append(Drift(entry, block.number, uses[0][0], uses[0][1], None, insert,
+                               read_only=True))
     return found
 
 

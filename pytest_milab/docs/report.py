@@ -18,7 +18,7 @@ def _md(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    text = clean(text, 300)
+    text = clean(text, 300).replace("|", "\\|")
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
@@ -37,7 +37,7 @@ def drifts(session: DocSession):
             if key not in seen:
                 seen.add(key)
                 out.append(d)
-    return out
+    return sorted(out, key=lambda d: d.doc_line)
 
 
 def markdown(session: DocSession) -> str:

@@ -110,7 +110,10 @@ class Place:
             home = self.workdir / "home"
             home.mkdir()
             env.update(self.azure.env)
-            env.update(HOME=str(home), AZURE_CONFIG_DIR=str(home / ".azure"))
+            # The operator's shell in the local Azure: its own HOME (where `az vm create
+            # --generate-ssh-keys` puts the key `ssh` uses) and user name (the VM's admin).
+            env.update(HOME=str(home), AZURE_CONFIG_DIR=str(home / ".azure"),
+                       USER="azureuser", LOGNAME="azureuser")
             for value in (user.password, self.azure.operator.client_secret,
                           self.azure.grader.client_secret):
                 self.masker.add(value)
@@ -166,7 +169,7 @@ class DocSession:
         self.doc = doc
         self.place = place
         self.results: dict[int, BlockResult] = {}
-        self.assigned_by: dict[str, int] = {}
+        self.assigned_by: dict[tuple[str, str], int] = {}
         self.local: LocalShell | None = None
         self.vm: VmShell | None = None
         self.vm_entry: int | None = None  # the block that last SSHed into the VM
@@ -195,8 +198,16 @@ class DocSession:
 
     def run(self, block: Block) -> BlockResult:
         result = self._run(block)
-        for name in assigned(block.body):
-            self.assigned_by[name] = block.number
+        if result.outcome == FAILED and not result.drifts:
+            # It could not run, or failed for another reason first: what is certain from its
+            # text alone is still named.
+            result.drifts = drift.read(self.doc, block)
+        if result.outcome != SKIPPED:
+            # Variables belong to the machine's shell they were set in.
+            for name in assigned(block.body):
+                self.assigned_by[(block.machine, name)] = block.number
+        if block.move_to == "vm":
+            self.vm_entry = block.number
         self.results[block.number] = result
         return result
 
@@ -210,21 +221,21 @@ class DocSession:
         if block.expect.skip:
             return BlockResult(block.number, block.line, block.machine, SKIPPED,
                                clean(block.expect.skip))
-        uses = used(block.body)
-        for name in uses:
-            source = self.assigned_by.get(name)
-            if source is not None and self.results[source].outcome != PASSED:
-                return self._fail(block, f"needs block {source} (it sets ${name} and did not "
-                                         "pass)")
-        local = self._local()
-        if self.place.login_problem:
-            return self._fail(block, self.place.login_problem)
         if block.machine == "vm" and self.vm is None:
             if self.vm_entry is not None:
                 return self._fail(block, f"needs block {self.vm_entry} (its ssh did not reach "
                                          "the VM)")
             return self._fail(block, "runs in the VM, but no block before it connects with "
                                      "`ssh`: add an ssh step or annotate it on=local")
+        uses = used(block.body)
+        for name in used(block.text):
+            source = self.assigned_by.get((block.machine, name))
+            if source is not None and self.results[source].outcome != PASSED:
+                return self._fail(block, f"needs block {source} (it sets ${name} and did not "
+                                         "pass)")
+        local = self._local()
+        if self.place.login_problem:
+            return self._fail(block, self.place.login_problem)
         shell = self.vm if block.machine == "vm" else local
         self.masker.learn(block.text)
         timeout = block.expect.timeout or self.place.timeout or DEFAULT_TIMEOUT
@@ -274,7 +285,7 @@ class DocSession:
         for pattern in expect.matches:
             if not re.search(pattern, output):
                 problems.append(f"the output does not match {pattern!r}")
-        unset = tuple(n for n in outcome.unset if n not in self.assigned_by)
+        unset = tuple(n for n in outcome.unset if (block.machine, n) not in self.assigned_by)
         if unset:
             problems.append("uses " + ", ".join(f"${n}" for n in unset)
                             + ", which no block sets")
@@ -297,7 +308,6 @@ class DocSession:
                 self.vm.close()
             self.vm = None
             return result
-        self.vm_entry = block.number
         if self.vm is not None:
             self.vm.close()
             self.vm = None

@@ -36,13 +36,11 @@ class Masker:
     def learn_variables(self, state: str, extra: tuple[str, ...] = ()) -> None:
         """Values of the session's variables whose names say they are secret (`clientSecret`,
         `vaultToken`) or that the document names (`secret=`)."""
-        for found in re.finditer(r"^declare -\S* ([A-Za-z_]\w*)=\"?(.*?)\"?$", state, re.M):
-            name, value = found.group(1), found.group(2)
+        for found in re.finditer(r"^declare -\S* ([A-Za-z_]\w*)=\"?(.*?)\"?$", state, re.M | re.S):
+            name, value = found.group(1), found.group(2).replace('\\"', '"')
             if _SECRET_NAME.search(name) or name in extra:
-                self.add(value.replace('\\"', '"'))
-                for part in _PRINTED:
-                    for inner in part.finditer(value.replace('\\"', '"')):
-                        self.add(inner.group(1))
+                self.add(value)
+            self.learn(value)
 
     def __call__(self, text: str) -> str:
         for value in sorted(self.values, key=len, reverse=True):
