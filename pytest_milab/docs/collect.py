@@ -137,7 +137,9 @@ class DocBlock(pytest.Item):
         if result.outcome == SKIPPED:
             pytest.skip(result.reason)
         if result.outcome == FAILED:
-            raise DocBlockFailed(f"{self.block.title}\n{result.details()}")
+            masker = self.doc_session.masker
+            raise DocBlockFailed(masker(f"{clean(self.block.title(masker))}\n"
+                                        f"{result.details()}"))
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, DocBlockFailed):
@@ -145,7 +147,7 @@ class DocBlock(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, self.block.line - 1, self.block.title
+        return self.path, self.block.line - 1, clean(self.block.title(self.doc_session.masker))
 
 
 def docs_of(config: pytest.Config, settings) -> list[Path]:

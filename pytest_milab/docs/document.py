@@ -63,10 +63,10 @@ class Block:
     ssh_args: str | None = None  # the `ssh ...` words that move into the VM
     body: str = ""  # what runs before the move (the block without its `ssh`/`exit` line)
 
-    @property
-    def title(self) -> str:
-        first = next((ln for ln in self.text.splitlines() if ln.strip()), "")
-        return f"block {self.number} (line {self.line}): {first.strip()[:60]}"
+    def title(self, mask=lambda text: text) -> str:
+        """`block N (line L): ` and the first command (after `mask`, then shortened)."""
+        first = mask(next((ln for ln in self.text.splitlines() if ln.strip()), "")).strip()
+        return f"block {self.number} (line {self.line}): {first[:60]}"
 
 
 @dataclass
@@ -348,8 +348,6 @@ def infer_machines(doc: Document) -> None:
             block.body = "\n".join(lines[:-1])
         if block.move_to:
             where = block.move_to
-        elif block.expect.on:
-            where = block.expect.on
 
 
 def load(path: Path) -> Document:
