@@ -370,3 +370,41 @@ def test_control_characters_from_output_never_reach_the_terminal(pytester):
     result = run(pytester, "lab.md")
     assert "\x1b" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*| evil?2J?52;c;AAAA text"])
+
+
+@pytest.fixture
+def fake_az(pytester, monkeypatch):
+    """A stand-in `az` that logs its arguments: what the run asks of Azure."""
+    log = pytester.path / "az.log"
+    az = pytester.path / "bin" / "az"
+    az.parent.mkdir()
+    az.write_text(f'#!/bin/bash\necho "$*" >> {log}\necho "az $1 done"\n')
+    az.chmod(0o755)
+    monkeypatch.setenv("MILAB_AZ_CLI", str(az))
+    return log
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_real_azure_uses_a_fresh_tagged_group_and_removes_it(pytester, fake_az, keep):
+    doc(pytester, """
+        ```bash
+        az group create --name managed_identity_lab --location uksouth
+        export AZURE_DEFAULTS_GROUP=managed_identity_lab
+        az vm show --name ubuntu --resource-group $AZURE_DEFAULTS_GROUP
+        ```
+        """)
+    result = run(pytester, "lab.md", *(["--milab-keep"] if keep else []))
+    result.assert_outcomes(passed=1)
+    calls = fake_az.read_text().splitlines()
+    group = calls[0].split()[3]
+    assert group.startswith("milab-doc-") and group != "managed_identity_lab"
+    run_id = group.removeprefix("milab-doc-")
+    assert calls[:2] == [f"group create --name {group} --location uksouth --tags milab-run={run_id}",
+                         f"vm show --name ubuntu --resource-group {group}"]
+    if keep:
+        assert len(calls) == 2
+        result.stdout.fnmatch_lines([f"milab: kept resource group {group} (--milab-keep); "
+                                     f"remove it with `milab cleanup --run {run_id}`"])
+    else:
+        assert calls[2:] == [f"group delete --name {group} --yes --no-wait"]
+        result.stdout.fnmatch_lines([f"milab: deleting resource group {group}"])
