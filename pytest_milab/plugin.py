@@ -104,6 +104,9 @@ def docs_wanted(config: pytest.Config, settings) -> bool:
     found = docs_of(config, settings)
     if not found:
         return False
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("milab: a lab document runs block by block in one shell: drop "
+                                "-n (pytest-xdist) for lab documents")
     config.pluginmanager.register(DocsPlugin(config, settings, found), "milab-docs")
     return True
 

@@ -2,7 +2,8 @@
 
 Each block runs in bash with what the earlier blocks left behind on that machine: variables
 (exported or not), functions and the working directory are saved after every block and
-restored before the next, so `x=...`, `export` and `cd` carry over as in the reader's terminal,
+restored before the next (with aliases and shell options), so `x=...`, `export` and `cd` carry
+over as in the reader's terminal,
 and a block that hangs can be ended at its deadline without losing the session."""
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def script(state: str, body: str, uses: list[str]) -> str:
         + body + "\n"
         "trap - ERR\n"
         "{ declare -p $(compgen -v | grep -Ev '^(" + _OWN + ")$') 2>/dev/null; declare -f; "
+        "alias -p; set +o | grep -v xtrace; shopt -p; "
         'echo "cd $(printf %q "$PWD") 2>/dev/null"; } > "$__milab_state"\n'
         'printf "\\n%s rc=%s cmd=%s\\n" ' + MARK + ' "$__milab_rc" '
         '"$(printf %s "$__milab_cmd" | head -c 300 | tr "\\n" " ")"\n'

@@ -408,3 +408,22 @@ def test_real_azure_uses_a_fresh_tagged_group_and_removes_it(pytester, fake_az, 
     else:
         assert calls[2:] == [f"group delete --name {group} --yes --no-wait"]
         result.stdout.fnmatch_lines([f"milab: deleting resource group {group}"])
+
+
+def test_shell_options_and_aliases_carry_over_and_xdist_is_refused(pytester):
+    doc(pytester, """
+        ```bash
+        set -o pipefail
+        shopt -s expand_aliases
+        alias greet='echo hi'
+        ```
+
+        ```bash
+        test "$(greet)" = hi
+        test "$(false | true; echo $?)" = 1
+        ```
+        """)
+    run(pytester, "lab.md").assert_outcomes(passed=2)
+    result = run(pytester, "lab.md", "-n", "2")
+    result.stderr.fnmatch_lines(["ERROR: milab: a lab document runs block by block in one "
+                                 "shell: drop -n (pytest-xdist) for lab documents"])
