@@ -27,6 +27,11 @@ class DocsPlugin:
 
         self.config = config
         self.settings = settings
+        for path in settings.reports:
+            if Path(path).suffix.lower() not in (".json", ".csv"):
+                raise pytest.UsageError(f"milab: --milab-report {path}: a lab document's blocks "
+                                        "go to .json or .csv; its drift report to "
+                                        "--milab-doc-report PATH.md")
         self.docs = {p.resolve() for p in docs}
         self.sessions: list[DocSession] = []
         self.place = Place(emulator=settings.emulator, keep=settings.keep, run_id=new_run_id(),

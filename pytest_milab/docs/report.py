@@ -56,7 +56,8 @@ def markdown(session: DocSession) -> str:
                 _code(d.fixed.strip()) if d.fixed is not None else "(no automatic fix)")
             lines.append(f"| {d.doc_line} | {_code(d.text.strip())} | {_md(d.entry.title)} | "
                          f"{today} | {_md(d.entry.since)} |")
-        sources = sorted({d.entry.source for d in found if d.entry.source != "the document"})
+        sources = sorted({part.strip() for d in found for part in d.entry.source.split(";")
+                          if d.entry.source != "the document"})
         if sources:
             lines += ["", "Sources: " + "; ".join(_md(s) for s in sources) + "."]
         lines.append("")

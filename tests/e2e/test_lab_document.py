@@ -102,3 +102,34 @@ def test_the_fixed_lab_document_passes_every_block_in_the_local_azure(pytester):
     assert drift_ids(blocks[11]) == ["public-ip-standard-imds"]
     assert "| 11 | 133 | vm | passed |" in report
     print(f"\nthe fixed lab document: {seconds:.1f}s")
+
+
+def test_a_lab_block_that_hangs_in_the_vm_is_ended_and_the_session_goes_on(pytester):
+    (pytester.path / "hang.md").write_text("""
+```bash
+az group create --name hang --location uksouth -o none
+az vm create -g hang --name box --image Ubuntu2204 --generate-ssh-keys -o none
+ssh $(az vm show -d -g hang --name box --query publicIps --output tsv)
+```
+
+```bash
+where=vm
+```
+
+<!-- milab: timeout=3 -->
+```bash
+echo waiting; sleep 120
+```
+
+```bash
+echo "still in the $where"
+test "$where" = vm
+```
+""")
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "hang.md",
+                                           "--milab-emulator", timeout=600)
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*block 3 (line 14): echo waiting; sleep 120",
+                                 "did not finish in 3s: ended at its deadline"])
+    assert time.monotonic() - started < 120
