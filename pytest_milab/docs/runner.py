@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,9 @@ class Place:
             except ImportError as exc:
                 raise MilabError(f"--milab-emulator needs the emulator extra ({exc.name} is "
                                  "missing): pip install 'pytest-milab[emulator]'") from None
+            if sys.stderr.isatty():
+                print("milab: starting a local Azure for the lab document...", file=sys.stderr,
+                      flush=True)
             self.azure = LocalAzure(az_cli=az).start()
             user = self.azure.make_operator_user()
             home = self.workdir / "home"
@@ -193,8 +197,13 @@ class DocSession:
             return text
         old, fresh = self.group
         text = re.sub(r"(?<![-\w.])" + re.escape(old) + r"(?![-\w.])", fresh, text)
-        return re.sub(r"(az group create\b[^\n]*)", r"\1 --tags milab-run=" + self.place.run_id,
-                      text)
+        tag = f" --tags milab-run={self.place.run_id}"
+
+        def tagged(found: re.Match) -> str:
+            line = found.group(1).rstrip()
+            return (line[:-1].rstrip() + tag + " \\") if line.endswith("\\") else line + tag
+
+        return re.sub(r"(az group create\b[^\n]*)", tagged, text)
 
     def run(self, block: Block) -> BlockResult:
         result = self._run(block)

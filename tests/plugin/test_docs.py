@@ -388,7 +388,8 @@ def fake_az(pytester, monkeypatch):
 def test_real_azure_uses_a_fresh_tagged_group_and_removes_it(pytester, fake_az, keep):
     doc(pytester, """
         ```bash
-        az group create --name managed_identity_lab --location uksouth
+        az group create --name managed_identity_lab \\
+          --location uksouth
         export AZURE_DEFAULTS_GROUP=managed_identity_lab
         az vm show --name ubuntu --resource-group $AZURE_DEFAULTS_GROUP
         ```
@@ -399,7 +400,7 @@ def test_real_azure_uses_a_fresh_tagged_group_and_removes_it(pytester, fake_az, 
     group = calls[0].split()[3]
     assert group.startswith("milab-doc-") and group != "managed_identity_lab"
     run_id = group.removeprefix("milab-doc-")
-    assert calls[:2] == [f"group create --name {group} --location uksouth --tags milab-run={run_id}",
+    assert calls[:2] == [f"group create --name {group} --tags milab-run={run_id} --location uksouth",
                          f"vm show --name ubuntu --resource-group {group}"]
     if keep:
         assert len(calls) == 2
