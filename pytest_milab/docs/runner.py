@@ -216,7 +216,10 @@ class DocSession:
             for name in assigned(block.body):
                 self.assigned_by[(block.machine, name)] = block.number
         if block.move_to == "vm":
+            # A new SSH session starts with none of the last one's variables.
             self.vm_entry = block.number
+            for key in [k for k in self.assigned_by if k[0] == "vm"]:
+                del self.assigned_by[key]
         self.results[block.number] = result
         return result
 
@@ -294,7 +297,7 @@ class DocSession:
         for pattern in expect.matches:
             if not re.search(pattern, output):
                 problems.append(f"the output does not match {pattern!r}")
-        unset = tuple(n for n in outcome.unset if (block.machine, n) not in self.assigned_by)
+        unset = outcome.unset
         if unset:
             problems.append("uses " + ", ".join(f"${n}" for n in unset)
                             + ", which no block sets")

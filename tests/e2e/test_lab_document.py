@@ -124,12 +124,23 @@ echo waiting; sleep 120
 ```bash
 echo "still in the $where"
 test "$where" = vm
+exit
+```
+
+```bash
+ssh $(az vm show -d -g hang --name box --query publicIps --output tsv)
+```
+
+```bash
+echo "a new session: $where"
 ```
 """)
     started = time.monotonic()
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "hang.md",
                                            "--milab-emulator", timeout=600)
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines(["*block 3 (line 14): echo waiting; sleep 120",
-                                 "did not finish in 3s: ended at its deadline"])
+                                 "did not finish in 3s: ended at its deadline",
+                                 "*block 6 (line 28): echo \"a new session: $where\"",
+                                 "uses $where, which no block sets*"])
     assert time.monotonic() - started < 120
