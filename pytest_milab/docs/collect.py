@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ class DocsPlugin:
 
         self.config = config
         self.settings = settings
+        if settings.emulator and not (os.environ.get("MILAB_AZ_CLI") or shutil.which("az")):
+            raise pytest.UsageError("milab: a lab document in the local Azure needs an Azure "
+                                    "CLI: set MILAB_AZ_CLI to an `az` in its own venv (tox -e "
+                                    "azcli builds one)")
         for path in settings.reports:
             if Path(path).suffix.lower() not in (".json", ".csv"):
                 raise pytest.UsageError(f"milab: --milab-report {path}: a lab document's blocks "
@@ -132,8 +137,8 @@ class DocBlock(pytest.Item):
     def runtest(self) -> None:
         try:
             result = self.doc_session.run(self.block)
-        except MilabError as exc:
-            raise pytest.UsageError(f"milab: {exc}") from None
+        except MilabError as exc:  # the local Azure or the Azure CLI could not start
+            raise DocBlockFailed(f"milab: {clean(exc, 500)}") from None
         self.user_properties += [("milab_block", self.block.number),
                                  ("milab_line", self.block.line),
                                  ("milab_machine", self.block.machine),

@@ -428,3 +428,12 @@ def test_shell_options_and_aliases_carry_over_and_xdist_is_refused(pytester):
     result = run(pytester, "lab.md", "-n", "2")
     result.stderr.fnmatch_lines(["ERROR: milab: a lab document runs block by block in one "
                                  "shell: drop -n (pytest-xdist) for lab documents"])
+
+
+def test_the_local_azure_without_an_azure_cli_is_one_line(pytester, monkeypatch):
+    monkeypatch.delenv("MILAB_AZ_CLI", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    doc(pytester, "```bash\ntrue\n```\n")
+    result = run(pytester, "lab.md", "--milab-emulator")
+    result.stderr.fnmatch_lines(["ERROR: milab: a lab document in the local Azure needs an "
+                                 "Azure CLI: set MILAB_AZ_CLI*"])
