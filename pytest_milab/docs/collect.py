@@ -76,8 +76,8 @@ class DocsPlugin:
                 self.place.notes.append(f"report written to {os.path.abspath(path)}")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.sessions and not self.place.notes:
-            return
+        if not any(s.results for s in self.sessions) and not self.place.notes:
+            return  # nothing ran (--collect-only)
         terminalreporter.write_sep("=", "milab: lab documents")
         for s in self.sessions:
             if s.results:
