@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,8 +253,6 @@ class DocSession:
         self.masker.learn(block.text)
         timeout = block.expect.timeout or self.place.timeout or DEFAULT_TIMEOUT
         outcome = Outcome(0, "")
-        import time
-
         started = time.monotonic()
         if block.body.strip():
             try:
@@ -295,7 +294,7 @@ class DocSession:
             if text in output:
                 problems.append(f"the output contains {text!r}")
         for pattern in expect.matches:
-            if not re.search(pattern, output):
+            if not re.search(pattern, output, re.M):
                 problems.append(f"the output does not match {pattern!r}")
         unset = outcome.unset
         if unset:

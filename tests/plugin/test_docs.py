@@ -132,7 +132,7 @@ def test_annotations_say_where_a_block_runs_and_what_it_must_show(pytester):
 
         <!-- milab: matches="^id [0-9]+$" not-contains="error" -->
         ```bash
-        echo "id 42"
+        echo "looking up"; echo "id 42"; echo done
         ```
 
         <!--
