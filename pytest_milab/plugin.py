@@ -9,6 +9,7 @@ import inspect
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option.flag, **kwargs)
         parser.addini(f"milab_{option.name.replace('-', '_')}", option.help,
                       type="linelist" if option.kind == "list" else "string")
+    parser.addini("milab_docs", "lab documents (Markdown) to run block by block, one a line",
+                  type="linelist")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
     try:
-        run = Run(config, settings_from(config), Suite.from_hooks(config))
+        settings = settings_from(config)
+        if docs_wanted(config, settings):
+            # Lab documents: their own run (docs/), not a grading run.
+            settings = replace(settings, emulator=False, mode="discover", targets=(), groups=())
+        run = Run(config, settings, Suite.from_hooks(config))
     except (ConfigError, SuiteError) as exc:
         raise pytest.UsageError(f"milab: {exc}") from None
     config.stash[_RUN_KEY] = run
@@ -89,6 +96,22 @@ def pytest_configure(config: pytest.Config) -> None:
         except MilabError as exc:
             run.stop()
             raise pytest.UsageError(f"milab: {exc}") from None
+
+
+def docs_wanted(config: pytest.Config, settings) -> bool:
+    """Whether this run has lab documents; if so, their plugin is registered."""
+    from .docs.collect import DocsPlugin, docs_of
+
+    docs = tuple(settings.docs) + tuple(config.getini("milab_docs"))
+    settings = replace(settings, docs=docs)
+    found = docs_of(config, settings)
+    if not found:
+        return False
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("milab: a lab document runs block by block in one shell: drop "
+                                "-n (pytest-xdist) for lab documents")
+    config.pluginmanager.register(DocsPlugin(config, settings, found), "milab-docs")
+    return True
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -72,6 +72,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("shard", "grade only shard K of N of the labs (a stable share, whatever the roster's "
            "order), e.g. 2/3; merge the shards' reports with `milab merge-reports`",
            metavar="K/N"),
+    Option("doc", "a lab document (Markdown) to run block by block (repeatable; `pytest "
+           "lab.md` too)", "list", metavar="PATH"),
+    Option("doc-report", "write a Markdown drift report of the lab document", metavar="PATH"),
+    Option("doc-fix", "write a copy of the lab document with today's equivalents of its "
+           "drifted lines", metavar="PATH"),
+    Option("doc-timeout", "seconds a lab document's block may run (default 900)", "float",
+           metavar="SECONDS", low=0, low_open=True),
 )
 
 ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
@@ -114,6 +121,10 @@ class Settings:
     propagation_deadline: float = 120.0
     shard: tuple[int, int] | None = None  # (k, n): this run grades shard k of n
     targets: tuple[LabTarget, ...] = field(default_factory=tuple)
+    docs: tuple[str, ...] = ()
+    doc_report: str | None = None
+    doc_fix: str | None = None
+    doc_timeout: float | None = None
 
     @property
     def active(self) -> bool:
@@ -189,6 +200,10 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         timeout=values["timeout"],
         propagation_deadline=values["propagation-deadline"],
         shard=parse_shard(values["shard"]) if values["shard"] else None,
+        docs=values["doc"] or (),
+        doc_report=values["doc-report"],
+        doc_fix=values["doc-fix"],
+        doc_timeout=values["doc-timeout"],
     )
     from . import reports
     from .reports import SUFFIXES
