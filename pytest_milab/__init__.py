@@ -16,7 +16,7 @@ assertion, `unverified` with `Unverified`, `error` with `CouldNotDecide`, `not-p
 `pytest.skip`.
 """
 
-from . import probe
+from . import probe, shapes
 from .azure.builtins import API, ROLES, role_definition_id, role_name
 from .azure.reads import Read
 from .errors import (
@@ -44,10 +44,9 @@ from .vm.ssh import CommandResult
 
 __version__ = "0.2.0"
 __all__ = [
-    "API", "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide", "CredentialError",
-    "Defect",
-    "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep", "NotPropagated", "Probe",
-    "ProvisionContext", "Read", "ReadFailed", "RosterError", "SshError", "Stage",
-    "StepMarkerError", "StepOutcome", "SuiteError", "Unverified", "Vm", "probe", "role_definition_id",
-    "role_name",
+    "API", "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide",
+    "CredentialError", "Defect", "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep",
+    "NotPropagated", "Probe", "ProvisionContext", "Read", "ReadFailed", "RosterError",
+    "SshError", "Stage", "StepMarkerError", "StepOutcome", "SuiteError", "Unverified", "Vm",
+    "probe", "role_definition_id", "role_name", "shapes",
 ]

@@ -5,6 +5,8 @@ the server's identity through HIMDS (localhost:40342); tokens and secret values 
 
 import pytest
 
+from pytest_milab import shapes
+
 MANAGEMENT = "https://management.azure.com/"
 KEY_DIR = "/var/opt/azcmagent/tokens/"
 
@@ -48,13 +50,6 @@ def test_management_token(lab):
         "the token's oid is not the server's identity")
 
 
-def _values(result) -> list:
-    """The `value` list of an ARM answer the probe returned."""
-    body = result.get("json")
-    return [v for v in (body or {}).get("value") or [] if isinstance(v, dict)] \
-        if isinstance(body, dict) else []
-
-
 @pytest.mark.milab_step("reader-denied-before", title="The identity is refused beyond its grant",
                         needs=("management-token",))
 def test_reader_denied_before(lab):
@@ -71,10 +66,10 @@ def test_reader_denied_before(lab):
     group = lab.probe("permissions_group")
     assert sub["status"] == 200 and group["status"] == 200, (
         f"the permissions API answered {sub['status']}/{group['status']}")
-    sub_actions = [a for p in _values(sub) for a in p.get("actions", [])]
+    sub_actions = shapes.actions(sub)
     assert not sub_actions, (f"the identity may {sub_actions} on the whole subscription: "
                              "remove role assignments wider than the group")
-    group_actions = [a for p in _values(group) for a in p.get("actions", [])]
+    group_actions = shapes.actions(group)
     writes = [a for a in group_actions if not a.lower().endswith("/read")]
     assert group_actions and not writes, (
         f"on the group the identity may {writes or 'nothing'}: it should be read-only (Reader)")
@@ -89,7 +84,7 @@ def test_reader_allowed(lab):
     assert result["status"] == 200, (
         f"listing the group's resources as the identity gave {result['status']} "
         f"{result.get('code')}")
-    seen = {str(r.get("id", "")).lower() for r in _values(result)}
+    seen = {str(r.get("id", "")).lower() for r in shapes.values(result)}
     assert lab.machine["id"].lower() in seen, (
         "the identity's listing does not include the server's own Arc resource")
 

@@ -2,6 +2,8 @@
 
 import pytest
 
+from pytest_milab import shapes
+
 CONNECT = ("sudo azcmagent connect --resource-group <group> --tenant-id <tenant> "
            "--location <location> --subscription-id <subscription>")
 
@@ -50,6 +52,6 @@ def test_identity_access_policy(lab):
     assert policy is not None, (
         "the vault has no access policy for the server's identity: az keyvault set-policy "
         "--secret-permissions get --object-id <principalId>")
-    granted = {p.lower() for p in (policy.get("permissions") or {}).get("secrets") or []}
+    granted = shapes.secret_permissions(policy)
     assert granted & {"get", "all"}, (
         f"the server identity's policy grants secrets {sorted(granted)}, not get")

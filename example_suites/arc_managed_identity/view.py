@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_milab import Lab, role_name
-
-
-def _props(resource) -> dict:
-    return (resource or {}).get("properties") or {}
+from pytest_milab import Lab, shapes
 
 
 class ArcLab(Lab):
@@ -28,13 +24,10 @@ class ArcLab(Lab):
 
     @property
     def access_policies(self) -> list[dict]:
-        return _props(self.vault).get("accessPolicies") or []
+        return shapes.access_policies(self.vault)
 
     def access_policy_for(self, object_id: str | None) -> dict | None:
-        for policy in self.access_policies:
-            if object_id and str(policy.get("objectId", "")).lower() == object_id.lower():
-                return policy
-        return None
+        return shapes.access_policy_for(self.vault, object_id)
 
     @property
     def machine(self) -> dict | None:
@@ -44,22 +37,12 @@ class ArcLab(Lab):
     @property
     def identity_principal_id(self) -> str | None:
         """The server's system-assigned identity (None without one)."""
-        identity = (self.machine or {}).get("identity") or {}
-        if "systemassigned" not in str(identity.get("type", "")).lower().replace(" ", ""):
-            return None
-        return identity.get("principalId")
+        return shapes.system_identity(self.machine)
 
     @property
     def role_assignments(self) -> list[dict]:
         """Assignments at, above and below the group, each with `roleName` added."""
-        out = []
-        for ra in self.read("role_assignments") or []:
-            props = dict(ra.get("properties") or ra)
-            props["roleName"] = role_name(props.get("roleDefinitionId", ""))
-            out.append(props)
-        return out
+        return shapes.role_assignments(self.read("role_assignments"))
 
     def assignments_for(self, principal_id: str | None, role: str | None = None) -> list[dict]:
-        return [ra for ra in self.role_assignments
-                if principal_id and str(ra.get("principalId", "")).lower() == principal_id.lower()
-                and (role is None or ra["roleName"].lower() == role.lower())]
+        return shapes.assignments_for(self.role_assignments, principal_id, role)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_milab import API, Machine, Read
+from pytest_milab import API, Machine, Read, shapes
 
 RESOURCES = API["Microsoft.Resources"]
 KEYVAULT = API["Microsoft.KeyVault"]
@@ -11,18 +11,14 @@ NETWORK = API["Microsoft.Network"]
 AUTHORIZATION = API["Microsoft.Authorization"]
 
 
-def _props(resource) -> dict:
-    return (resource or {}).get("properties") or {}
-
-
 def parse_id(resource_id: str) -> dict[str, str]:
     parts = resource_id.strip("/").split("/")
     return {parts[i].lower(): parts[i + 1] for i in range(0, len(parts) - 1, 2)}
 
 
 def ip_config(nic) -> dict:
-    configs = _props(nic).get("ipConfigurations") or []
-    return _props(configs[0]) if configs else {}
+    configs = shapes.props(nic).get("ipConfigurations") or []
+    return shapes.props(configs[0]) if configs else {}
 
 
 def subnet_id(nic) -> str | None:
@@ -30,7 +26,7 @@ def subnet_id(nic) -> str | None:
 
 
 def _nic_id(r):
-    nics = (_props(r.got("vm")).get("networkProfile") or {}).get("networkInterfaces") or []
+    nics = (shapes.props(r.got("vm")).get("networkProfile") or {}).get("networkInterfaces") or []
     return nics[0].get("id") if nics else None
 
 
@@ -44,14 +40,14 @@ def _vnet_id(r):
 
 
 def _nic_nsg(r):
-    return (_props(r.got("nic")).get("networkSecurityGroup") or {}).get("id")
+    return (shapes.props(r.got("nic")).get("networkSecurityGroup") or {}).get("id")
 
 
 def _subnet_nsg(r):
     subnet = (subnet_id(r.got("nic")) or "").lower()
-    for s in _props(r.got("vnet")).get("subnets") or []:
+    for s in shapes.props(r.got("vnet")).get("subnets") or []:
         if str(s.get("id", "")).lower() == subnet:
-            nsg = (_props(s).get("networkSecurityGroup") or {}).get("id")
+            nsg = (shapes.props(s).get("networkSecurityGroup") or {}).get("id")
             # Read once, however many places refer to it.
             return nsg if nsg and nsg.lower() != str(_nic_nsg(r) or "").lower() else None
     return None
@@ -85,7 +81,7 @@ def machine(spec, lab) -> Machine:
             nsgs.append(lab.read(name))
         except Exception:  # noqa: BLE001 - an unreadable NSG explains nothing
             continue
-    host = _props(lab.read("public_ip")).get("ipAddress")
-    user = (_props(vm).get("osProfile") or {}).get("adminUsername")
+    host = shapes.props(lab.read("public_ip")).get("ipAddress")
+    user = (shapes.props(vm).get("osProfile") or {}).get("adminUsername")
     return Machine(host=host, user=user, nsgs=[n for n in nsgs if n],
                    instance_view=f"{vm['id']}/instanceView")

@@ -2,6 +2,8 @@
 
 import pytest
 
+from pytest_milab import shapes
+
 
 @pytest.mark.milab_step("reader-assignment", title="Reader for the VM identity on the group",
                         needs=("vm-identity",))
@@ -22,7 +24,7 @@ def test_identity_access_policy(lab):
     policy = lab.access_policy_for(lab.identity_principal_id)
     assert policy is not None, ("the vault has no access policy for the VM identity: "
                                 "az keyvault set-policy --secret-permissions get --object-id <id>")
-    secrets = {p.lower() for p in (policy.get("permissions") or {}).get("secrets") or []}
+    secrets = shapes.secret_permissions(policy)
     assert secrets & {"get", "all"}, (
         f"the VM identity's policy grants secrets {sorted(secrets)}, not get")
 

@@ -5,6 +5,8 @@ VM's identity; tokens and secret values stayed in the VM."""
 
 import pytest
 
+from pytest_milab import shapes
+
 from .probe_parts import secret_part
 
 MANAGEMENT = "https://management.azure.com/"
@@ -74,20 +76,13 @@ def test_reader_denied_before(lab):
     group = lab.probe("permissions_group")
     assert sub["status"] == 200 and group["status"] == 200, (
         f"the permissions API answered {sub['status']}/{group['status']}")
-    sub_actions = [a for p in _values(sub) for a in p.get("actions", [])]
+    sub_actions = shapes.actions(sub)
     assert not sub_actions, (f"the identity may {sub_actions} on the whole subscription: "
                              "remove role assignments wider than the group")
-    group_actions = [a for p in _values(group) for a in p.get("actions", [])]
+    group_actions = shapes.actions(group)
     writes = [a for a in group_actions if not a.lower().endswith("/read")]
     assert group_actions and not writes, (
         f"on the group the identity may {writes or 'nothing'}: it should be read-only (Reader)")
-
-
-def _values(result) -> list:
-    """The `value` list of an ARM answer the probe returned."""
-    body = result.get("json")
-    return [v for v in (body or {}).get("value") or [] if isinstance(v, dict)] \
-        if isinstance(body, dict) else []
 
 
 # Judged on what the identity was seen to do: a Reader assignment at another scope that still
@@ -99,7 +94,7 @@ def test_reader_allowed(lab):
     assert result["status"] == 200, (
         f"listing the group's resources as the identity gave {result['status']} "
         f"{result.get('code')}")
-    seen = {str(r.get("id", "")).lower() for r in _values(result)}
+    seen = {str(r.get("id", "")).lower() for r in shapes.values(result)}
     expected = [("the VM", lab.vm)] + [(f"the vault {v['name']}", v) for v in lab.vaults_in_group]
     missing = [name for name, res in expected if res is None or res["id"].lower() not in seen]
     assert not missing, f"the identity's listing does not include {' and '.join(missing)}"

@@ -2,6 +2,8 @@
 
 import pytest
 
+from pytest_milab import shapes
+
 
 @pytest.mark.milab_step("resource-group", title="The resource group exists")
 def test_resource_group(lab):
@@ -32,17 +34,14 @@ def test_vault_permission_model(lab, milab_spec):
         f"create the vault with --retention-days {milab_spec.retention_days}")
 
 
-def _secret_permissions(policy):
-    return {p.lower() for p in (policy.get("permissions") or {}).get("secrets") or []}
-
-
 @pytest.mark.milab_step("operator-access-policy", title="You can get, list and set secrets",
                         needs=("key-vault",))
 def test_operator_access_policy(lab):
     identity = (lab.identity_principal_id or "").lower() if lab.vm else ""
     operators = [p for p in lab.access_policies
                  if str(p.get("objectId") or "").lower() != identity]
+    wanted = {"get", "list", "set"}
     granted = [p for p in operators
-               if "all" in _secret_permissions(p) or {"get", "list", "set"} <= _secret_permissions(p)]
+               if "all" in shapes.secret_permissions(p) or wanted <= shapes.secret_permissions(p)]
     assert granted, ("no access policy other than the VM's grants secrets get, list and set: "
                      "az keyvault set-policy --secret-permissions get list set --object-id <you>")
