@@ -100,9 +100,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def docs_wanted(config: pytest.Config, settings) -> bool:
     """Whether this run has lab documents; if so, their plugin is registered."""
+    docs = tuple(settings.docs) + tuple(config.getini("milab_docs"))
+    if not docs and not any(str(a).split("::")[0].lower().endswith(".md") for a in config.args):
+        return False  # (and the documents' machinery is not even imported)
     from .docs.collect import DocsPlugin, docs_of
 
-    docs = tuple(settings.docs) + tuple(config.getini("milab_docs"))
     settings = replace(settings, docs=docs)
     found = docs_of(config, settings)
     if not found:

@@ -17,6 +17,7 @@ class Progress:
         self.config = config
         self.run = run
         self.seen: set[str] = set()
+        self._targets: dict | None = None
 
     def _terminal(self):
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -26,15 +27,19 @@ class Progress:
 
     @pytest.hookimpl(tryfirst=True)  # before the terminal names the test's file
     def pytest_runtest_logstart(self, nodeid: str, location) -> None:
-        scope = lab_scope(nodeid)
-        label = scope[len("lab:"):] if scope else None
-        targets = {t.label: t for t in self.run.settings.targets if not t.problem}
-        if label not in targets or label in self.seen:
-            return
-        self.seen.add(label)
         tr = self._terminal()
         if tr is None:
             return
+        scope = lab_scope(nodeid)
+        label = scope[len("lab:"):] if scope else None
+        if label is None or label in self.seen:
+            return
+        if self._targets is None:
+            self._targets = {t.label: t for t in self.run.settings.targets if not t.problem}
+        if label not in self._targets:
+            return
+        self.seen.add(label)
+        targets = self._targets
         target = targets[label]
         who = clean(label, 60) + (f" (group {clean(target.group, 60)})"
                                   if target.student else "")

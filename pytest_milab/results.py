@@ -5,7 +5,7 @@ carries it from the workers to the controller unchanged); the controller grades 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from . import grading
 from .grading import CheckResult, LabInfo, StepInfo
@@ -22,8 +22,11 @@ class Reported:
     check: CheckResult
 
     def to_data(self) -> dict:
-        return {"step": asdict(self.step), "rank": self.rank, "lab": asdict(self.lab),
-                "check": asdict(self.check)}
+        # Field by field (dataclasses.asdict deep-copies: a class's checks made it add up).
+        return {"step": {f: getattr(self.step, f) for f in StepInfo.__dataclass_fields__},
+                "rank": self.rank,
+                "lab": {f: getattr(self.lab, f) for f in LabInfo.__dataclass_fields__},
+                "check": {f: getattr(self.check, f) for f in CheckResult.__dataclass_fields__}}
 
     @classmethod
     def from_data(cls, data: dict) -> Reported:
