@@ -28,6 +28,8 @@ _ASSIGN = re.compile(r"(?:^|[;&|({]\s*|\bexport\s+|\blocal\s+|\breadonly\s+|\bde
 _READ = re.compile(r"\b(?:read|for)\s+(?:-\w+\s+)*([A-Za-z_]\w*)")
 _USE = re.compile(r"\$\{?([A-Za-z_]\w*)")
 _SINGLE = re.compile(r"'[^']*'")
+_APP_CREATE = re.compile(r"\baz\s+ad\s+(?:sp\s+create-for-rbac|app\s+create)\b")
+_APP_ID = re.compile(r'"appId"\s*:\s*"([0-9a-fA-F-]{36})"')
 _GROUP_CREATE = re.compile(r"az group create\b[^\n]*?(?:--name|-n|--resource-group|-g)\s+"
                            r"([-\w.()]+)")
 
@@ -86,6 +88,7 @@ class Place:
         self.workdir = make_workdir()
         self.masker = Masker()
         self.groups: list[str] = []  # fresh groups made in real Azure, deleted at the end
+        self.apps: list[str] = []  # app registrations the document made (appId), likewise
         self.notes: list[str] = []
         self.login_problem: str | None = None
 
@@ -147,6 +150,18 @@ class Place:
         return None
 
     def finish(self) -> None:
+        if self.env is not None and self.apps and not self.emulator:
+            shell = LocalShell(self.env, self.workdir)
+            for app in self.apps:
+                if self.keep:
+                    self.notes.append(f"kept app registration {app} (--milab-keep); remove it "
+                                      f"with `az ad app delete --id {app}`")
+                    continue
+                out = shell.run(f"az ad app delete --id {shlex.quote(app)}", [], 120)
+                self.notes.append(f"deleted app registration {app}" if out.status == 0 else
+                                  f"could not delete app registration {app}: "
+                                  f"{clean(self.masker(out.output))}")
+            self.apps.clear()
         if self.env is not None and self.groups:
             shell = LocalShell(self.env, self.workdir)
             for group in self.groups:
@@ -266,6 +281,12 @@ class DocSession:
             except OSError:
                 pass
         self.masker.learn(outcome.output)
+        if shell is local and _APP_CREATE.search(block.body):
+            # The document registered an application (`az ad sp create-for-rbac`, `az ad app
+            # create`): its appId, seen in the output, is deleted at the end with the group.
+            for app in _APP_ID.findall(outcome.output):
+                if app not in self.place.apps:
+                    self.place.apps.append(app)
         output = self.masker(outcome.output)
         tail = [clean(line, 240) for line in output.splitlines() if line.strip()][-TAIL_LINES:]
         command = clean(self.masker(outcome.failed_command), 300)

@@ -437,3 +437,27 @@ def test_the_local_azure_without_an_azure_cli_is_one_line(pytester, monkeypatch)
     result = run(pytester, "lab.md", "--milab-emulator")
     result.stderr.fnmatch_lines(["ERROR: milab: a lab document in the local Azure needs an "
                                  "Azure CLI: set MILAB_AZ_CLI*"])
+
+
+def test_real_azure_removes_the_app_registrations_the_document_made(pytester, monkeypatch):
+    log = pytester.path / "az.log"
+    az = pytester.path / "bin" / "az"
+    az.parent.mkdir()
+    # create-for-rbac answers as the CLI does: JSON with the new application's appId.
+    az.write_text(f'#!/bin/bash\necho "$*" >> {log}\n'
+                  'if [ "$2" = sp ]; then echo \'{"appId": "11111111-2222-3333-4444-555555555555",'
+                  ' "password": "s3cr3t-Value", "tenant": "t"}\'; fi\n')
+    az.chmod(0o755)
+    monkeypatch.setenv("MILAB_AZ_CLI", str(az))
+    doc(pytester, """
+        ```bash
+        az group create --name managed_identity_lab --location uksouth
+        az ad sp create-for-rbac --name "http://contributor-$uniq"
+        ```
+        """)
+    result = run(pytester, "lab.md")
+    calls = log.read_text().splitlines()
+    assert "ad app delete --id 11111111-2222-3333-4444-555555555555" in calls
+    result.stdout.fnmatch_lines(["milab: deleted app registration "
+                                 "11111111-2222-3333-4444-555555555555"])
+    assert "s3cr3t-Value" not in result.stdout.str()
