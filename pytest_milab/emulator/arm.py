@@ -43,6 +43,7 @@ from .arm_kinds import (
 )
 from .arm_versions import LOCATION_NAMES, SUBSCRIPTIONS, normalize_location, provider_versions
 from .faults import ArmThrottle, Verdict
+from .hosts import ARM_HOST, LOGIN_HOSTS
 from .responses import set_caller
 from .state import Cloud, arm_key, new_guid
 from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
@@ -58,7 +59,7 @@ PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_hybrid,
 def _challenge(description: str) -> dict[str, str]:
     # ARM sends this challenge with the missing-header 401 [CODE azure-core tests]; sending it with
     # the other 401s too is UNCONFIRMED but harmless to clients.
-    return {"WWW-Authenticate": 'Bearer authorization_uri="https://login.windows.net/", '
+    return {"WWW-Authenticate": f'Bearer authorization_uri="https://{LOGIN_HOSTS[1]}/", '
                                 f'error="invalid_token", error_description="{description}"'}
 
 
@@ -329,7 +330,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
                                "parameter (?api-version=) is required for all requests.")
             ctx = Ctx(cloud=cloud, method=request.method, path=request.url.path.rstrip("/"),
                       query=query, query_items=tuple(request.query_params.multi_items()),
-                      host=request.url.hostname or "management.azure.com", oid=oid,
+                      host=request.url.hostname or ARM_HOST, oid=oid,
                       api_version=api_version, body_bytes=body)
             resp = route(ctx)
         except ArmError as exc:

@@ -34,6 +34,7 @@ from .arm_versions import (
     normalize_location,
     provider_versions,
 )
+from .hosts import TENANT_DOMAIN
 from .responses import json_response
 from .state import Subscription, arm_key
 
@@ -107,8 +108,8 @@ def get_subscription(ctx: Ctx) -> Response:
 def list_tenants(ctx: Ctx) -> Response:
     tid = ctx.cloud.tenant_id
     tenant = {"id": f"/tenants/{tid}", "tenantId": tid, "countryCode": "GB",
-              "displayName": "Local Azure", "domains": ["localazure.onmicrosoft.com"],
-              "tenantCategory": "Home", "defaultDomain": "localazure.onmicrosoft.com",
+              "displayName": "Local Azure", "domains": [TENANT_DOMAIN],
+              "tenantCategory": "Home", "defaultDomain": TENANT_DOMAIN,
               "tenantType": "AAD"}
     return json_response({"value": [tenant], "count": {"type": "Total", "value": 1}})
 

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from .arm_kinds import ArmError, Ctx, Kind, Tracked, register, resource_not_found
 from .arm_versions import normalize_location
+from .hosts import VAULT_SUFFIX
 from .responses import iso, json_response
 from .state import Timed, arm_key
 
@@ -149,7 +150,7 @@ class Vaults(Tracked):
             "enabledForTemplateDeployment": pick("enabledForTemplateDeployment", False),
             "enableSoftDelete": True, "softDeleteRetentionInDays": int(retention),
             "enableRbacAuthorization": bool(rbac_mode),
-            "vaultUri": f"https://{name}.vault.azure.net/",
+            "vaultUri": f"https://{name}{VAULT_SUFFIX}/",
             "provisioningState": "Succeeded",
             "publicNetworkAccess": pick("publicNetworkAccess", "Enabled"),
         }

@@ -33,11 +33,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .network import CONTROL_HOSTS
+from .hosts import CONTROL_HOST
 from .responses import set_caller
 from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 
-HOST = CONTROL_HOSTS[0]
+HOST = CONTROL_HOST
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")  # a hostname label
 ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 

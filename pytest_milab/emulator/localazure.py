@@ -18,9 +18,8 @@ from . import arm, control, entra, graph, keyvault, rbac, userland, users
 from .arc import ArcFleet
 from .faults import LATENCY_SERVICES, Quirks
 from .frontdoor import FrontDoor
+from .hosts import AKA_MS_HOST, CONTROL_HOSTS, EMULATED_HOSTS, SERVICE_HOSTS, TENANT_DOMAIN
 from .network import (
-    CONTROL_HOSTS,
-    EMULATED_HOSTS,
     CertificateAuthority,
     ForwardProxy,
     HttpListener,
@@ -257,7 +256,7 @@ class LocalAzure:
                 principal_id=user.object_id, principal_type="User", immediate=True)
         return UserIdentity(self.tenant_id, user.user_principal_name, password, user.object_id)
 
-    def make_operator_user(self, user_principal_name: str = "operator@localazure.onmicrosoft.com",
+    def make_operator_user(self, user_principal_name: str = f"operator@{TENANT_DOMAIN}",
                            password: str | None = None) -> UserIdentity:
         """The operator as a user (Owner of the subscription); `env` then carries
         MILAB_OPERATOR_USER and MILAB_OPERATOR_PASSWORD for `az login -u … -p …`."""
@@ -294,13 +293,10 @@ class LocalAzure:
         self.tokens = TokenIssuer(self.cloud.tenant_id, clock=self.cloud.now)
         self.ca = CertificateAuthority(self.workdir)
         self._seed()
-        routes = {
-            "login.microsoftonline.com": ("entra", entra.build_app(self.cloud, self.tokens)),
-            "login.windows.net": ("entra", entra.build_app(self.cloud, self.tokens)),
-            "management.azure.com": ("arm", arm.build_app(self.cloud, self.tokens)),
-            "graph.microsoft.com": ("graph", graph.build_app(self.cloud, self.tokens)),
-            "*.vault.azure.net": ("keyvault", keyvault.build_app(self.cloud, self.tokens)),
-        }
+        builders = {"entra": entra.build_app, "arm": arm.build_app, "graph": graph.build_app,
+                    "keyvault": keyvault.build_app}
+        routes = {host: (service, builders[service](self.cloud, self.tokens))
+                  for service, hosts in SERVICE_HOSTS.items() for host in hosts}
         routes.update(self._extra_routes())
         # The local Azure's stand-in for racking a server (control.py): its Owner only.
         routes[control.HOST] = ("control", control.build_app(
@@ -316,7 +312,7 @@ class LocalAzure:
 
     def _extra_routes(self) -> dict:
         # aka.ms serves the Azure CLI installer to VMs (their proxies allow it; the host's not).
-        return {"aka.ms": ("aka.ms", userland.build_aka_ms_app(self.az_cli))}
+        return {AKA_MS_HOST: ("aka.ms", userland.build_aka_ms_app(self.az_cli))}
 
     async def _start_extensions(self) -> None:
         """The parts that come alive after the network: IMDS, the live VMs and the on-premises

@@ -32,11 +32,9 @@ import asyncssh
 
 from . import faults, topology, userland
 from .frontdoor import FrontDoor
+from .hosts import EMULATED_HOSTS, IMDS_HOST, VM_EXTRA_HOSTS
 from .imds import Imds
 from .network import (
-    EMULATED_HOSTS,
-    IMDS_HOST,
-    VM_EXTRA_HOSTS,
     VM_KEY_HEADER,
     ForwardProxy,
     HttpListener,
