@@ -33,10 +33,9 @@ from .arm_kinds import (
     ArmError,
     Ctx,
     Kind,
+    Registry,
     forbidden,
     group_not_found,
-    kind_for,
-    known_namespace,
     method_not_allowed,
     need_version,
     uri_not_found,
@@ -50,9 +49,17 @@ from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
-# Importing these registers their resource kinds in arm_kinds.KINDS.
-PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_hybrid, arm_images,
-                    arm_keyvault, arm_network, arm_operations)
+# The resource providers this ARM serves, registered in this order by `providers()`.
+PROVIDERS = (arm_groups, arm_deployments, arm_authorization, arm_network, arm_compute,
+             arm_images, arm_hybrid, arm_keyvault, arm_operations)
+
+
+def providers(modules=PROVIDERS) -> Registry:
+    """A registry holding the resource types of each provider module listed, in that order."""
+    registry = Registry()
+    for module in modules:
+        module.register(registry)
+    return registry
 
 
 # -- authentication (“Azure REST API reference”) --------------------------------------------------
@@ -177,9 +184,9 @@ def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
         if rest:
             if len(rest) < 4 or len(rest) % 2 or rest[0].lower() != "providers":
                 raise uri_not_found(ctx)
-            ns = known_namespace(rest[1]) or rest[1]
+            ns = ctx.registry.known_namespace(rest[1]) or rest[1]
             pairs = rest[2:]
-            known = kind_for(ns, tuple(pairs[0::2]))
+            known = ctx.registry.kind_for(ns, tuple(pairs[0::2]))
             type_names = known.types if known else tuple(pairs[0::2])
             tail = "/".join(f"{t}/{n}" for t, n in zip(type_names, pairs[1::2], strict=False))
             parts.append(f"/providers/{ns}/{tail}")
@@ -192,9 +199,9 @@ def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
 
 def _resolve_kind(ctx: Ctx, ns: str, rest: list[str]) -> tuple[Kind, str]:
     types, names = tuple(rest[0::2]), tuple(rest[1::2])
-    kind, mode = kind_for(ns, types), ("item" if len(rest) % 2 == 0 else "collection")
+    kind, mode = ctx.registry.kind_for(ns, types), ("item" if len(rest) % 2 == 0 else "collection")
     if kind is None and mode == "collection" and len(types) > 1:
-        parent = kind_for(ns, types[:-1])
+        parent = ctx.registry.kind_for(ns, types[:-1])
         verb = types[-1].lower()
         known = {v.lower(): v for v in (*parent.actions, *parent.views)} if parent else {}
         if verb in known:
@@ -234,7 +241,7 @@ def provider_route(ctx: Ctx, segs: list[str], idx: int) -> Response:
     top_resource = _parse_scope(ctx, segs[:idx])
     if idx + 1 >= len(segs):
         raise uri_not_found(ctx)
-    ns = known_namespace(segs[idx + 1])
+    ns = ctx.registry.known_namespace(segs[idx + 1])
     if ns is None:
         # Real ARM answers an unknown namespace this way rather than with InvalidResourceType.
         raise ArmError(400, "InvalidResourceNamespace",
@@ -305,6 +312,7 @@ def _decorate(resp: Response, request: Request, oid: str | None, limits: RateLim
 
 def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
     limits = RateLimits()
+    registry = providers()
     throttle = ArmThrottle(cloud.knobs)
 
     async def endpoint(request: Request) -> Response:
@@ -331,7 +339,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             ctx = Ctx(cloud=cloud, method=request.method, path=request.url.path.rstrip("/"),
                       query=query, query_items=tuple(request.query_params.multi_items()),
                       host=request.url.hostname or ARM_HOST, oid=oid,
-                      api_version=api_version, body_bytes=body)
+                      api_version=api_version, registry=registry, body_bytes=body)
             resp = route(ctx)
         except ArmError as exc:
             resp = exc.response(request.method)

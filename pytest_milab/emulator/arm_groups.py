@@ -11,15 +11,13 @@ from starlette.responses import Response
 
 from . import faults, rbac
 from .arm_kinds import (
-    KINDS,
-    NAMESPACES,
     ArmError,
     Ctx,
+    Registry,
     Tracked,
     drop_role_assignments,
     forbidden,
     group_not_found,
-    kind_for_type,
     method_not_allowed,
     need_version,
     require_allowed,
@@ -38,7 +36,7 @@ from .hosts import TENANT_DOMAIN
 from .responses import json_response
 from .state import Subscription, arm_key
 
-NAMESPACES.setdefault("microsoft.resources", "Microsoft.Resources")
+NS = "Microsoft.Resources"
 
 # ARM prints the resource-group actions with a lower-case `resourcegroups` [OBS, “Troubleshoot Azure RBAC”].
 RG_ACTION = "Microsoft.Resources/subscriptions/resourcegroups"
@@ -131,7 +129,7 @@ def list_locations(ctx: Ctx) -> Response:
 
 # -- providers ------------------------------------------------------------------------------
 def _provider_json(ctx: Ctx, ns: str, prefix: str) -> dict:
-    types = sorted({"/".join(kind.types) for (n, _), kind in KINDS.items() if n == ns.lower()})
+    types = sorted({"/".join(kind.types) for (n, _), kind in ctx.registry.kinds.items() if n == ns.lower()})
     if ns.lower() == "microsoft.resources":
         types = ["resourceGroups", "subscriptions", "resources", "locations", "tenants"]
     displays = [loc[1] for loc in LOCATIONS]
@@ -150,7 +148,7 @@ def providers(ctx: Ctx, rest: list[str], *, tenant_level: bool) -> Response:
     prefix = "" if tenant_level else f"/subscriptions/{ctx.sub}"
     if not tenant_level:
         if len(rest) == 2:
-            require_allowed(ctx, f"{NAMESPACES.get(rest[0].lower(), rest[0])}/register/action",
+            require_allowed(ctx, f"{ctx.registry.known_namespace(rest[0]) or rest[0]}/register/action",
                             prefix)
         else:
             _accessible(ctx)
@@ -158,8 +156,8 @@ def providers(ctx: Ctx, rest: list[str], *, tenant_level: bool) -> Response:
         if ctx.method != "GET":
             raise method_not_allowed(ctx)
         return json_response({"value": [_provider_json(ctx, ns, prefix)
-                                         for ns in sorted(set(NAMESPACES.values()))]})
-    ns = NAMESPACES.get(rest[0].lower())
+                                         for ns in sorted(set(ctx.registry.namespaces.values()))]})
+    ns = ctx.registry.known_namespace(rest[0])
     if ns is None:
         raise ArmError(404, "InvalidResourceNamespace",
                        f"The resource namespace '{rest[0]}' is invalid.")
@@ -240,7 +238,7 @@ def delete_group(ctx: Ctx, group: dict) -> None:
         res = ctx.cloud.resources.get(key)
         if res is None:
             continue
-        kind = kind_for_type(res["type"])
+        kind = ctx.registry.kind_for_type(res["type"])
         if isinstance(kind, Tracked):
             kind.remove(ctx, res)
         else:
@@ -371,3 +369,8 @@ def list_resources(ctx: Ctx, group: str | None) -> Response:
     if group is None:
         items = visible(ctx, items, SUB_RESOURCES_READ, lambda r: f"{r['type']}/read")
     return json_response(page(ctx, items))
+
+
+def register(registry: Registry) -> None:
+    """Microsoft.Resources' own namespace: its routes are arm.py's, its deployments arm_deployments'."""
+    registry.add_namespace(NS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 
 from .arm_compute import invalid_parameter, resolve_identity
-from .arm_kinds import Ctx, Tracked, register
+from .arm_kinds import Ctx, Registry, Tracked
 from .responses import iso
 from .state import new_guid
 
@@ -76,4 +76,11 @@ class HybridMachines(Tracked):
         ctx.emit("machine.deleted", res)
 
 
-MACHINES = register(HybridMachines())
+MACHINES = HybridMachines()
+KINDS = (MACHINES,)
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

@@ -13,7 +13,7 @@ import re
 
 from starlette.responses import Response
 
-from .arm_kinds import ArmError, Ctx, Kind, Tracked, register, resource_not_found
+from .arm_kinds import ArmError, Ctx, Kind, Registry, Tracked, resource_not_found
 from .arm_versions import normalize_location
 from .hosts import VAULT_SUFFIX
 from .responses import iso, json_response
@@ -224,7 +224,7 @@ class Vaults(Tracked):
         ctx.cloud.deleted_vault_bodies[name.lower()] = copy.deepcopy(res)
 
 
-VAULTS = register(Vaults())
+VAULTS = Vaults()
 
 
 class AccessPolicies(Kind):
@@ -319,5 +319,10 @@ class CheckNameAvailability(Kind):
         return json_response({"nameAvailable": True})
 
 
-for _kind in (AccessPolicies(), DeletedVaults(), DeletedVaultAt(), CheckNameAvailability()):
-    register(_kind)
+KINDS = (VAULTS, AccessPolicies(), DeletedVaults(), DeletedVaultAt(), CheckNameAvailability())
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

@@ -54,6 +54,7 @@ class Ctx:
     host: str
     oid: str
     api_version: str
+    registry: Registry  # the resource types this ARM serves
     body_bytes: bytes = b""
     sub: str | None = None  # canonical subscription id
     rg: str | None = None  # resource group name as in the path
@@ -490,27 +491,34 @@ class InlineChild(Kind):
 
 
 # -- the registry -----------------------------------------------------------------------------
-NAMESPACES: dict[str, str] = {}  # lower -> canonical
-KINDS: dict[tuple[str, tuple[str, ...]], Kind] = {}
+class Registry:
+    """The resource providers one ARM serves: namespaces and their resource types.
 
+    Empty when made; each provider module's `register(registry)` adds its kinds, called by
+    `arm.providers()` in the order `arm.PROVIDERS` lists them. Importing a module adds nothing.
+    """
 
-def register(kind: Kind) -> Kind:
-    NAMESPACES[kind.ns.lower()] = kind.ns
-    KINDS[(kind.ns.lower(), tuple(t.lower() for t in kind.types))] = kind
-    return kind
+    def __init__(self) -> None:
+        self.namespaces: dict[str, str] = {}  # lower -> canonical
+        self.kinds: dict[tuple[str, tuple[str, ...]], Kind] = {}
 
+    def add_namespace(self, ns: str) -> None:
+        self.namespaces.setdefault(ns.lower(), ns)
 
-def known_namespace(ns: str) -> str | None:
-    return NAMESPACES.get(ns.lower())
+    def add(self, kind: Kind) -> Kind:
+        self.namespaces[kind.ns.lower()] = kind.ns
+        self.kinds[(kind.ns.lower(), tuple(t.lower() for t in kind.types))] = kind
+        return kind
 
+    def known_namespace(self, ns: str) -> str | None:
+        return self.namespaces.get(ns.lower())
 
-def kind_for(ns: str, types: tuple[str, ...]) -> Kind | None:
-    return KINDS.get((ns.lower(), tuple(t.lower() for t in types)))
+    def kind_for(self, ns: str, types: tuple[str, ...]) -> Kind | None:
+        return self.kinds.get((ns.lower(), tuple(t.lower() for t in types)))
 
-
-def kind_for_type(type_name: str) -> Kind | None:
-    ns, _, rest = type_name.partition("/")
-    return kind_for(ns, tuple(rest.split("/")))
+    def kind_for_type(self, type_name: str) -> Kind | None:
+        ns, _, rest = type_name.partition("/")
+        return self.kind_for(ns, tuple(rest.split("/")))
 
 
 def drop_role_assignments(cloud: Cloud, scope: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from . import arm_lro
-from .arm_kinds import ArmError, Ctx, Kind, register
+from .arm_kinds import ArmError, Ctx, Kind, Registry
 from .responses import json_response
 
 
@@ -32,5 +32,10 @@ class LocationOperations(Kind):
         return json_response(arm_lro.status_body(self.ns, body), 200, headers)
 
 
-for _ns in ("Microsoft.Compute", "Microsoft.Network"):
-    register(LocationOperations(_ns))
+KINDS = tuple(LocationOperations(ns) for ns in ("Microsoft.Compute", "Microsoft.Network"))
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

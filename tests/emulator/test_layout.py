@@ -1,8 +1,12 @@
-"""The emulator's layout: host names defined once (hosts.py)."""
+"""The emulator's layout: host names defined once (hosts.py), resource providers registered
+explicitly (arm.PROVIDERS, arm.providers())."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest_milab.emulator as emulator
@@ -42,3 +46,65 @@ def test_host_names_are_spelled_only_in_hosts_py():
                 if name in value:
                     found.setdefault(str(path.relative_to(PACKAGE)), set()).add(name)
     assert found == {}
+
+
+# -- resource providers are registered explicitly -------------------------------------------------
+def _run_fresh(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_importing_a_provider_registers_nothing():
+    """Every emulator module imported, and still no registry anywhere holds a resource type:
+    only `arm.providers()` (called by `arm.build_app`) fills one."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import pytest_milab.emulator as emulator
+        from pytest_milab.emulator.arm_kinds import Registry
+        for info in pkgutil.walk_packages(emulator.__path__, "pytest_milab.emulator."):
+            importlib.import_module(info.name)
+        filled = [f"{name}.{attr}" for name, module in list(sys.modules.items())
+                  if name.startswith("pytest_milab.emulator")
+                  for attr, value in vars(module).items()
+                  if isinstance(value, Registry) and (value.kinds or value.namespaces)]
+        assert not filled, filled
+    """)
+    done = _run_fresh(code)
+    assert done.returncode == 0, done.stderr
+
+
+def test_each_listed_provider_is_served_and_only_those():
+    from pytest_milab.emulator import arm
+
+    everything = arm.providers()
+    for module in arm.PROVIDERS:
+        alone = arm.providers((module,))
+        assert alone.namespaces, module.__name__
+        assert set(alone.kinds) <= set(everything.kinds), module.__name__
+        assert set(alone.namespaces) <= set(everything.namespaces), module.__name__
+    assert set(everything.namespaces) == {
+        "microsoft.resources", "microsoft.authorization", "microsoft.network", "microsoft.compute",
+        "microsoft.managedidentity", "microsoft.hybridcompute", "microsoft.keyvault"}
+    without_vaults = arm.providers(tuple(m for m in arm.PROVIDERS
+                                         if not m.__name__.endswith(".arm_keyvault")))
+    assert without_vaults.known_namespace("Microsoft.KeyVault") is None
+    assert everything.known_namespace("microsoft.keyvault") == "Microsoft.KeyVault"
+
+
+def test_a_listed_provider_answers_through_arm(local_azure, operator_credential):
+    """The running ARM serves a type of each registered namespace (an empty list is served)."""
+    import requests
+
+    token = operator_credential.get_token("https://management.azure.com/.default").token
+    sub = local_azure.subscription_id
+    for path, version in [
+        ("providers/Microsoft.KeyVault/vaults", "2023-07-01"),
+        ("providers/Microsoft.Network/virtualNetworks", "2024-05-01"),
+        ("providers/Microsoft.HybridCompute/machines", "2024-07-10"),
+        ("resourcegroups", "2022-09-01"),
+    ]:
+        r = requests.get(f"https://management.azure.com/subscriptions/{sub}/{path}",
+                         params={"api-version": version},
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200, (path, r.text)
+        assert "value" in r.json()
