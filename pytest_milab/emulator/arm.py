@@ -36,11 +36,10 @@ from .arm_kinds import (
     Registry,
     forbidden,
     group_not_found,
-    method_not_allowed,
     need_version,
     uri_not_found,
 )
-from .arm_versions import LOCATION_NAMES, SUBSCRIPTIONS, normalize_location, provider_versions
+from .arm_versions import LOCATION_NAMES, RESOURCES, normalize_location, provider_versions
 from .faults import ArmThrottle, Verdict
 from .hosts import ARM_HOST, LOGIN_HOSTS
 from .responses import set_caller
@@ -133,39 +132,73 @@ def need_provider_version(ctx: Ctx, kind: Kind) -> None:
 
 # -- routing --------------------------------------------------------------------------------------
 def route(ctx: Ctx) -> Response:
+    """Every ARM request: find its kind (a provider's type, or one of Microsoft.Resources' own
+    paths), then `dispatch` it the same way."""
     segs = [s for s in ctx.path.split("/") if s]
     low = [s.lower() for s in segs]
     if not segs:
         raise uri_not_found(ctx)
-    if low == ["subscriptions"]:
-        need_version(ctx, SUBSCRIPTIONS)
-        return arm_groups.list_subscriptions(ctx)
-    if low == ["tenants"]:
-        need_version(ctx, SUBSCRIPTIONS)
-        return arm_groups.list_tenants(ctx)
-    if low[0] == "providers" and len(low) <= 2:
-        return arm_groups.providers(ctx, segs[1:], tenant_level=True)
-    if low[0] == "subscriptions":
+    if low[0] == "subscriptions" and len(low) > 1:
         sub = ctx.cloud.subscription(segs[1])
         if sub is None:
             raise ArmError(404, "SubscriptionNotFound",
                            f"The subscription '{segs[1]}' could not be found.")
         ctx.sub = sub.subscription_id
-    elif low[0] != "providers":
+    elif low[0] not in ("subscriptions", "tenants", "providers"):
         raise uri_not_found(ctx)
     idx = max((i for i, s in enumerate(low) if s == "providers"), default=None)
     if idx is None:
         at = 4 if len(low) > 4 and low[2] == "resourcegroups" else 2
-        if len(low) > at + 1 and low[at] == "deployments":
+        if ctx.sub and len(low) > at + 1 and low[at] == "deployments":
             # "Deployment Operations - List" addresses deployments without `/providers/`.
             segs = segs[:at] + ["providers", "Microsoft.Resources"] + segs[at:]
             return provider_route(ctx, segs, at)
-        return arm_groups.route(ctx, segs, low)
+    elif not _lists_providers(ctx, low, idx):
+        return provider_route(ctx, segs, idx)
+    kind, mode = _resolve_builtin(ctx, segs, low, idx)
+    return dispatch(ctx, kind, mode, segs)
+
+
+def _lists_providers(ctx: Ctx, low: list[str], idx: int) -> bool:
+    """`[/subscriptions/{s}]/providers[/{ns}]` and `POST .../providers/{ns}/(un)register`."""
     tail = low[idx + 1:]
-    if idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")
-                                        and ctx.method == "POST")):
-        return arm_groups.providers(ctx, segs[idx + 1:], tenant_level=False)
-    return provider_route(ctx, segs, idx)
+    if idx == 0:
+        return len(tail) <= 1
+    return idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")
+                                            and ctx.method == "POST"))
+
+
+def _resolve_builtin(ctx: Ctx, segs: list[str], low: list[str],
+                     idx: int | None) -> tuple[Kind, str]:
+    """Microsoft.Resources' own paths, which have no `/providers/{ns}/` segment: subscriptions,
+    tenants, locations, provider registrations, resource groups and the generic resource lists."""
+    names: tuple[str, ...] = ()
+    if idx is not None:
+        types, mode, names = ("providers",), "collection", tuple(segs[idx + 1:])
+    elif ctx.sub is None:
+        if len(low) != 1 or low[0] not in ("subscriptions", "tenants"):
+            raise uri_not_found(ctx)
+        types, mode = (low[0],), "collection"
+    else:
+        rel = low[2:]
+        if not rel:
+            types, mode, names = ("subscriptions",), "item", (ctx.sub,)
+        elif rel in (["locations"], ["resources"], ["resourcegroups"]):
+            types, mode = (rel[0],), "collection"
+        elif len(rel) == 2 and rel[0] == "resourcegroups":
+            ctx.rg = segs[3]
+            types, mode, names = ("resourcegroups",), "item", (ctx.rg,)
+        elif len(rel) == 3 and rel[0] == "resourcegroups" and rel[2] == "resources":
+            ctx.rg = segs[3]
+            types, mode, names = ("resourcegroups", "resources"), "collection", (ctx.rg,)
+        else:
+            need_version(ctx, RESOURCES)  # as ARM checks it before finding no such path
+            raise uri_not_found(ctx)
+    kind = ctx.registry.builtin(types)
+    if kind is None:
+        raise uri_not_found(ctx)
+    ctx.ns, ctx.types, ctx.names = kind.ns, kind.types, names
+    return kind, mode
 
 
 def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
@@ -250,29 +283,21 @@ def provider_route(ctx: Ctx, segs: list[str], idx: int) -> Response:
     if not rest:
         raise uri_not_found(ctx)
     kind, mode = _resolve_kind(ctx, ns, rest)
-    need_provider_version(ctx, kind)
+    return dispatch(ctx, kind, mode, segs, top_resource)
+
+
+def dispatch(ctx: Ctx, kind: Kind, mode: str, segs: list[str],
+             top_resource: str | None = None) -> Response:
+    """The one path every request takes once its kind is known (the caller is already
+    authenticated and not throttled): api-version, authorisation, scope, then the kind."""
+    if kind.api_versions is not None:
+        need_version(ctx, kind.api_versions)
+    else:
+        need_provider_version(ctx, kind)
     _authorize(ctx, kind, mode, segs)
-    _check_scope_exists(ctx, top_resource)
-    return _invoke(ctx, kind, mode)
-
-
-def _invoke(ctx: Ctx, kind: Kind, mode: str) -> Response:
-    m = ctx.method
-    if mode == "item":
-        handler = {"GET": kind.get, "HEAD": kind.head, "PUT": kind.put, "PATCH": kind.patch,
-                   "DELETE": kind.delete}.get(m)
-        if handler:
-            return handler(ctx)
-    elif mode == "collection":
-        if m == "GET":
-            return kind.list(ctx)
-        if m == "POST":
-            return kind.post_collection(ctx)
-    elif m == "POST" and ctx.verb in kind.actions:
-        return kind.action(ctx, ctx.verb)
-    elif m == "GET" and ctx.verb in kind.views:
-        return kind.view(ctx, ctx.verb)
-    raise method_not_allowed(ctx)
+    if kind.scope_must_exist:
+        _check_scope_exists(ctx, top_resource)
+    return kind.invoke(ctx, mode)
 
 
 # -- response headers -----------------------------------------------------------------------------

@@ -13,15 +13,14 @@ from . import faults, rbac
 from .arm_kinds import (
     ArmError,
     Ctx,
+    Kind,
     Registry,
     Tracked,
     drop_role_assignments,
     forbidden,
     group_not_found,
     method_not_allowed,
-    need_version,
     require_allowed,
-    uri_not_found,
     visible,
 )
 from .arm_versions import (
@@ -44,29 +43,6 @@ RG_RESOURCES_READ = "Microsoft.Resources/subscriptions/resourceGroups/resources/
 SUB_RESOURCES_READ = "Microsoft.Resources/subscriptions/resources/read"
 LIST_FIELDS = ("id", "name", "type", "sku", "kind", "location", "extendedLocation", "managedBy",
                "plan", "tags", "identity")
-
-
-def route(ctx: Ctx, segs: list[str], low: list[str]) -> Response:
-    """`/subscriptions/{sub}/...` paths without a `/providers/` segment."""
-    n = len(low)
-    if n == 2:
-        need_version(ctx, SUBSCRIPTIONS)
-        return get_subscription(ctx)
-    if n == 3 and low[2] == "locations":
-        need_version(ctx, SUBSCRIPTIONS)
-        return list_locations(ctx)
-    need_version(ctx, RESOURCES)
-    if n == 3 and low[2] == "resources":
-        return list_resources(ctx, None)
-    if n >= 3 and low[2] == "resourcegroups":
-        if n == 3:
-            return list_groups(ctx)
-        ctx.rg = segs[3]
-        if n == 4:
-            return group_item(ctx)
-        if n == 5 and low[4] == "resources":
-            return list_resources(ctx, segs[3])
-    raise uri_not_found(ctx)
 
 
 # -- subscriptions and tenants ------------------------------------------------------------------
@@ -144,7 +120,6 @@ def _provider_json(ctx: Ctx, ns: str, prefix: str) -> dict:
 
 def providers(ctx: Ctx, rest: list[str], *, tenant_level: bool) -> Response:
     """`[/subscriptions/{sub}]/providers[/{ns}[/register]]`: every provider here is registered."""
-    need_version(ctx, RESOURCES)
     prefix = "" if tenant_level else f"/subscriptions/{ctx.sub}"
     if not tenant_level:
         if len(rest) == 2:
@@ -371,6 +346,76 @@ def list_resources(ctx: Ctx, group: str | None) -> Response:
     return json_response(page(ctx, items))
 
 
+# -- Microsoft.Resources' own paths as kinds ----------------------------------------------------
+class _Builtin(Kind):
+    """A path of Microsoft.Resources without `/providers/{ns}/` (arm.route finds it).
+
+    It passes through arm.dispatch like every kind: its own api-version list
+    (InvalidApiVersionParameter), then its handler, which authorises the caller in ARM's order
+    for these (method, role, then whether the group exists) and so checks the group itself.
+    """
+
+    ns = NS
+    check_rbac = False
+    scope_must_exist = False
+    api_versions = RESOURCES
+
+
+class Subscriptions(_Builtin):
+    types, api_versions = ("subscriptions",), SUBSCRIPTIONS
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        # The list answers whatever the method, as it always has here.
+        return list_subscriptions(ctx) if mode == "collection" else get_subscription(ctx)
+
+
+class Tenants(_Builtin):
+    types, api_versions = ("tenants",), SUBSCRIPTIONS
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_tenants(ctx)
+
+
+class Locations(_Builtin):
+    types, api_versions = ("locations",), SUBSCRIPTIONS
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_locations(ctx)
+
+
+class Providers(_Builtin):
+    types = ("providers",)
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return providers(ctx, list(ctx.names), tenant_level=ctx.sub is None)
+
+
+class ResourceGroups(_Builtin):
+    types = ("resourceGroups",)
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_groups(ctx) if mode == "collection" else group_item(ctx)
+
+
+class SubscriptionResources(_Builtin):
+    types = ("resources",)
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_resources(ctx, None)
+
+
+class GroupResources(_Builtin):
+    types = ("resourceGroups", "resources")
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_resources(ctx, ctx.rg)
+
+
+BUILTINS = (Subscriptions(), Tenants(), Locations(), Providers(), ResourceGroups(),
+            SubscriptionResources(), GroupResources())
+
+
 def register(registry: Registry) -> None:
-    """Microsoft.Resources' own namespace: its routes are arm.py's, its deployments arm_deployments'."""
-    registry.add_namespace(NS)
+    """Microsoft.Resources' own paths (its deployments are arm_deployments')."""
+    for kind in BUILTINS:
+        registry.add_builtin(kind)

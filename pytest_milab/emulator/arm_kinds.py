@@ -238,6 +238,10 @@ class Kind:
     ns: str = ""
     types: tuple[str, ...] = ()
     check_rbac = True  # False: any signed-in caller may use it (permissions, roleDefinitions)
+    # None: the provider's api-versions (arm_versions.provider_versions, NoRegisteredProviderFound);
+    # Microsoft.Resources' own types name theirs (InvalidApiVersionParameter).
+    api_versions: tuple[str, ...] | None = None
+    scope_must_exist = True  # the group (and scope resource) must exist before the handler runs
     actions: tuple[str, ...] = ()  # POST `{item}/{verb}`
     views: tuple[str, ...] = ()  # GET `{item}/{view}`
 
@@ -258,6 +262,25 @@ class Kind:
     def filtered_listing(self, ctx: Ctx) -> bool:
         """Lists at subscription scope show what the caller may read instead of failing."""
         return False
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        """Answer a request already authorised: `mode` is item, collection or verb."""
+        m = ctx.method
+        if mode == "item":
+            handler = {"GET": self.get, "HEAD": self.head, "PUT": self.put, "PATCH": self.patch,
+                       "DELETE": self.delete}.get(m)
+            if handler:
+                return handler(ctx)
+        elif mode == "collection":
+            if m == "GET":
+                return self.list(ctx)
+            if m == "POST":
+                return self.post_collection(ctx)
+        elif m == "POST" and ctx.verb in self.actions:
+            return self.action(ctx, ctx.verb)
+        elif m == "GET" and ctx.verb in self.views:
+            return self.view(ctx, ctx.verb)
+        raise method_not_allowed(ctx)
 
     def get(self, ctx: Ctx) -> Response:
         raise method_not_allowed(ctx)
@@ -501,6 +524,9 @@ class Registry:
     def __init__(self) -> None:
         self.namespaces: dict[str, str] = {}  # lower -> canonical
         self.kinds: dict[tuple[str, tuple[str, ...]], Kind] = {}
+        # Microsoft.Resources' own paths, without `/providers/{ns}` (`/subscriptions/{s}`,
+        # `/subscriptions/{s}/resourceGroups/{g}`, ...): by their type segments.
+        self.builtins: dict[tuple[str, ...], Kind] = {}
 
     def add_namespace(self, ns: str) -> None:
         self.namespaces.setdefault(ns.lower(), ns)
@@ -509,6 +535,14 @@ class Registry:
         self.namespaces[kind.ns.lower()] = kind.ns
         self.kinds[(kind.ns.lower(), tuple(t.lower() for t in kind.types))] = kind
         return kind
+
+    def add_builtin(self, kind: Kind) -> Kind:
+        self.add_namespace(kind.ns)
+        self.builtins[tuple(t.lower() for t in kind.types)] = kind
+        return kind
+
+    def builtin(self, types: tuple[str, ...]) -> Kind | None:
+        return self.builtins.get(tuple(t.lower() for t in types))
 
     def known_namespace(self, ns: str) -> str | None:
         return self.namespaces.get(ns.lower())

@@ -1,5 +1,5 @@
 """The emulator's layout: host names defined once (hosts.py), resource providers registered
-explicitly (arm.PROVIDERS, arm.providers())."""
+explicitly (arm.PROVIDERS, arm.providers()), one ARM routing path (arm.dispatch)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,46 @@ def test_a_listed_provider_answers_through_arm(local_azure, operator_credential)
                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert r.status_code == 200, (path, r.text)
         assert "value" in r.json()
+
+
+# -- one routing path -----------------------------------------------------------------------------
+def test_every_arm_request_goes_through_dispatch(local_azure, operator_credential, monkeypatch):
+    """Microsoft.Resources' own paths (subscriptions, groups, providers, resource lists) take the
+    same `arm.dispatch` as the other providers' types."""
+    import requests
+
+    from pytest_milab.emulator import arm
+
+    seen: list[str] = []
+    real = arm.dispatch
+
+    def recording(ctx, kind, mode, segs, top_resource=None):
+        seen.append(f"{kind.ns}/{'/'.join(kind.types)} {mode}")
+        return real(ctx, kind, mode, segs, top_resource)
+
+    monkeypatch.setattr(arm, "dispatch", recording)
+    token = operator_credential.get_token("https://management.azure.com/.default").token
+    sub = f"/subscriptions/{local_azure.subscription_id}"
+    cases = [
+        ("/subscriptions", "2022-12-01", "Microsoft.Resources/subscriptions collection"),
+        ("/tenants", "2022-12-01", "Microsoft.Resources/tenants collection"),
+        (sub, "2022-12-01", "Microsoft.Resources/subscriptions item"),
+        (f"{sub}/locations", "2022-12-01", "Microsoft.Resources/locations collection"),
+        (f"{sub}/providers", "2021-04-01", "Microsoft.Resources/providers collection"),
+        (f"{sub}/resourcegroups", "2021-04-01", "Microsoft.Resources/resourceGroups collection"),
+        (f"{sub}/resources", "2021-04-01", "Microsoft.Resources/resources collection"),
+        (f"{sub}/providers/Microsoft.KeyVault/vaults", "2023-07-01",
+         "Microsoft.KeyVault/vaults collection"),
+    ]
+    for path, version, expected in cases:
+        seen.clear()
+        r = requests.get(f"https://management.azure.com{path}", params={"api-version": version},
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200, (path, r.text)
+        assert seen == [expected], path
+    seen.clear()
+    r = requests.get(f"https://management.azure.com{sub}/resourcegroups/no-such-group",
+                     params={"api-version": "1999-01-01"},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "InvalidApiVersionParameter"
+    assert seen == ["Microsoft.Resources/resourceGroups item"]
