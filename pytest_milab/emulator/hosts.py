@@ -29,7 +29,7 @@ EMULATED_HOSTS = (*LOGIN_HOSTS, ARM_HOST, GRAPH_HOST, *VAULT_HOSTS)
 # Hosts a VM's shell may also reach: the Azure CLI installer's short link.
 AKA_MS_HOST = "aka.ms"
 VM_EXTRA_HOSTS = (AKA_MS_HOST,)
-# The local Azure's own control endpoint (control.py): the host's clients only, never a VM's.
+# The local Azure's own control endpoint (machines/control.py): the host's clients only, never a VM's.
 CONTROL_HOST = "control.localazure.test"
 CONTROL_HOSTS = (CONTROL_HOST,)
 

@@ -27,10 +27,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import faults, rbac
+from .entra.tokens import VAULT_AUDIENCES, TokenIssuer, TokenRejected
 from .hosts import LOGIN_ENDPOINT, VAULT_RESOURCE, VAULT_SUFFIX
 from .responses import json_response, set_caller
 from .state import Cloud, Timed
-from .tokens import VAULT_AUDIENCES, TokenIssuer, TokenRejected
 
 VAULT_TYPE = "microsoft.keyvault/vaults"
 # 7.x are the classic versions; 2025-07-01 is the first date-named one. 2026-04-01 is what

@@ -14,19 +14,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import arm, control, entra, graph, keyvault, rbac, userland, users
-from .arc import ArcFleet
+from . import keyvault, rbac
+from .arm import app as arm
+from .entra import graph, login, users
+from .entra.tokens import TokenIssuer
 from .faults import LATENCY_SERVICES, Quirks
-from .frontdoor import FrontDoor
 from .hosts import AKA_MS_HOST, CONTROL_HOSTS, EMULATED_HOSTS, SERVICE_HOSTS, TENANT_DOMAIN
-from .network import (
+from .machines import control, userland
+from .machines.arc import ArcFleet
+from .machines.vms import VmFleet
+from .state import Cloud, Knobs
+from .wire.frontdoor import FrontDoor
+from .wire.network import (
     CertificateAuthority,
     ForwardProxy,
     HttpListener,
 )
-from .state import Cloud, Knobs
-from .tokens import TokenIssuer
-from .vms import VmFleet
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ class LocalAzure:
 
     def add_machine(self, name: str, *, user: str = "azureuser",
                     public_keys: list[str] | tuple[str, ...] = ()) -> Machine:
-        """A server outside Azure (see arc.py): SSH for `user` with these OpenSSH public keys,
+        """A server outside Azure (see machines/arc.py): SSH for `user` with these OpenSSH public keys,
         the VMs' userland, no IMDS, and `azcmagent` to onboard it with Azure Arc."""
         if not name or "/" in name:
             raise ValueError(f"not a machine name: {name!r}")
@@ -241,7 +244,7 @@ class LocalAzure:
 
     def add_user(self, user_principal_name: str, password: str | None = None, *,
                  role: str | None = None, scope: str | None = None) -> UserIdentity:
-        """A new Entra user that signs in with a password or a device code (users.py), optionally
+        """A new Entra user that signs in with a password or a device code (entra/users.py), optionally
         given a built-in role (at the subscription unless `scope` says otherwise)."""
         password = password or secrets.token_urlsafe(18) + "!Aa1"
         user = self.cloud.add_user(user_principal_name, password)
@@ -264,7 +267,7 @@ class LocalAzure:
         return self.operator_user
 
     def approve_device_code(self, user_code: str, user_principal_name: str) -> None:
-        """Complete a device code sign-in as this user, without a browser (users.py)."""
+        """Complete a device code sign-in as this user, without a browser (entra/users.py)."""
         users.approve_device_code(self.cloud, user_code, user_principal_name)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -293,12 +296,12 @@ class LocalAzure:
         self.tokens = TokenIssuer(self.cloud.tenant_id, clock=self.cloud.now)
         self.ca = CertificateAuthority(self.workdir)
         self._seed()
-        builders = {"entra": entra.build_app, "arm": arm.build_app, "graph": graph.build_app,
+        builders = {"entra": login.build_app, "arm": arm.build_app, "graph": graph.build_app,
                     "keyvault": keyvault.build_app}
         routes = {host: (service, builders[service](self.cloud, self.tokens))
                   for service, hosts in SERVICE_HOSTS.items() for host in hosts}
         routes.update(self._extra_routes())
-        # The local Azure's stand-in for racking a server (control.py): its Owner only.
+        # The local Azure's stand-in for racking a server (machines/control.py): its Owner only.
         routes[control.HOST] = ("control", control.build_app(
             self.tokens, self.operator.object_id, lambda: self.machines))
         self.tls = HttpListener(FrontDoor(self.cloud, routes), cert=self.ca)

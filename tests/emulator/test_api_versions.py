@@ -10,8 +10,8 @@ import time
 import pytest
 from apiversions import collect, default_roots, site_packages_of
 
-from pytest_milab.emulator import arm
-from pytest_milab.emulator.arm_versions import provider_versions
+from pytest_milab.emulator.arm import app as arm
+from pytest_milab.emulator.arm.versions import provider_versions
 
 REGISTRY = arm.providers()  # every resource type the local ARM serves
 

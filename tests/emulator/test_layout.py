@@ -60,7 +60,7 @@ def test_importing_a_provider_registers_nothing():
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
         import pytest_milab.emulator as emulator
-        from pytest_milab.emulator.arm_kinds import Registry
+        from pytest_milab.emulator.arm.kinds import Registry
         for info in pkgutil.walk_packages(emulator.__path__, "pytest_milab.emulator."):
             importlib.import_module(info.name)
         filled = [f"{name}.{attr}" for name, module in list(sys.modules.items())
@@ -74,7 +74,7 @@ def test_importing_a_provider_registers_nothing():
 
 
 def test_each_listed_provider_is_served_and_only_those():
-    from pytest_milab.emulator import arm
+    from pytest_milab.emulator.arm import app as arm
 
     everything = arm.providers()
     for module in arm.PROVIDERS:
@@ -86,7 +86,7 @@ def test_each_listed_provider_is_served_and_only_those():
         "microsoft.resources", "microsoft.authorization", "microsoft.network", "microsoft.compute",
         "microsoft.managedidentity", "microsoft.hybridcompute", "microsoft.keyvault"}
     without_vaults = arm.providers(tuple(m for m in arm.PROVIDERS
-                                         if not m.__name__.endswith(".arm_keyvault")))
+                                         if not m.__name__.endswith(".arm.keyvault")))
     assert without_vaults.known_namespace("Microsoft.KeyVault") is None
     assert everything.known_namespace("microsoft.keyvault") == "Microsoft.KeyVault"
 
@@ -116,7 +116,7 @@ def test_every_arm_request_goes_through_dispatch(local_azure, operator_credentia
     same `arm.dispatch` as the other providers' types."""
     import requests
 
-    from pytest_milab.emulator import arm
+    from pytest_milab.emulator.arm import app as arm
 
     seen: list[str] = []
     real = arm.dispatch

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hosts import ARM_ENDPOINT, CLASSIC_MANAGEMENT, LOGIN_ENDPOINT, VAULT_SUFFIX
+from ..hosts import ARM_ENDPOINT, CLASSIC_MANAGEMENT, LOGIN_ENDPOINT, VAULT_SUFFIX
 
 
 class TemplateError(Exception):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .hosts import ARM_AUDIENCES, GRAPH_AUDIENCES, VAULT_AUDIENCES
+from ..hosts import ARM_AUDIENCES, GRAPH_AUDIENCES, VAULT_AUDIENCES
 
 KNOWN_RESOURCES = ARM_AUDIENCES + VAULT_AUDIENCES + GRAPH_AUDIENCES
 

@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .hosts import GRAPH_ENDPOINT, LOGIN_ENDPOINT, TENANT_DOMAIN
-from .responses import set_caller
-from .state import Application, Cloud, ServicePrincipal, User, password_credential
+from ..hosts import GRAPH_ENDPOINT, LOGIN_ENDPOINT, TENANT_DOMAIN
+from ..responses import set_caller
+from ..state import Application, Cloud, ServicePrincipal, User, password_credential
 from .tokens import GRAPH_AUDIENCES, TokenIssuer, TokenRejected
 
 GRAPH = GRAPH_ENDPOINT

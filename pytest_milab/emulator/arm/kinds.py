@@ -19,10 +19,11 @@ from typing import Any
 
 from starlette.responses import Response
 
-from . import arm_lro, rbac
-from .arm_versions import LOCATION_NAMES, normalize_location
-from .responses import arm_error, json_response
-from .state import Cloud, arm_key, new_guid
+from .. import rbac
+from ..responses import arm_error, json_response
+from ..state import Cloud, arm_key, new_guid
+from . import lro
+from .versions import LOCATION_NAMES, normalize_location
 
 RESOURCE_NOT_FOUND_TAIL = "For more details please go to https://aka.ms/ARMResourceNotFoundFix"
 
@@ -238,7 +239,7 @@ class Kind:
     ns: str = ""
     types: tuple[str, ...] = ()
     check_rbac = True  # False: any signed-in caller may use it (permissions, roleDefinitions)
-    # None: the provider's api-versions (arm_versions.provider_versions, NoRegisteredProviderFound);
+    # None: the provider's api-versions (versions.provider_versions, NoRegisteredProviderFound);
     # Microsoft.Resources' own types name theirs (InvalidApiVersionParameter).
     api_versions: tuple[str, ...] | None = None
     scope_must_exist = True  # the group (and scope resource) must exist before the handler runs
@@ -325,7 +326,7 @@ def visible(ctx: Ctx, items: list[dict], sub_action: str,
 class Tracked(Kind):
     """A top-level resource stored in `cloud.resources` under its id."""
 
-    long_running = False  # PUT answers Creating/Updating and finishes later (arm_lro.py)
+    long_running = False  # PUT answers Creating/Updating and finishes later (lro.py)
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         """The stored JSON for a PUT body (or a PATCH merged onto `existing`)."""
@@ -402,7 +403,7 @@ class Tracked(Kind):
             res = self.build(ctx, body, existing)
             self.store(ctx, res)
             self.after_put(ctx, res, existing)
-            headers = arm_lro.begin_put(ctx, res, existing) if self.long_running else {}
+            headers = lro.begin_put(ctx, res, existing) if self.long_running else {}
             out = self.present(ctx, res)
         return json_response(out, 200 if existing else 201, headers)
 

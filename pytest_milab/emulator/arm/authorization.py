@@ -8,10 +8,11 @@ import re
 
 from starlette.responses import Response
 
-from . import conditions, faults, rbac
-from .arm_kinds import GUID_RE, ArmError, Ctx, Kind, Registry
-from .responses import iso, json_response
-from .state import RoleAssignment, arm_key
+from .. import faults, rbac
+from ..responses import iso, json_response
+from ..state import RoleAssignment, arm_key
+from . import conditions
+from .kinds import GUID_RE, ArmError, Ctx, Kind, Registry
 
 NS = "Microsoft.Authorization"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import trustme
 import uvicorn
 
-from .faults import Faults, reset_tunnel
-from .hosts import CONTROL_HOSTS, EMULATED_HOSTS, VM_EXTRA_HOSTS
+from ..faults import Faults, reset_tunnel
+from ..hosts import CONTROL_HOSTS, EMULATED_HOSTS, VM_EXTRA_HOSTS
 
 VM_KEY_HEADER = "x-milab-vm-key"
 # A `plain_http` route for a host nothing answers on (169.254.169.254 outside Azure, a stopped

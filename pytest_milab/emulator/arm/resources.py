@@ -9,8 +9,11 @@ from urllib.parse import urlencode
 
 from starlette.responses import Response
 
-from . import faults, rbac
-from .arm_kinds import (
+from .. import faults, rbac
+from ..hosts import TENANT_DOMAIN
+from ..responses import json_response
+from ..state import Subscription, arm_key
+from .kinds import (
     ArmError,
     Ctx,
     Kind,
@@ -23,7 +26,7 @@ from .arm_kinds import (
     require_allowed,
     visible,
 )
-from .arm_versions import (
+from .versions import (
     LOCATION_NAMES,
     LOCATIONS,
     RESOURCES,
@@ -31,9 +34,6 @@ from .arm_versions import (
     normalize_location,
     provider_versions,
 )
-from .hosts import TENANT_DOMAIN
-from .responses import json_response
-from .state import Subscription, arm_key
 
 NS = "Microsoft.Resources"
 

@@ -12,10 +12,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
+from ..hosts import GRAPH_ENDPOINT, GRAPH_HOST, LOGIN_HOST, LOGIN_HOSTS
+from ..responses import json_response, read_form, set_caller
+from ..state import Cloud
 from . import users
-from .hosts import GRAPH_ENDPOINT, GRAPH_HOST, LOGIN_HOST, LOGIN_HOSTS
-from .responses import json_response, read_form, set_caller
-from .state import Cloud
 from .tokens import KNOWN_RESOURCES, TokenIssuer, audience_for_scope
 
 TOKEN_LIFETIME = 3599

@@ -14,16 +14,16 @@ import secrets
 
 from starlette.responses import Response
 
-from .arm_kinds import (
+from ..responses import iso, json_response
+from ..state import arm_key, new_guid
+from .kinds import (
     ArmError,
     Ctx,
     Registry,
     Tracked,
     invalid_reference,
 )
-from .arm_network import NICS
-from .responses import iso, json_response
-from .state import arm_key, new_guid
+from .network import NICS
 
 NS = "Microsoft.Compute"
 VM_TYPE = f"{NS}/virtualMachines"

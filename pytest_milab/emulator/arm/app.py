@@ -2,7 +2,7 @@
 
 Every request is authenticated (“Azure REST API reference”), needs a known api-version, and is authorised
 per request against the caller's role assignments in force (“Troubleshoot Azure RBAC”). Paths are
-case-insensitive. The resource types live in `arm_*.py` modules as `Kind`s over `cloud.resources`.
+case-insensitive. The resource types live in this package's provider modules as `Kind`s over `cloud.resources`.
 """
 
 from __future__ import annotations
@@ -16,19 +16,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import rbac
+from ..entra.tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+from ..faults import ArmThrottle, Verdict
+from ..hosts import ARM_HOST, LOGIN_HOSTS
+from ..responses import set_caller
+from ..state import Cloud, arm_key, new_guid
 from . import (
-    arm_authorization,
-    arm_compute,
-    arm_deployments,
-    arm_groups,
-    arm_hybrid,
-    arm_images,
-    arm_keyvault,
-    arm_network,
-    arm_operations,
-    rbac,
+    authorization,
+    compute,
+    deployments,
+    hybrid,
+    images,
+    keyvault,
+    network,
+    operations,
+    resources,
 )
-from .arm_kinds import (
+from .kinds import (
     RESOURCE_NOT_FOUND_TAIL,
     ArmError,
     Ctx,
@@ -39,18 +44,13 @@ from .arm_kinds import (
     need_version,
     uri_not_found,
 )
-from .arm_versions import LOCATION_NAMES, RESOURCES, normalize_location, provider_versions
-from .faults import ArmThrottle, Verdict
-from .hosts import ARM_HOST, LOGIN_HOSTS
-from .responses import set_caller
-from .state import Cloud, arm_key, new_guid
-from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+from .versions import LOCATION_NAMES, RESOURCES, normalize_location, provider_versions
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
 # The resource providers this ARM serves, registered in this order by `providers()`.
-PROVIDERS = (arm_groups, arm_deployments, arm_authorization, arm_network, arm_compute,
-             arm_images, arm_hybrid, arm_keyvault, arm_operations)
+PROVIDERS = (resources, deployments, authorization, network, compute, images, hybrid, keyvault,
+             operations)
 
 
 def providers(modules=PROVIDERS) -> Registry:

@@ -51,24 +51,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import faults, topology, userland
-from .frontdoor import FrontDoor
-from .hosts import (
+from .. import faults
+from ..entra.tokens import KNOWN_RESOURCES, TokenIssuer
+from ..hosts import (
     ARM_ENDPOINT,
     HIMDS_ENDPOINT,
     HIMDS_HOSTS,
     IMDS_HOST,
     LOGIN_ENDPOINT,
 )
-from .imds import _as_text, _walk
-from .network import (
+from ..responses import set_caller
+from ..state import Cloud, arm_key
+from ..wire.frontdoor import FrontDoor
+from ..wire.network import (
     UNREACHABLE,
     VM_KEY_HEADER,
     HttpListener,
 )
-from .responses import set_caller
-from .state import Cloud, arm_key
-from .tokens import KNOWN_RESOURCES, TokenIssuer
+from . import topology, userland
+from .imds import _as_text, _walk
 from .vms import LiveVm
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import ipaddress
 import itertools
 import secrets
 
-from .arm_kinds import (
+from ..state import Cloud, arm_key, new_guid
+from .kinds import (
     ArmError,
     Ctx,
     InlineChild,
@@ -23,7 +24,6 @@ from .arm_kinds import (
     invalid_reference,
     referrers,
 )
-from .state import Cloud, arm_key, new_guid
 
 NS = "Microsoft.Network"
 SUBNET = f"{NS}/virtualNetworks/subnets"

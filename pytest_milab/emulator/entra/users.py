@@ -27,8 +27,8 @@ import string
 import time
 from typing import Any
 
-from .hosts import LOGIN_ENDPOINT
-from .state import Cloud, User
+from ..hosts import LOGIN_ENDPOINT
+from ..state import Cloud, User
 from .tokens import KNOWN_RESOURCES, TokenIssuer, audience_for_scope
 
 # First-party public clients present in every tenant: Azure CLI, Azure PowerShell, Visual Studio.

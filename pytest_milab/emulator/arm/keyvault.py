@@ -13,11 +13,11 @@ import re
 
 from starlette.responses import Response
 
-from .arm_kinds import ArmError, Ctx, Kind, Registry, Tracked, resource_not_found
-from .arm_versions import normalize_location
-from .hosts import VAULT_SUFFIX
-from .responses import iso, json_response
-from .state import Timed, arm_key
+from ..hosts import VAULT_SUFFIX
+from ..responses import iso, json_response
+from ..state import Timed, arm_key
+from .kinds import ArmError, Ctx, Kind, Registry, Tracked, resource_not_found
+from .versions import normalize_location
 
 NS = "Microsoft.KeyVault"
 VAULT_TYPE = f"{NS}/vaults"

@@ -16,9 +16,9 @@ import re
 
 from starlette.responses import Response
 
-from .arm_kinds import ArmError, Ctx, Kind, Registry, Tracked
-from .arm_versions import normalize_location
-from .responses import json_response
+from ..responses import json_response
+from .kinds import ArmError, Ctx, Kind, Registry, Tracked
+from .versions import normalize_location
 
 NS = "Microsoft.Compute"
 _LOC_TYPES = ("locations", "publishers", "artifacttypes", "offers", "skus", "versions")
