@@ -1,5 +1,6 @@
 """The emulator's layout: host names defined once (hosts.py), resource providers registered
-explicitly (arm.PROVIDERS, arm.providers()), one ARM routing path (arm.dispatch)."""
+explicitly (arm.PROVIDERS, arm.providers()), one ARM routing path (arm.dispatch), and no import
+loop (knobs apart from state: faults imports neither)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest_milab.emulator as emulator
@@ -151,3 +153,68 @@ def test_every_arm_request_goes_through_dispatch(local_azure, operator_credentia
                      headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "InvalidApiVersionParameter"
     assert seen == ["Microsoft.Resources/resourceGroups item"]
+
+
+# -- no import loop -------------------------------------------------------------------------------
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each emulator module's emulator imports at module level (not those inside functions or
+    under `if TYPE_CHECKING:`, which run later or never)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                if node.module and target in modules:
+                    deps.add(target)
+                deps.update(f"{target}.{a.name}" for a in node.names
+                            if f"{target}.{a.name}" in modules)
+            elif isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names]
+                deps.update(n for n in names if n in modules)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_loop_between_emulator_modules():
+    graph = _import_graph()
+    assert "pytest_milab.emulator.knobs" in graph["pytest_milab.emulator.state"]
+    assert graph["pytest_milab.emulator.faults"].isdisjoint(
+        {"pytest_milab.emulator.knobs", "pytest_milab.emulator.state"})
+    loops, done, path = [], set(), []
+
+    def visit(name: str) -> None:
+        path.append(name)
+        for dep in sorted(graph[name]):
+            if dep in path:
+                loops.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name)
+    assert loops == []
+
+
+def test_each_emulator_module_imports_alone_in_a_fresh_interpreter():
+    names = sorted(_import_graph())
+
+    def alone(name: str) -> tuple[str, str]:
+        done = _run_fresh(f"import {name}")
+        return name, done.stderr.strip().splitlines()[-1] if done.returncode else ""
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failed = {name: err for name, err in pool.map(alone, names) if err}
+    assert failed == {}
