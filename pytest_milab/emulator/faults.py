@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
+from .hosts import CLASSIC_MANAGEMENT, MANAGEMENT_RESOURCES
 from .responses import json_response
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ QUIRKS = {
     "imds-no-tags-path":
         "IMDS answers 404 for /metadata/instance/compute/tagsList (the full document keeps it)",
     "imds-token-audience-mismatch":
-        "IMDS (and an Arc machine's HIMDS) tokens asked for https://management.azure.com/ carry "
-        "aud https://management.core.windows.net/ (ARM still accepts them)",
+        "IMDS (and an Arc machine's HIMDS) tokens asked for "
+        f"{MANAGEMENT_RESOURCES[0]} carry aud {CLASSIC_MANAGEMENT} (ARM still accepts them)",
     "arm-permissions-too-wide":
         "ARM's subscription-level permissions list shows */read to a managed identity even "
         "without an assignment there",
@@ -61,8 +62,6 @@ QUIRKS = {
     "keyvault-accepts-any-audience":
         "Key Vault does not check the token audience (a management token gets 403/200, not 401)",
 }
-MANAGEMENT_RESOURCES = ("https://management.azure.com/", "https://management.azure.com")
-CLASSIC_MANAGEMENT = "https://management.core.windows.net/"
 
 
 # -- faults -------------------------------------------------------------------------------------

@@ -27,13 +27,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import faults, rbac
+from .entra.tokens import VAULT_AUDIENCES, TokenIssuer, TokenRejected
+from .hosts import LOGIN_ENDPOINT, VAULT_RESOURCE, VAULT_SUFFIX
 from .responses import json_response, set_caller
 from .state import Cloud, Timed
-from .tokens import VAULT_AUDIENCES, TokenIssuer, TokenRejected
 
 VAULT_TYPE = "microsoft.keyvault/vaults"
-VAULT_SUFFIX = ".vault.azure.net"
-VAULT_RESOURCE = "https://vault.azure.net"
 # 7.x are the classic versions; 2025-07-01 is the first date-named one. 2026-04-01 is what
 # azure-keyvault-secrets 4.12 sends by default, and 2016-10-01 still appears in old tutorials.
 API_VERSIONS = frozenset({"7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01",
@@ -216,7 +215,7 @@ def bad_parameter(ctx_or_vault: VaultContext | dict | None, message: str) -> Res
 # -- authentication ---------------------------------------------------------------------------
 def _challenge(vault: dict, cloud: Cloud) -> dict[str, str]:
     tenant = (vault.get("properties") or {}).get("tenantId") or cloud.tenant_id
-    return {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/'
+    return {"WWW-Authenticate": f'Bearer authorization="{LOGIN_ENDPOINT}/'
                                 f'{tenant}", resource="{VAULT_RESOURCE}"'}
 
 

@@ -20,7 +20,7 @@ class Knobs:
 
     propagation_delay: float = 0.0
     # Seconds a long-running ARM operation (deployments, network and compute PUTs) stays in
-    # progress before it ends; pollers are told to poll again after as long (arm_lro.py).
+    # progress before it ends; pollers are told to poll again after as long (arm/lro.py).
     lro_delay: float = 0.05
     latency: dict[str, float] = field(default_factory=dict)  # service name -> seconds
     throttle: bool = False

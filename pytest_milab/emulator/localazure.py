@@ -14,20 +14,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import arm, control, entra, graph, keyvault, rbac, userland, users
-from .arc import ArcFleet
+from . import keyvault, rbac
+from .arm import app as arm
+from .entra import graph, login, users
+from .entra.tokens import TokenIssuer
 from .faults import LATENCY_SERVICES, Quirks
-from .frontdoor import FrontDoor
-from .network import (
-    CONTROL_HOSTS,
-    EMULATED_HOSTS,
+from .hosts import AKA_MS_HOST, CONTROL_HOSTS, EMULATED_HOSTS, SERVICE_HOSTS, TENANT_DOMAIN
+from .machines import control, userland
+from .machines.arc import ArcFleet
+from .machines.vms import VmFleet
+from .state import Cloud, Knobs
+from .wire.frontdoor import FrontDoor
+from .wire.network import (
     CertificateAuthority,
     ForwardProxy,
     HttpListener,
 )
-from .state import Cloud, Knobs
-from .tokens import TokenIssuer
-from .vms import VmFleet
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class LocalAzure:
 
     def add_machine(self, name: str, *, user: str = "azureuser",
                     public_keys: list[str] | tuple[str, ...] = ()) -> Machine:
-        """A server outside Azure (see arc.py): SSH for `user` with these OpenSSH public keys,
+        """A server outside Azure (see machines/arc.py): SSH for `user` with these OpenSSH public keys,
         the VMs' userland, no IMDS, and `azcmagent` to onboard it with Azure Arc."""
         if not name or "/" in name:
             raise ValueError(f"not a machine name: {name!r}")
@@ -242,7 +244,7 @@ class LocalAzure:
 
     def add_user(self, user_principal_name: str, password: str | None = None, *,
                  role: str | None = None, scope: str | None = None) -> UserIdentity:
-        """A new Entra user that signs in with a password or a device code (users.py), optionally
+        """A new Entra user that signs in with a password or a device code (entra/users.py), optionally
         given a built-in role (at the subscription unless `scope` says otherwise)."""
         password = password or secrets.token_urlsafe(18) + "!Aa1"
         user = self.cloud.add_user(user_principal_name, password)
@@ -257,7 +259,7 @@ class LocalAzure:
                 principal_id=user.object_id, principal_type="User", immediate=True)
         return UserIdentity(self.tenant_id, user.user_principal_name, password, user.object_id)
 
-    def make_operator_user(self, user_principal_name: str = "operator@localazure.onmicrosoft.com",
+    def make_operator_user(self, user_principal_name: str = f"operator@{TENANT_DOMAIN}",
                            password: str | None = None) -> UserIdentity:
         """The operator as a user (Owner of the subscription); `env` then carries
         MILAB_OPERATOR_USER and MILAB_OPERATOR_PASSWORD for `az login -u … -p …`."""
@@ -265,7 +267,7 @@ class LocalAzure:
         return self.operator_user
 
     def approve_device_code(self, user_code: str, user_principal_name: str) -> None:
-        """Complete a device code sign-in as this user, without a browser (users.py)."""
+        """Complete a device code sign-in as this user, without a browser (entra/users.py)."""
         users.approve_device_code(self.cloud, user_code, user_principal_name)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -294,15 +296,12 @@ class LocalAzure:
         self.tokens = TokenIssuer(self.cloud.tenant_id, clock=self.cloud.now)
         self.ca = CertificateAuthority(self.workdir)
         self._seed()
-        routes = {
-            "login.microsoftonline.com": ("entra", entra.build_app(self.cloud, self.tokens)),
-            "login.windows.net": ("entra", entra.build_app(self.cloud, self.tokens)),
-            "management.azure.com": ("arm", arm.build_app(self.cloud, self.tokens)),
-            "graph.microsoft.com": ("graph", graph.build_app(self.cloud, self.tokens)),
-            "*.vault.azure.net": ("keyvault", keyvault.build_app(self.cloud, self.tokens)),
-        }
+        builders = {"entra": login.build_app, "arm": arm.build_app, "graph": graph.build_app,
+                    "keyvault": keyvault.build_app}
+        routes = {host: (service, builders[service](self.cloud, self.tokens))
+                  for service, hosts in SERVICE_HOSTS.items() for host in hosts}
         routes.update(self._extra_routes())
-        # The local Azure's stand-in for racking a server (control.py): its Owner only.
+        # The local Azure's stand-in for racking a server (machines/control.py): its Owner only.
         routes[control.HOST] = ("control", control.build_app(
             self.tokens, self.operator.object_id, lambda: self.machines))
         self.tls = HttpListener(FrontDoor(self.cloud, routes), cert=self.ca)
@@ -316,7 +315,7 @@ class LocalAzure:
 
     def _extra_routes(self) -> dict:
         # aka.ms serves the Azure CLI installer to VMs (their proxies allow it; the host's not).
-        return {"aka.ms": ("aka.ms", userland.build_aka_ms_app(self.az_cli))}
+        return {AKA_MS_HOST: ("aka.ms", userland.build_aka_ms_app(self.az_cli))}
 
     async def _start_extensions(self) -> None:
         """The parts that come alive after the network: IMDS, the live VMs and the on-premises

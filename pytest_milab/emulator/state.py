@@ -36,7 +36,7 @@ class Application:
     created: float
     passwords: list[dict] = field(default_factory=list)  # {keyId, displayName, secretText, hint, ...}
     tags: list[str] = field(default_factory=list)
-    # What Graph gives an application created with only a display name (graph.py).
+    # What Graph gives an application created with only a display name (entra/graph.py).
     sign_in_audience: str = "AzureADandPersonalMicrosoftAccount"
     requested_access_token_version: int | None = 2
 
@@ -55,7 +55,7 @@ class ServicePrincipal:
 
 @dataclass
 class User:
-    """An Entra user account: signs in with its UPN and password (users.py)."""
+    """An Entra user account: signs in with its UPN and password (entra/users.py)."""
 
     object_id: str
     user_principal_name: str

@@ -10,16 +10,17 @@ import time
 import pytest
 from apiversions import collect, default_roots, site_packages_of
 
-from pytest_milab.emulator import arm  # noqa: F401  (registers every resource type)
-from pytest_milab.emulator.arm_kinds import KINDS, kind_for
-from pytest_milab.emulator.arm_versions import provider_versions
+from pytest_milab.emulator.arm import app as arm
+from pytest_milab.emulator.arm.versions import provider_versions
+
+REGISTRY = arm.providers()  # every resource type the local ARM serves
 
 
 def emulated(ns: str, types: tuple[str, ...]) -> bool:
     """A type the local Azure has, or an action/view of one (`virtualMachines/{vm}/start`)."""
-    if kind_for(ns, types) is not None:
+    if REGISTRY.kind_for(ns, types) is not None:
         return True
-    parent = kind_for(ns, types[:-1]) if len(types) > 1 else None
+    parent = REGISTRY.kind_for(ns, types[:-1]) if len(types) > 1 else None
     verbs = {v.lower() for v in (*parent.actions, *parent.views)} if parent else set()
     return types[-1] in verbs
 
@@ -30,7 +31,7 @@ def sent():
     if os.environ.get("MILAB_AZ_CLI"):
         roots += site_packages_of(os.environ["MILAB_AZ_CLI"])
     t0 = time.monotonic()
-    found = collect(roots, {k.ns for k in KINDS.values()})
+    found = collect(roots, {k.ns for k in REGISTRY.kinds.values()})
     print(f"collected {sum(map(len, found.values()))} (type, api-version) pairs from "
           f"{len(roots)} site-packages in {time.monotonic() - t0:.1f}s")
     return {key: versions for key, versions in found.items() if emulated(*key)}

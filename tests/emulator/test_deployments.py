@@ -12,7 +12,7 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 from test_arm import ARM, arm, credential
 
 from pytest_milab.emulator import rbac
-from pytest_milab.emulator.templates import (
+from pytest_milab.emulator.arm.templates import (
     Evaluator,
     Scope,
     TemplateError,

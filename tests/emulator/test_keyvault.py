@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from pytest_milab.emulator import rbac
+from pytest_milab.emulator.entra.tokens import TokenIssuer
 from pytest_milab.emulator.state import Timed, arm_key
-from pytest_milab.emulator.tokens import TokenIssuer
 
 ALL_SECRETS = ["get", "list", "set", "delete", "recover", "purge", "backup", "restore"]
 

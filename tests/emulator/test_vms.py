@@ -71,7 +71,8 @@ def test_ssh_port_is_advertised(local_azure, ubuntu):
 
 
 def test_fallback_port_when_22_cannot_be_bound(tmp_path, monkeypatch):
-    from pytest_milab.emulator import LocalAzure, vms
+    from pytest_milab.emulator import LocalAzure
+    from pytest_milab.emulator.machines import vms
 
     real = vms.can_bind
     monkeypatch.setattr(vms, "can_bind", lambda port, *a: port != 22 and real(port, *a))

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hosts import ARM_ENDPOINT, CLASSIC_MANAGEMENT, LOGIN_ENDPOINT, VAULT_SUFFIX
+
 
 class TemplateError(Exception):
     """A template ARM refuses: `InvalidTemplate` with this message."""
@@ -486,11 +488,10 @@ class Evaluator:
 
     def fn_environment(self, args: tuple) -> dict:
         _need("environment", args, 0)
-        return {"name": "AzureCloud", "resourceManager": "https://management.azure.com/",
-                "authentication": {"loginEndpoint": "https://login.microsoftonline.com/",
-                                   "audiences": ["https://management.core.windows.net/",
-                                                 "https://management.azure.com/"]},
-                "suffixes": {"keyvaultDns": ".vault.azure.net",
+        return {"name": "AzureCloud", "resourceManager": f"{ARM_ENDPOINT}/",
+                "authentication": {"loginEndpoint": f"{LOGIN_ENDPOINT}/",
+                                   "audiences": [CLASSIC_MANAGEMENT, f"{ARM_ENDPOINT}/"]},
+                "suffixes": {"keyvaultDns": VAULT_SUFFIX,
                              "storage": "core.windows.net"}}
 
     def fn_copyindex(self, args: tuple) -> int:

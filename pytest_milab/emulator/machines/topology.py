@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .state import Cloud, arm_key
+from ..state import Cloud, arm_key
 
 VM_TYPE = "microsoft.compute/virtualmachines"
 # NSG source prefixes that name Azure-internal traffic; anything else (an address, a CIDR, `*`,

@@ -11,18 +11,8 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-ARM_AUDIENCES = (
-    "https://management.core.windows.net/",
-    "https://management.core.windows.net",
-    "https://management.azure.com/",
-    "https://management.azure.com",
-)
-VAULT_AUDIENCES = ("https://vault.azure.net", "https://vault.azure.net/")
-GRAPH_AUDIENCES = (
-    "https://graph.microsoft.com",
-    "https://graph.microsoft.com/",
-    "00000003-0000-0000-c000-000000000000",
-)
+from ..hosts import ARM_AUDIENCES, GRAPH_AUDIENCES, VAULT_AUDIENCES
+
 KNOWN_RESOURCES = ARM_AUDIENCES + VAULT_AUDIENCES + GRAPH_AUDIENCES
 
 

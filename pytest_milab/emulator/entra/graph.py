@@ -24,15 +24,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .responses import set_caller
-from .state import Application, Cloud, ServicePrincipal, User, password_credential
+from ..hosts import GRAPH_ENDPOINT, LOGIN_ENDPOINT, TENANT_DOMAIN
+from ..responses import set_caller
+from ..state import Application, Cloud, ServicePrincipal, User, password_credential
 from .tokens import GRAPH_AUDIENCES, TokenIssuer, TokenRejected
 
-GRAPH = "https://graph.microsoft.com"
+GRAPH = GRAPH_ENDPOINT
 VERSIONS = ("v1.0", "beta")  # beta answers like v1.0: the few calls made to it need no more
 CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;"
                 "IEEE754Compatible=false;charset=utf-8")
-DOMAIN = "localazure.onmicrosoft.com"
+DOMAIN = TENANT_DOMAIN
 PAGE_SIZE = 100  # Graph's default page for directory objects
 GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 SECRET_ALPHABET = string.ascii_letters + string.digits + "._~-"
@@ -347,7 +348,7 @@ class GraphService:
             message = messages.get(exc.kind, "Access token validation failure.")
             return graph_error(request, 401, "InvalidAuthenticationToken", message,
                                {"WWW-Authenticate": 'Bearer realm="", authorization_uri='
-                                '"https://login.microsoftonline.com/common/oauth2/authorize", '
+                                f'"{LOGIN_ENDPOINT}/common/oauth2/authorize", '
                                 'client_id="00000003-0000-0000-c000-000000000000"'})
 
     def may_write(self, claims: dict) -> bool:

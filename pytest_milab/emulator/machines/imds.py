@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import faults, topology
-from .network import VM_KEY_HEADER
-from .responses import set_caller
-from .state import Cloud
-from .tokens import KNOWN_RESOURCES, Token, TokenIssuer
+from .. import faults
+from ..entra.tokens import KNOWN_RESOURCES, Token, TokenIssuer
+from ..responses import set_caller
+from ..state import Cloud
+from ..wire.network import VM_KEY_HEADER
+from . import topology
 
 # Documented versions (“Azure Instance Metadata Service for virtual machines”) plus the newer ones real IMDS reports; the 2021-08-01 and
 # 2021-11-15 entries follow the doc's field table (UNCONFIRMED as separate releases).

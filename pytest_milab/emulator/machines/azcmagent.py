@@ -31,10 +31,12 @@ import uuid
 
 VERSION = "1.48.02881.1941"
 API_VERSION = "2024-07-10"
-ARM = "https://management.azure.com"
-LOGIN = "https://login.microsoftonline.com"
-ENDPOINT_LINES = ("IDENTITY_ENDPOINT=http://localhost:40342/metadata/identity/oauth2/token",
-                  "IMDS_ENDPOINT=http://localhost:40342")
+# The endpoints come from the wrapper script arc.py writes (the names live in hosts.py).
+ARM = os.environ.get("AZCMAGENT_ARM_ENDPOINT", "")
+LOGIN = os.environ.get("AZCMAGENT_LOGIN_ENDPOINT", "")
+_HIMDS = os.environ.get("AZCMAGENT_HIMDS_ENDPOINT", "")
+ENDPOINT_LINES = (f"IDENTITY_ENDPOINT={_HIMDS}/metadata/identity/oauth2/token",
+                  f"IMDS_ENDPOINT={_HIMDS}")
 USAGE = """Azure Connected Machine Agent command line
 
 Usage:

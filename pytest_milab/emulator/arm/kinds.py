@@ -19,10 +19,11 @@ from typing import Any
 
 from starlette.responses import Response
 
-from . import arm_lro, rbac
-from .arm_versions import LOCATION_NAMES, normalize_location
-from .responses import arm_error, json_response
-from .state import Cloud, arm_key, new_guid
+from .. import rbac
+from ..responses import arm_error, json_response
+from ..state import Cloud, arm_key, new_guid
+from . import lro
+from .versions import LOCATION_NAMES, normalize_location
 
 RESOURCE_NOT_FOUND_TAIL = "For more details please go to https://aka.ms/ARMResourceNotFoundFix"
 
@@ -54,6 +55,7 @@ class Ctx:
     host: str
     oid: str
     api_version: str
+    registry: Registry  # the resource types this ARM serves
     body_bytes: bytes = b""
     sub: str | None = None  # canonical subscription id
     rg: str | None = None  # resource group name as in the path
@@ -237,6 +239,10 @@ class Kind:
     ns: str = ""
     types: tuple[str, ...] = ()
     check_rbac = True  # False: any signed-in caller may use it (permissions, roleDefinitions)
+    # None: the provider's api-versions (versions.provider_versions, NoRegisteredProviderFound);
+    # Microsoft.Resources' own types name theirs (InvalidApiVersionParameter).
+    api_versions: tuple[str, ...] | None = None
+    scope_must_exist = True  # the group (and scope resource) must exist before the handler runs
     actions: tuple[str, ...] = ()  # POST `{item}/{verb}`
     views: tuple[str, ...] = ()  # GET `{item}/{view}`
 
@@ -257,6 +263,25 @@ class Kind:
     def filtered_listing(self, ctx: Ctx) -> bool:
         """Lists at subscription scope show what the caller may read instead of failing."""
         return False
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        """Answer a request already authorised: `mode` is item, collection or verb."""
+        m = ctx.method
+        if mode == "item":
+            handler = {"GET": self.get, "HEAD": self.head, "PUT": self.put, "PATCH": self.patch,
+                       "DELETE": self.delete}.get(m)
+            if handler:
+                return handler(ctx)
+        elif mode == "collection":
+            if m == "GET":
+                return self.list(ctx)
+            if m == "POST":
+                return self.post_collection(ctx)
+        elif m == "POST" and ctx.verb in self.actions:
+            return self.action(ctx, ctx.verb)
+        elif m == "GET" and ctx.verb in self.views:
+            return self.view(ctx, ctx.verb)
+        raise method_not_allowed(ctx)
 
     def get(self, ctx: Ctx) -> Response:
         raise method_not_allowed(ctx)
@@ -301,7 +326,7 @@ def visible(ctx: Ctx, items: list[dict], sub_action: str,
 class Tracked(Kind):
     """A top-level resource stored in `cloud.resources` under its id."""
 
-    long_running = False  # PUT answers Creating/Updating and finishes later (arm_lro.py)
+    long_running = False  # PUT answers Creating/Updating and finishes later (lro.py)
 
     def build(self, ctx: Ctx, body: dict, existing: dict | None) -> dict:
         """The stored JSON for a PUT body (or a PATCH merged onto `existing`)."""
@@ -378,7 +403,7 @@ class Tracked(Kind):
             res = self.build(ctx, body, existing)
             self.store(ctx, res)
             self.after_put(ctx, res, existing)
-            headers = arm_lro.begin_put(ctx, res, existing) if self.long_running else {}
+            headers = lro.begin_put(ctx, res, existing) if self.long_running else {}
             out = self.present(ctx, res)
         return json_response(out, 200 if existing else 201, headers)
 
@@ -490,27 +515,45 @@ class InlineChild(Kind):
 
 
 # -- the registry -----------------------------------------------------------------------------
-NAMESPACES: dict[str, str] = {}  # lower -> canonical
-KINDS: dict[tuple[str, tuple[str, ...]], Kind] = {}
+class Registry:
+    """The resource providers one ARM serves: namespaces and their resource types.
 
+    Empty when made; each provider module's `register(registry)` adds its kinds, called by
+    `arm.providers()` in the order `arm.PROVIDERS` lists them. Importing a module adds nothing.
+    """
 
-def register(kind: Kind) -> Kind:
-    NAMESPACES[kind.ns.lower()] = kind.ns
-    KINDS[(kind.ns.lower(), tuple(t.lower() for t in kind.types))] = kind
-    return kind
+    def __init__(self) -> None:
+        self.namespaces: dict[str, str] = {}  # lower -> canonical
+        self.kinds: dict[tuple[str, tuple[str, ...]], Kind] = {}
+        # Microsoft.Resources' own paths, without `/providers/{ns}` (`/subscriptions/{s}`,
+        # `/subscriptions/{s}/resourceGroups/{g}`, ...): by their type segments.
+        self.builtins: dict[tuple[str, ...], Kind] = {}
 
+    def add_namespace(self, ns: str) -> None:
+        self.namespaces.setdefault(ns.lower(), ns)
 
-def known_namespace(ns: str) -> str | None:
-    return NAMESPACES.get(ns.lower())
+    def add(self, kind: Kind) -> Kind:
+        self.namespaces[kind.ns.lower()] = kind.ns
+        self.kinds[(kind.ns.lower(), tuple(t.lower() for t in kind.types))] = kind
+        return kind
 
+    def add_builtin(self, kind: Kind) -> Kind:
+        self.add_namespace(kind.ns)
+        self.builtins[tuple(t.lower() for t in kind.types)] = kind
+        return kind
 
-def kind_for(ns: str, types: tuple[str, ...]) -> Kind | None:
-    return KINDS.get((ns.lower(), tuple(t.lower() for t in types)))
+    def builtin(self, types: tuple[str, ...]) -> Kind | None:
+        return self.builtins.get(tuple(t.lower() for t in types))
 
+    def known_namespace(self, ns: str) -> str | None:
+        return self.namespaces.get(ns.lower())
 
-def kind_for_type(type_name: str) -> Kind | None:
-    ns, _, rest = type_name.partition("/")
-    return kind_for(ns, tuple(rest.split("/")))
+    def kind_for(self, ns: str, types: tuple[str, ...]) -> Kind | None:
+        return self.kinds.get((ns.lower(), tuple(t.lower() for t in types)))
+
+    def kind_for_type(self, type_name: str) -> Kind | None:
+        ns, _, rest = type_name.partition("/")
+        return self.kind_for(ns, tuple(rest.split("/")))
 
 
 def drop_role_assignments(cloud: Cloud, scope: str) -> None:

@@ -8,10 +8,11 @@ import re
 
 from starlette.responses import Response
 
-from . import conditions, faults, rbac
-from .arm_kinds import GUID_RE, ArmError, Ctx, Kind, register
-from .responses import iso, json_response
-from .state import RoleAssignment, arm_key
+from .. import faults, rbac
+from ..responses import iso, json_response
+from ..state import RoleAssignment, arm_key
+from . import conditions
+from .kinds import GUID_RE, ArmError, Ctx, Kind, Registry
 
 NS = "Microsoft.Authorization"
 
@@ -183,5 +184,10 @@ class Permissions(Kind):
         return json_response({"value": value})
 
 
-for _kind in (RoleAssignments(), RoleDefinitions(), Permissions()):
-    register(_kind)
+KINDS = (RoleAssignments(), RoleDefinitions(), Permissions())
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

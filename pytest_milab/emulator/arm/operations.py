@@ -1,5 +1,5 @@
 """`{provider}/locations/{location}/operations/{id}`: where the Compute and Network providers'
-long-running PUTs tell clients to poll (`Azure-AsyncOperation`, see arm_lro.py).
+long-running PUTs tell clients to poll (`Azure-AsyncOperation`, see lro.py).
 
 Readable by any signed-in caller: the id is unguessable and the caller that started the
 operation may lack any role at subscription scope (a group-scoped Contributor polls here too).
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from . import arm_lro
-from .arm_kinds import ArmError, Ctx, Kind, register
-from .responses import json_response
+from ..responses import json_response
+from . import lro
+from .kinds import ArmError, Ctx, Kind, Registry
 
 
 class LocationOperations(Kind):
@@ -23,14 +23,19 @@ class LocationOperations(Kind):
 
     def get(self, ctx: Ctx) -> Response:
         with ctx.cloud.lock:
-            op = arm_lro.operations(ctx.cloud).get(ctx.names[-1])
+            op = lro.operations(ctx.cloud).get(ctx.names[-1])
             body = dict(op) if op else None
         if body is None:
             raise ArmError(404, "OperationNotFound",
                            f"The operation '{ctx.names[-1]}' could not be found.")
-        headers = arm_lro.retry_headers(ctx.cloud) if body["status"] == "InProgress" else {}
-        return json_response(arm_lro.status_body(self.ns, body), 200, headers)
+        headers = lro.retry_headers(ctx.cloud) if body["status"] == "InProgress" else {}
+        return json_response(lro.status_body(self.ns, body), 200, headers)
 
 
-for _ns in ("Microsoft.Compute", "Microsoft.Network"):
-    register(LocationOperations(_ns))
+KINDS = tuple(LocationOperations(ns) for ns in ("Microsoft.Compute", "Microsoft.Network"))
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

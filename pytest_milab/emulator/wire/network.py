@@ -19,20 +19,9 @@ from pathlib import Path
 import trustme
 import uvicorn
 
-from .faults import Faults, reset_tunnel
+from ..faults import Faults, reset_tunnel
+from ..hosts import CONTROL_HOSTS, EMULATED_HOSTS, VM_EXTRA_HOSTS
 
-EMULATED_HOSTS = (
-    "login.microsoftonline.com",
-    "login.windows.net",
-    "management.azure.com",
-    "graph.microsoft.com",
-    "*.vault.azure.net",
-)
-# Hosts a VM's shell may also reach: the Azure CLI installer's short link.
-VM_EXTRA_HOSTS = ("aka.ms",)
-# The local Azure's own control endpoint (control.py): the host's clients only, never a VM's.
-CONTROL_HOSTS = ("control.localazure.test",)
-IMDS_HOST = "169.254.169.254"
 VM_KEY_HEADER = "x-milab-vm-key"
 # A `plain_http` route for a host nothing answers on (169.254.169.254 outside Azure, a stopped
 # agent's port): the proxy closes the client's connection without a response.

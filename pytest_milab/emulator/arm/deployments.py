@@ -26,10 +26,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from . import arm_lro
-from .arm_kinds import ArmError, Ctx, Kind, method_not_allowed, register, validate_location
-from .responses import iso, json_response
-from .state import arm_key, new_guid
+from ..responses import iso, json_response
+from ..state import arm_key, new_guid
+from . import lro
+from .kinds import ArmError, Ctx, Kind, Registry, method_not_allowed, validate_location
 from .templates import (
     PURE,
     Evaluator,
@@ -67,7 +67,7 @@ def _store(cloud) -> dict[str, dict]:
 
 
 def _step(cloud) -> float:
-    return arm_lro.delay(cloud)
+    return lro.delay(cloud)
 
 
 def invalid_template(message: str) -> ArmError:
@@ -501,7 +501,7 @@ class Deployments(Kind):
         status_url = (f"https://{ctx.host}{ctx.resource_id()}/operationStatuses/{op_id}"
                       f"?api-version={ctx.api_version}")
         return json_response(out, 201, {"Azure-AsyncOperation": status_url,
-                                        **arm_lro.retry_headers(ctx.cloud)})
+                                        **lro.retry_headers(ctx.cloud)})
 
     def action(self, ctx: Ctx, verb: str) -> Response:
         if verb == "validate":
@@ -548,7 +548,7 @@ class OperationStatuses(Kind):
                                f"Deployment '{ctx.names[0]}' could not be found.")
             body = copy.deepcopy(rec["status"])
         headers = {} if body["status"].lower() in TERMINAL else \
-            arm_lro.retry_headers(ctx.cloud)
+            lro.retry_headers(ctx.cloud)
         return json_response(body, 200, headers)
 
 
@@ -738,12 +738,12 @@ class _Runner:
     def request(self, method: str, rid: str, api_version: str,
                 body: dict | None) -> tuple[int, Any]:
         """One request through the local ARM's routing, as the deploying principal."""
-        from . import arm  # arm imports this module to register it
+        from . import app as arm  # arm.app lists this module among its providers
 
         query = {"api-version": api_version}
         ctx = Ctx(cloud=self.cloud, method=method, path=rid.rstrip("/"), query=query,
                   query_items=tuple(query.items()), host=self.ctx.host, oid=self.oid,
-                  api_version=api_version,
+                  api_version=api_version, registry=self.ctx.registry,
                   body_bytes=json.dumps(body).encode() if body is not None else b"")
         try:
             resp = arm.route(ctx)
@@ -823,6 +823,10 @@ def _pending(answer: Any) -> bool:
     return state.lower() not in (*TERMINAL, "")
 
 
-register(Deployments())
-register(OperationStatuses())
-register(DeploymentOperations())
+KINDS = (Deployments(), OperationStatuses(), DeploymentOperations())
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

@@ -9,24 +9,24 @@ from urllib.parse import urlencode
 
 from starlette.responses import Response
 
-from . import faults, rbac
-from .arm_kinds import (
-    KINDS,
-    NAMESPACES,
+from .. import faults, rbac
+from ..hosts import TENANT_DOMAIN
+from ..responses import json_response
+from ..state import Subscription, arm_key
+from .kinds import (
     ArmError,
     Ctx,
+    Kind,
+    Registry,
     Tracked,
     drop_role_assignments,
     forbidden,
     group_not_found,
-    kind_for_type,
     method_not_allowed,
-    need_version,
     require_allowed,
-    uri_not_found,
     visible,
 )
-from .arm_versions import (
+from .versions import (
     LOCATION_NAMES,
     LOCATIONS,
     RESOURCES,
@@ -34,10 +34,8 @@ from .arm_versions import (
     normalize_location,
     provider_versions,
 )
-from .responses import json_response
-from .state import Subscription, arm_key
 
-NAMESPACES.setdefault("microsoft.resources", "Microsoft.Resources")
+NS = "Microsoft.Resources"
 
 # ARM prints the resource-group actions with a lower-case `resourcegroups` [OBS, “Troubleshoot Azure RBAC”].
 RG_ACTION = "Microsoft.Resources/subscriptions/resourcegroups"
@@ -45,29 +43,6 @@ RG_RESOURCES_READ = "Microsoft.Resources/subscriptions/resourceGroups/resources/
 SUB_RESOURCES_READ = "Microsoft.Resources/subscriptions/resources/read"
 LIST_FIELDS = ("id", "name", "type", "sku", "kind", "location", "extendedLocation", "managedBy",
                "plan", "tags", "identity")
-
-
-def route(ctx: Ctx, segs: list[str], low: list[str]) -> Response:
-    """`/subscriptions/{sub}/...` paths without a `/providers/` segment."""
-    n = len(low)
-    if n == 2:
-        need_version(ctx, SUBSCRIPTIONS)
-        return get_subscription(ctx)
-    if n == 3 and low[2] == "locations":
-        need_version(ctx, SUBSCRIPTIONS)
-        return list_locations(ctx)
-    need_version(ctx, RESOURCES)
-    if n == 3 and low[2] == "resources":
-        return list_resources(ctx, None)
-    if n >= 3 and low[2] == "resourcegroups":
-        if n == 3:
-            return list_groups(ctx)
-        ctx.rg = segs[3]
-        if n == 4:
-            return group_item(ctx)
-        if n == 5 and low[4] == "resources":
-            return list_resources(ctx, segs[3])
-    raise uri_not_found(ctx)
 
 
 # -- subscriptions and tenants ------------------------------------------------------------------
@@ -107,8 +82,8 @@ def get_subscription(ctx: Ctx) -> Response:
 def list_tenants(ctx: Ctx) -> Response:
     tid = ctx.cloud.tenant_id
     tenant = {"id": f"/tenants/{tid}", "tenantId": tid, "countryCode": "GB",
-              "displayName": "Local Azure", "domains": ["localazure.onmicrosoft.com"],
-              "tenantCategory": "Home", "defaultDomain": "localazure.onmicrosoft.com",
+              "displayName": "Local Azure", "domains": [TENANT_DOMAIN],
+              "tenantCategory": "Home", "defaultDomain": TENANT_DOMAIN,
               "tenantType": "AAD"}
     return json_response({"value": [tenant], "count": {"type": "Total", "value": 1}})
 
@@ -130,7 +105,7 @@ def list_locations(ctx: Ctx) -> Response:
 
 # -- providers ------------------------------------------------------------------------------
 def _provider_json(ctx: Ctx, ns: str, prefix: str) -> dict:
-    types = sorted({"/".join(kind.types) for (n, _), kind in KINDS.items() if n == ns.lower()})
+    types = sorted({"/".join(kind.types) for (n, _), kind in ctx.registry.kinds.items() if n == ns.lower()})
     if ns.lower() == "microsoft.resources":
         types = ["resourceGroups", "subscriptions", "resources", "locations", "tenants"]
     displays = [loc[1] for loc in LOCATIONS]
@@ -145,11 +120,10 @@ def _provider_json(ctx: Ctx, ns: str, prefix: str) -> dict:
 
 def providers(ctx: Ctx, rest: list[str], *, tenant_level: bool) -> Response:
     """`[/subscriptions/{sub}]/providers[/{ns}[/register]]`: every provider here is registered."""
-    need_version(ctx, RESOURCES)
     prefix = "" if tenant_level else f"/subscriptions/{ctx.sub}"
     if not tenant_level:
         if len(rest) == 2:
-            require_allowed(ctx, f"{NAMESPACES.get(rest[0].lower(), rest[0])}/register/action",
+            require_allowed(ctx, f"{ctx.registry.known_namespace(rest[0]) or rest[0]}/register/action",
                             prefix)
         else:
             _accessible(ctx)
@@ -157,8 +131,8 @@ def providers(ctx: Ctx, rest: list[str], *, tenant_level: bool) -> Response:
         if ctx.method != "GET":
             raise method_not_allowed(ctx)
         return json_response({"value": [_provider_json(ctx, ns, prefix)
-                                         for ns in sorted(set(NAMESPACES.values()))]})
-    ns = NAMESPACES.get(rest[0].lower())
+                                         for ns in sorted(set(ctx.registry.namespaces.values()))]})
+    ns = ctx.registry.known_namespace(rest[0])
     if ns is None:
         raise ArmError(404, "InvalidResourceNamespace",
                        f"The resource namespace '{rest[0]}' is invalid.")
@@ -239,7 +213,7 @@ def delete_group(ctx: Ctx, group: dict) -> None:
         res = ctx.cloud.resources.get(key)
         if res is None:
             continue
-        kind = kind_for_type(res["type"])
+        kind = ctx.registry.kind_for_type(res["type"])
         if isinstance(kind, Tracked):
             kind.remove(ctx, res)
         else:
@@ -370,3 +344,78 @@ def list_resources(ctx: Ctx, group: str | None) -> Response:
     if group is None:
         items = visible(ctx, items, SUB_RESOURCES_READ, lambda r: f"{r['type']}/read")
     return json_response(page(ctx, items))
+
+
+# -- Microsoft.Resources' own paths as kinds ----------------------------------------------------
+class _Builtin(Kind):
+    """A path of Microsoft.Resources without `/providers/{ns}/` (arm.route finds it).
+
+    It passes through arm.dispatch like every kind: its own api-version list
+    (InvalidApiVersionParameter), then its handler, which authorises the caller in ARM's order
+    for these (method, role, then whether the group exists) and so checks the group itself.
+    """
+
+    ns = NS
+    check_rbac = False
+    scope_must_exist = False
+    api_versions = RESOURCES
+
+
+class Subscriptions(_Builtin):
+    types, api_versions = ("subscriptions",), SUBSCRIPTIONS
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        # The list answers whatever the method, as it always has here.
+        return list_subscriptions(ctx) if mode == "collection" else get_subscription(ctx)
+
+
+class Tenants(_Builtin):
+    types, api_versions = ("tenants",), SUBSCRIPTIONS
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_tenants(ctx)
+
+
+class Locations(_Builtin):
+    types, api_versions = ("locations",), SUBSCRIPTIONS
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_locations(ctx)
+
+
+class Providers(_Builtin):
+    types = ("providers",)
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return providers(ctx, list(ctx.names), tenant_level=ctx.sub is None)
+
+
+class ResourceGroups(_Builtin):
+    types = ("resourceGroups",)
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_groups(ctx) if mode == "collection" else group_item(ctx)
+
+
+class SubscriptionResources(_Builtin):
+    types = ("resources",)
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_resources(ctx, None)
+
+
+class GroupResources(_Builtin):
+    types = ("resourceGroups", "resources")
+
+    def invoke(self, ctx: Ctx, mode: str) -> Response:
+        return list_resources(ctx, ctx.rg)
+
+
+BUILTINS = (Subscriptions(), Tenants(), Locations(), Providers(), ResourceGroups(),
+            SubscriptionResources(), GroupResources())
+
+
+def register(registry: Registry) -> None:
+    """Microsoft.Resources' own paths (its deployments are arm_deployments')."""
+    for kind in BUILTINS:
+        registry.add_builtin(kind)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from .arm_kinds import ArmError
-from .rbac import RoleDefinition, role_permits
+from ..rbac import RoleDefinition, role_permits
+from .kinds import ArmError
 
 VERSIONS = ("2.0",)
 _ACTION = re.compile(r"(?:ActionMatches|SubOperationMatches)\s*\{\s*'([^']+)'\s*\}", re.I)

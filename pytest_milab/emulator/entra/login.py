@@ -12,9 +12,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
+from ..hosts import GRAPH_ENDPOINT, GRAPH_HOST, LOGIN_HOST, LOGIN_HOSTS
+from ..responses import json_response, read_form, set_caller
+from ..state import Cloud
 from . import users
-from .responses import json_response, read_form, set_caller
-from .state import Cloud
 from .tokens import KNOWN_RESOURCES, TokenIssuer, audience_for_scope
 
 TOKEN_LIFETIME = 3599
@@ -48,7 +49,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
                           request.url.hostname)
 
     def base(request: Request) -> str:
-        return f"https://{request.headers.get('host', 'login.microsoftonline.com').split(':')[0]}"
+        return f"https://{request.headers.get('host', LOGIN_HOST).split(':')[0]}"
 
     async def openid_v2(request: Request):
         if (refusal := unknown_tenant(request)) is not None:
@@ -66,7 +67,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "issuer": f"{b}/{tid}/v2.0",
             "request_uri_parameter_supported": False,
-            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+            "userinfo_endpoint": f"{GRAPH_ENDPOINT}/oidc/userinfo",
             "authorization_endpoint": f"{b}/{tid}/oauth2/v2.0/authorize",
             "device_authorization_endpoint": f"{b}/{tid}/oauth2/v2.0/devicecode",
             "http_logout_supported": True,
@@ -77,7 +78,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             "tenant_region_scope": "WW",
             "cloud_instance_name": "microsoftonline.com",
             "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
+            "msgraph_host": GRAPH_HOST,
             "rbac_url": "https://pas.windows.net",
         })
 
@@ -102,10 +103,9 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
             "tenant_discovery_endpoint": f"{b}/{cloud.tenant_id}/v2.0/.well-known/openid-configuration",
             "api-version": "1.1",
             "metadata": [{
-                "preferred_network": "login.microsoftonline.com",
-                "preferred_cache": "login.windows.net",
-                "aliases": ["login.microsoftonline.com", "login.windows.net",
-                            "login.microsoft.com", "sts.windows.net"],
+                "preferred_network": LOGIN_HOSTS[0],
+                "preferred_cache": LOGIN_HOSTS[1],
+                "aliases": [*LOGIN_HOSTS, "login.microsoft.com", "sts.windows.net"],
             }],
         })
 
@@ -114,7 +114,7 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
 
     async def token(request: Request):
         tenant = request.path_params["tenant"]
-        host = request.url.hostname or "login.microsoftonline.com"
+        host = request.url.hostname or LOGIN_HOST
         v2 = request.url.path.endswith("/v2.0/token")
         form = await read_form(request)
         grant = form.get("grant_type")

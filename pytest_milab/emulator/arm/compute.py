@@ -14,16 +14,16 @@ import secrets
 
 from starlette.responses import Response
 
-from .arm_kinds import (
+from ..responses import iso, json_response
+from ..state import arm_key, new_guid
+from .kinds import (
     ArmError,
     Ctx,
+    Registry,
     Tracked,
     invalid_reference,
-    register,
 )
-from .arm_network import NICS
-from .responses import iso, json_response
-from .state import arm_key, new_guid
+from .network import NICS
 
 NS = "Microsoft.Compute"
 VM_TYPE = f"{NS}/virtualMachines"
@@ -168,7 +168,7 @@ class Disks(Tracked):
                            f"Disk {res['name']} is attached to VM {res['managedBy']}.")
 
 
-DISKS = register(Disks())
+DISKS = Disks()
 
 
 # -- virtual machines (“Virtual Machines - Get (Compute REST API)”) -------------------------------
@@ -444,5 +444,10 @@ class VirtualMachines(Tracked):
         return Response(b"", 200)
 
 
-register(VirtualMachines())
-register(UserAssignedIdentities())
+KINDS = (DISKS, VirtualMachines(), UserAssignedIdentities())
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

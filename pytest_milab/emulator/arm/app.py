@@ -2,7 +2,7 @@
 
 Every request is authenticated (“Azure REST API reference”), needs a known api-version, and is authorised
 per request against the caller's role assignments in force (“Troubleshoot Azure RBAC”). Paths are
-case-insensitive. The resource types live in `arm_*.py` modules as `Kind`s over `cloud.resources`.
+case-insensitive. The resource types live in this package's provider modules as `Kind`s over `cloud.resources`.
 """
 
 from __future__ import annotations
@@ -16,49 +16,56 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import rbac
+from ..entra.tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+from ..faults import ArmThrottle, Verdict
+from ..hosts import ARM_HOST, LOGIN_HOSTS
+from ..responses import set_caller
+from ..state import Cloud, arm_key, new_guid
 from . import (
-    arm_authorization,
-    arm_compute,
-    arm_deployments,
-    arm_groups,
-    arm_hybrid,
-    arm_images,
-    arm_keyvault,
-    arm_network,
-    arm_operations,
-    rbac,
+    authorization,
+    compute,
+    deployments,
+    hybrid,
+    images,
+    keyvault,
+    network,
+    operations,
+    resources,
 )
-from .arm_kinds import (
+from .kinds import (
     RESOURCE_NOT_FOUND_TAIL,
     ArmError,
     Ctx,
     Kind,
+    Registry,
     forbidden,
     group_not_found,
-    kind_for,
-    known_namespace,
-    method_not_allowed,
     need_version,
     uri_not_found,
 )
-from .arm_versions import LOCATION_NAMES, SUBSCRIPTIONS, normalize_location, provider_versions
-from .faults import ArmThrottle, Verdict
-from .responses import set_caller
-from .state import Cloud, arm_key, new_guid
-from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+from .versions import LOCATION_NAMES, RESOURCES, normalize_location, provider_versions
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"]
-# Importing these registers their resource kinds in arm_kinds.KINDS.
-PROVIDER_MODULES = (arm_authorization, arm_compute, arm_deployments, arm_hybrid, arm_images,
-                    arm_keyvault, arm_network, arm_operations)
+# The resource providers this ARM serves, registered in this order by `providers()`.
+PROVIDERS = (resources, deployments, authorization, network, compute, images, hybrid, keyvault,
+             operations)
+
+
+def providers(modules=PROVIDERS) -> Registry:
+    """A registry holding the resource types of each provider module listed, in that order."""
+    registry = Registry()
+    for module in modules:
+        module.register(registry)
+    return registry
 
 
 # -- authentication (“Azure REST API reference”) --------------------------------------------------
 def _challenge(description: str) -> dict[str, str]:
     # ARM sends this challenge with the missing-header 401 [CODE azure-core tests]; sending it with
     # the other 401s too is UNCONFIRMED but harmless to clients.
-    return {"WWW-Authenticate": 'Bearer authorization_uri="https://login.windows.net/", '
+    return {"WWW-Authenticate": f'Bearer authorization_uri="https://{LOGIN_HOSTS[1]}/", '
                                 f'error="invalid_token", error_description="{description}"'}
 
 
@@ -125,39 +132,73 @@ def need_provider_version(ctx: Ctx, kind: Kind) -> None:
 
 # -- routing --------------------------------------------------------------------------------------
 def route(ctx: Ctx) -> Response:
+    """Every ARM request: find its kind (a provider's type, or one of Microsoft.Resources' own
+    paths), then `dispatch` it the same way."""
     segs = [s for s in ctx.path.split("/") if s]
     low = [s.lower() for s in segs]
     if not segs:
         raise uri_not_found(ctx)
-    if low == ["subscriptions"]:
-        need_version(ctx, SUBSCRIPTIONS)
-        return arm_groups.list_subscriptions(ctx)
-    if low == ["tenants"]:
-        need_version(ctx, SUBSCRIPTIONS)
-        return arm_groups.list_tenants(ctx)
-    if low[0] == "providers" and len(low) <= 2:
-        return arm_groups.providers(ctx, segs[1:], tenant_level=True)
-    if low[0] == "subscriptions":
+    if low[0] == "subscriptions" and len(low) > 1:
         sub = ctx.cloud.subscription(segs[1])
         if sub is None:
             raise ArmError(404, "SubscriptionNotFound",
                            f"The subscription '{segs[1]}' could not be found.")
         ctx.sub = sub.subscription_id
-    elif low[0] != "providers":
+    elif low[0] not in ("subscriptions", "tenants", "providers"):
         raise uri_not_found(ctx)
     idx = max((i for i, s in enumerate(low) if s == "providers"), default=None)
     if idx is None:
         at = 4 if len(low) > 4 and low[2] == "resourcegroups" else 2
-        if len(low) > at + 1 and low[at] == "deployments":
+        if ctx.sub and len(low) > at + 1 and low[at] == "deployments":
             # "Deployment Operations - List" addresses deployments without `/providers/`.
             segs = segs[:at] + ["providers", "Microsoft.Resources"] + segs[at:]
             return provider_route(ctx, segs, at)
-        return arm_groups.route(ctx, segs, low)
+    elif not _lists_providers(ctx, low, idx):
+        return provider_route(ctx, segs, idx)
+    kind, mode = _resolve_builtin(ctx, segs, low, idx)
+    return dispatch(ctx, kind, mode, segs)
+
+
+def _lists_providers(ctx: Ctx, low: list[str], idx: int) -> bool:
+    """`[/subscriptions/{s}]/providers[/{ns}]` and `POST .../providers/{ns}/(un)register`."""
     tail = low[idx + 1:]
-    if idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")
-                                        and ctx.method == "POST")):
-        return arm_groups.providers(ctx, segs[idx + 1:], tenant_level=False)
-    return provider_route(ctx, segs, idx)
+    if idx == 0:
+        return len(tail) <= 1
+    return idx == 2 and (len(tail) <= 1 or (len(tail) == 2 and tail[1] in ("register", "unregister")
+                                            and ctx.method == "POST"))
+
+
+def _resolve_builtin(ctx: Ctx, segs: list[str], low: list[str],
+                     idx: int | None) -> tuple[Kind, str]:
+    """Microsoft.Resources' own paths, which have no `/providers/{ns}/` segment: subscriptions,
+    tenants, locations, provider registrations, resource groups and the generic resource lists."""
+    names: tuple[str, ...] = ()
+    if idx is not None:
+        types, mode, names = ("providers",), "collection", tuple(segs[idx + 1:])
+    elif ctx.sub is None:
+        if len(low) != 1 or low[0] not in ("subscriptions", "tenants"):
+            raise uri_not_found(ctx)
+        types, mode = (low[0],), "collection"
+    else:
+        rel = low[2:]
+        if not rel:
+            types, mode, names = ("subscriptions",), "item", (ctx.sub,)
+        elif rel in (["locations"], ["resources"], ["resourcegroups"]):
+            types, mode = (rel[0],), "collection"
+        elif len(rel) == 2 and rel[0] == "resourcegroups":
+            ctx.rg = segs[3]
+            types, mode, names = ("resourcegroups",), "item", (ctx.rg,)
+        elif len(rel) == 3 and rel[0] == "resourcegroups" and rel[2] == "resources":
+            ctx.rg = segs[3]
+            types, mode, names = ("resourcegroups", "resources"), "collection", (ctx.rg,)
+        else:
+            need_version(ctx, RESOURCES)  # as ARM checks it before finding no such path
+            raise uri_not_found(ctx)
+    kind = ctx.registry.builtin(types)
+    if kind is None:
+        raise uri_not_found(ctx)
+    ctx.ns, ctx.types, ctx.names = kind.ns, kind.types, names
+    return kind, mode
 
 
 def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
@@ -176,9 +217,9 @@ def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
         if rest:
             if len(rest) < 4 or len(rest) % 2 or rest[0].lower() != "providers":
                 raise uri_not_found(ctx)
-            ns = known_namespace(rest[1]) or rest[1]
+            ns = ctx.registry.known_namespace(rest[1]) or rest[1]
             pairs = rest[2:]
-            known = kind_for(ns, tuple(pairs[0::2]))
+            known = ctx.registry.kind_for(ns, tuple(pairs[0::2]))
             type_names = known.types if known else tuple(pairs[0::2])
             tail = "/".join(f"{t}/{n}" for t, n in zip(type_names, pairs[1::2], strict=False))
             parts.append(f"/providers/{ns}/{tail}")
@@ -191,9 +232,9 @@ def _parse_scope(ctx: Ctx, segs: list[str]) -> str | None:
 
 def _resolve_kind(ctx: Ctx, ns: str, rest: list[str]) -> tuple[Kind, str]:
     types, names = tuple(rest[0::2]), tuple(rest[1::2])
-    kind, mode = kind_for(ns, types), ("item" if len(rest) % 2 == 0 else "collection")
+    kind, mode = ctx.registry.kind_for(ns, types), ("item" if len(rest) % 2 == 0 else "collection")
     if kind is None and mode == "collection" and len(types) > 1:
-        parent = kind_for(ns, types[:-1])
+        parent = ctx.registry.kind_for(ns, types[:-1])
         verb = types[-1].lower()
         known = {v.lower(): v for v in (*parent.actions, *parent.views)} if parent else {}
         if verb in known:
@@ -233,7 +274,7 @@ def provider_route(ctx: Ctx, segs: list[str], idx: int) -> Response:
     top_resource = _parse_scope(ctx, segs[:idx])
     if idx + 1 >= len(segs):
         raise uri_not_found(ctx)
-    ns = known_namespace(segs[idx + 1])
+    ns = ctx.registry.known_namespace(segs[idx + 1])
     if ns is None:
         # Real ARM answers an unknown namespace this way rather than with InvalidResourceType.
         raise ArmError(400, "InvalidResourceNamespace",
@@ -242,29 +283,21 @@ def provider_route(ctx: Ctx, segs: list[str], idx: int) -> Response:
     if not rest:
         raise uri_not_found(ctx)
     kind, mode = _resolve_kind(ctx, ns, rest)
-    need_provider_version(ctx, kind)
+    return dispatch(ctx, kind, mode, segs, top_resource)
+
+
+def dispatch(ctx: Ctx, kind: Kind, mode: str, segs: list[str],
+             top_resource: str | None = None) -> Response:
+    """The one path every request takes once its kind is known (the caller is already
+    authenticated and not throttled): api-version, authorisation, scope, then the kind."""
+    if kind.api_versions is not None:
+        need_version(ctx, kind.api_versions)
+    else:
+        need_provider_version(ctx, kind)
     _authorize(ctx, kind, mode, segs)
-    _check_scope_exists(ctx, top_resource)
-    return _invoke(ctx, kind, mode)
-
-
-def _invoke(ctx: Ctx, kind: Kind, mode: str) -> Response:
-    m = ctx.method
-    if mode == "item":
-        handler = {"GET": kind.get, "HEAD": kind.head, "PUT": kind.put, "PATCH": kind.patch,
-                   "DELETE": kind.delete}.get(m)
-        if handler:
-            return handler(ctx)
-    elif mode == "collection":
-        if m == "GET":
-            return kind.list(ctx)
-        if m == "POST":
-            return kind.post_collection(ctx)
-    elif m == "POST" and ctx.verb in kind.actions:
-        return kind.action(ctx, ctx.verb)
-    elif m == "GET" and ctx.verb in kind.views:
-        return kind.view(ctx, ctx.verb)
-    raise method_not_allowed(ctx)
+    if kind.scope_must_exist:
+        _check_scope_exists(ctx, top_resource)
+    return kind.invoke(ctx, mode)
 
 
 # -- response headers -----------------------------------------------------------------------------
@@ -304,6 +337,7 @@ def _decorate(resp: Response, request: Request, oid: str | None, limits: RateLim
 
 def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
     limits = RateLimits()
+    registry = providers()
     throttle = ArmThrottle(cloud.knobs)
 
     async def endpoint(request: Request) -> Response:
@@ -329,8 +363,8 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
                                "parameter (?api-version=) is required for all requests.")
             ctx = Ctx(cloud=cloud, method=request.method, path=request.url.path.rstrip("/"),
                       query=query, query_items=tuple(request.query_params.multi_items()),
-                      host=request.url.hostname or "management.azure.com", oid=oid,
-                      api_version=api_version, body_bytes=body)
+                      host=request.url.hostname or ARM_HOST, oid=oid,
+                      api_version=api_version, registry=registry, body_bytes=body)
             resp = route(ctx)
         except ArmError as exc:
             resp = exc.response(request.method)

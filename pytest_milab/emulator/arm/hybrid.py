@@ -1,6 +1,6 @@
 """Microsoft.HybridCompute machines: servers outside Azure onboarded with Azure Arc.
 
-The Connected Machine agent (`azcmagent connect`, see `azcmagent.py`) creates the resource with a
+The Connected Machine agent (`azcmagent connect`, see `machines/azcmagent.py`) creates the resource with a
 PUT and a system-assigned identity; ARM makes that identity a service principal of kind
 ManagedIdentity, as for a VM (public docs: "Authenticate against Azure resources with Azure
 Arc-enabled servers"). `properties.status` is computed on every read: `Connected` while a live
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import copy
 
-from .arm_compute import invalid_parameter, resolve_identity
-from .arm_kinds import Ctx, Tracked, register
-from .responses import iso
-from .state import new_guid
+from ..responses import iso
+from ..state import new_guid
+from .compute import invalid_parameter, resolve_identity
+from .kinds import Ctx, Registry, Tracked
 
 NS = "Microsoft.HybridCompute"
 MACHINE_TYPE = f"{NS}/machines"
@@ -76,4 +76,11 @@ class HybridMachines(Tracked):
         ctx.emit("machine.deleted", res)
 
 
-MACHINES = register(HybridMachines())
+MACHINES = HybridMachines()
+KINDS = (MACHINES,)
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

@@ -51,26 +51,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import faults, topology, userland
-from .frontdoor import FrontDoor
-from .imds import _as_text, _walk
-from .network import (
+from .. import faults
+from ..entra.tokens import KNOWN_RESOURCES, TokenIssuer
+from ..hosts import (
+    ARM_ENDPOINT,
+    HIMDS_ENDPOINT,
+    HIMDS_HOSTS,
     IMDS_HOST,
+    LOGIN_ENDPOINT,
+)
+from ..responses import set_caller
+from ..state import Cloud, arm_key
+from ..wire.frontdoor import FrontDoor
+from ..wire.network import (
     UNREACHABLE,
     VM_KEY_HEADER,
     HttpListener,
 )
-from .responses import set_caller
-from .state import Cloud, arm_key
-from .tokens import KNOWN_RESOURCES, TokenIssuer
+from . import topology, userland
+from .imds import _as_text, _walk
 from .vms import LiveVm
 
 log = logging.getLogger(__name__)
 
-HIMDS_PORT = 40342
-HIMDS_HOSTS = ("localhost", "127.0.0.1")
-IDENTITY_ENDPOINT = f"http://localhost:{HIMDS_PORT}/metadata/identity/oauth2/token"
-IMDS_ENDPOINT = f"http://localhost:{HIMDS_PORT}"
 # The directory azure-identity (and MSAL) insist the key file is in, on Linux.
 TOKENS_DIR = Path("/var/opt/azcmagent/tokens")
 AGENT_SCRIPT = Path(__file__).with_name("azcmagent.py")
@@ -239,6 +242,9 @@ def _agent_script(bash: str, state_dir: Path, etc_dir: Path) -> str:
 # azcmagent, the Azure Connected Machine agent's command line (the local Azure's version).
 export AZCMAGENT_STATE_DIR={shlex.quote(str(state_dir))}
 export AZCMAGENT_ETC_DIR={shlex.quote(str(etc_dir))}
+export AZCMAGENT_ARM_ENDPOINT={shlex.quote(ARM_ENDPOINT)}
+export AZCMAGENT_LOGIN_ENDPOINT={shlex.quote(LOGIN_ENDPOINT)}
+export AZCMAGENT_HIMDS_ENDPOINT={shlex.quote(HIMDS_ENDPOINT)}
 exec python3 -I {shlex.quote(str(AGENT_SCRIPT))} "$@"
 """
 

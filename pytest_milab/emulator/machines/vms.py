@@ -30,19 +30,18 @@ from pathlib import Path
 
 import asyncssh
 
-from . import faults, topology, userland
-from .frontdoor import FrontDoor
-from .imds import Imds
-from .network import (
-    EMULATED_HOSTS,
-    IMDS_HOST,
-    VM_EXTRA_HOSTS,
+from .. import faults
+from ..entra.tokens import TokenIssuer
+from ..hosts import EMULATED_HOSTS, IMDS_HOST, VM_EXTRA_HOSTS
+from ..state import Cloud, arm_key
+from ..wire.frontdoor import FrontDoor
+from ..wire.network import (
     VM_KEY_HEADER,
     ForwardProxy,
     HttpListener,
 )
-from .state import Cloud, arm_key
-from .tokens import TokenIssuer
+from . import topology, userland
+from .imds import Imds
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ import ipaddress
 import itertools
 import secrets
 
-from .arm_kinds import (
+from ..state import Cloud, arm_key, new_guid
+from .kinds import (
     ArmError,
     Ctx,
     InlineChild,
+    Registry,
     Tracked,
     etag,
     invalid_reference,
     referrers,
-    register,
 )
-from .state import Cloud, arm_key, new_guid
 
 NS = "Microsoft.Network"
 SUBNET = f"{NS}/virtualNetworks/subnets"
@@ -429,10 +429,16 @@ def _sync_public_ips(ctx: Ctx, nic: dict | None, old_nic: dict | None) -> None:
             ctx.emit("network.changed", pip)
 
 
-VNETS = register(VirtualNetworks())
-NSGS = register(NetworkSecurityGroups())
-register(PublicIPAddresses())
-NICS = register(NetworkInterfaces())
-for _child in (Subnets(), SecurityRules(), DefaultSecurityRules()):
+VNETS = VirtualNetworks()
+NSGS = NetworkSecurityGroups()
+NICS = NetworkInterfaces()
+_CHILDREN = (Subnets(), SecurityRules(), DefaultSecurityRules())
+for _child in _CHILDREN:
     _child.parent = VNETS if _child.types[0] == "virtualNetworks" else NSGS
-    register(_child)
+KINDS = (VNETS, NSGS, PublicIPAddresses(), NICS, *_CHILDREN)
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

@@ -15,7 +15,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from .state import new_guid
+from ..state import new_guid
 
 DEFAULT_DELAY = 0.05
 
@@ -54,7 +54,7 @@ def operations(cloud) -> dict[str, dict]:
 
 def start(cloud) -> str:
     op_id = new_guid()
-    from .responses import iso
+    from ..responses import iso
 
     operations(cloud)[op_id] = {"name": op_id, "status": "InProgress",
                                 "startTime": iso(cloud.now())}
@@ -62,7 +62,7 @@ def start(cloud) -> str:
 
 
 def finish(cloud, op_id: str, error: dict | None = None) -> None:
-    from .responses import iso
+    from ..responses import iso
 
     with cloud.lock:
         op = operations(cloud).get(op_id)
@@ -90,7 +90,7 @@ def begin_put(ctx, res: dict, existing: dict | None) -> dict[str, str]:
     props = res.get("properties")
     if step <= 0 or not isinstance(props, dict):
         return {}
-    from .state import arm_key
+    from ..state import arm_key
 
     props["provisioningState"] = _state_while(ctx.ns, existing is not None)
     op_id = start(ctx.cloud)

@@ -27,7 +27,8 @@ import string
 import time
 from typing import Any
 
-from .state import Cloud, User
+from ..hosts import LOGIN_ENDPOINT
+from ..state import Cloud, User
 from .tokens import KNOWN_RESOURCES, TokenIssuer, audience_for_scope
 
 # First-party public clients present in every tenant: Azure CLI, Azure PowerShell, Visual Studio.
@@ -108,7 +109,7 @@ def issue_for_user(cloud: Cloud, tokens: TokenIssuer, user: User, client_id: str
     _store(cloud, "refresh_tokens")[refresh] = (user.object_id, client_id.lower())
     now = int(cloud.now())
     id_token = tokens.issue(aud=client_id, oid=user.object_id, appid=client_id, lifetime=lifetime,
-                            extra={"iss": f"https://login.microsoftonline.com/{cloud.tenant_id}"
+                            extra={"iss": f"{LOGIN_ENDPOINT}/{cloud.tenant_id}"
                                           "/v2.0", "ver": "2.0", "name": user.display_name,
                                    "preferred_username": user.user_principal_name,
                                    "iat": now, "nbf": now}).value

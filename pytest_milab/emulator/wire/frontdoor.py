@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from . import faults
-from .audit import AuditEntry
+from .. import faults
+from ..audit import AuditEntry
+from ..state import Cloud
 from .network import host_matches
-from .state import Cloud
 
 
 class FrontDoor:

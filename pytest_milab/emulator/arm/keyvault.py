@@ -13,10 +13,11 @@ import re
 
 from starlette.responses import Response
 
-from .arm_kinds import ArmError, Ctx, Kind, Tracked, register, resource_not_found
-from .arm_versions import normalize_location
-from .responses import iso, json_response
-from .state import Timed, arm_key
+from ..hosts import VAULT_SUFFIX
+from ..responses import iso, json_response
+from ..state import Timed, arm_key
+from .kinds import ArmError, Ctx, Kind, Registry, Tracked, resource_not_found
+from .versions import normalize_location
 
 NS = "Microsoft.KeyVault"
 VAULT_TYPE = f"{NS}/vaults"
@@ -149,7 +150,7 @@ class Vaults(Tracked):
             "enabledForTemplateDeployment": pick("enabledForTemplateDeployment", False),
             "enableSoftDelete": True, "softDeleteRetentionInDays": int(retention),
             "enableRbacAuthorization": bool(rbac_mode),
-            "vaultUri": f"https://{name}.vault.azure.net/",
+            "vaultUri": f"https://{name}{VAULT_SUFFIX}/",
             "provisioningState": "Succeeded",
             "publicNetworkAccess": pick("publicNetworkAccess", "Enabled"),
         }
@@ -223,7 +224,7 @@ class Vaults(Tracked):
         ctx.cloud.deleted_vault_bodies[name.lower()] = copy.deepcopy(res)
 
 
-VAULTS = register(Vaults())
+VAULTS = Vaults()
 
 
 class AccessPolicies(Kind):
@@ -318,5 +319,10 @@ class CheckNameAvailability(Kind):
         return json_response({"nameAvailable": True})
 
 
-for _kind in (AccessPolicies(), DeletedVaults(), DeletedVaultAt(), CheckNameAvailability()):
-    register(_kind)
+KINDS = (VAULTS, AccessPolicies(), DeletedVaults(), DeletedVaultAt(), CheckNameAvailability())
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)

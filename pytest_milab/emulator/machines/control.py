@@ -6,7 +6,7 @@ on-premises server exists before the lab starts; in the local Azure someone has 
 
     POST /machines   {"name": "onprem1", "user": "azureuser", "publicKeys": ["ssh-ed25519 ..."],
                       "siteAddress": "10.1.0.4"}
-      201 {"name", "address", "port", "user"}   a new machine (see arc.py), reachable over SSH
+      201 {"name", "address", "port", "user"}   a new machine (see machines/arc.py), reachable over SSH
                                                 at `address`; `siteAddress` (optional) is the
                                                 address it sees as its own behind its site's
                                                 NAT (what `hostname -I` and so its agent report)
@@ -33,11 +33,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .network import CONTROL_HOSTS
-from .responses import set_caller
-from .tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+from ..entra.tokens import ARM_AUDIENCES, TokenIssuer, TokenRejected
+from ..hosts import CONTROL_HOST
+from ..responses import set_caller
 
-HOST = CONTROL_HOSTS[0]
+HOST = CONTROL_HOST
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")  # a hostname label
 ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 

@@ -16,9 +16,9 @@ import re
 
 from starlette.responses import Response
 
-from .arm_kinds import ArmError, Ctx, Kind, Tracked, register
-from .arm_versions import normalize_location
-from .responses import json_response
+from ..responses import json_response
+from .kinds import ArmError, Ctx, Kind, Registry, Tracked
+from .versions import normalize_location
 
 NS = "Microsoft.Compute"
 _LOC_TYPES = ("locations", "publishers", "artifacttypes", "offers", "skus", "versions")
@@ -240,5 +240,10 @@ class Images(Tracked):
     patch = put
 
 
-for _kind in (Publishers(), ArtifactTypes(), Offers(), Skus(), Versions(), Images()):
-    register(_kind)
+KINDS = (Publishers(), ArtifactTypes(), Offers(), Skus(), Versions(), Images())
+
+
+def register(registry: Registry) -> None:
+    """Add this provider's resource types to an ARM's registry (arm.PROVIDERS lists the order)."""
+    for kind in KINDS:
+        registry.add(kind)
