@@ -206,3 +206,26 @@ def test_progress_on_a_terminal_and_quiet_in_logs(suite):
     assert "milab: judging lab 1 of 2: good" in lines, tty.stdout
     # Gathering is not done here (the suite made its own evidence): no count to give.
     assert "milab: judging lab 2 of 2: broken" in lines
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({}, ["--milab-ssh-key", "missing_key"],
+     "ERROR: milab: --milab-ssh-key missing_key: no such file"),
+    ({"REQUESTS_CA_BUNDLE": "/nonexistent/ca.pem"}, [],
+     "ERROR: milab: REQUESTS_CA_BUNDLE names /nonexistent/ca.pem, which does not exist: is it a "
+     "stopped local Azure's env file? Start `milab emulator` again and load its new env file, "
+     "or unset REQUESTS_CA_BUNDLE"),
+    ({"MILAB_LOCAL_AZURE": "1", "HTTPS_PROXY": "http://127.0.0.1:9"}, [],
+     "ERROR: milab: the local Azure this environment names (HTTPS_PROXY=http://127.0.0.1:9) is "
+     "not running: start `milab emulator --env-file FILE` again and load FILE, or unset the "
+     "local Azure's variables"),
+    ({}, ["--milab-timeout", "0"],
+     "ERROR: milab: --milab-timeout: expected a number above 0, got '0'"),
+])
+def test_bad_input_is_one_line_before_any_lab(suite, monkeypatch, env, args, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = suite.runpytest_subprocess("--milab-group", "good", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.stderr.lines if line.strip()] == [message], \
+        result.stderr.str()
