@@ -219,15 +219,20 @@ class LocalAzure:
         app = self.cloud.add_application(display_name, secret=secret)
         sp = self.cloud.add_service_principal(app.app_id, display_name)
         if role:
-            definition = rbac.role_by_name(role)
-            if definition is None:
-                raise ValueError(f"unknown built-in role {role!r}")
-            self.cloud.assign_role(
-                scope=scope or f"/subscriptions/{self.subscription_id}",
-                role_definition_id=f"/subscriptions/{self.subscription_id}/providers/"
-                                   f"Microsoft.Authorization/roleDefinitions/{definition.guid}",
-                principal_id=sp.object_id, immediate=True)
+            self._grant(role, scope, sp.object_id, "ServicePrincipal")
         return Identity(self.tenant_id, app.app_id, secret, sp.object_id)
+
+    def _grant(self, role: str, scope: str | None, principal_id: str,
+               principal_type: str) -> None:
+        """A built-in role for a principal, in force at once (at the subscription by default)."""
+        definition = rbac.role_by_name(role)
+        if definition is None:
+            raise ValueError(f"unknown built-in role {role!r}")
+        self.cloud.assign_role(
+            scope=scope or f"/subscriptions/{self.subscription_id}",
+            role_definition_id=f"/subscriptions/{self.subscription_id}/providers/"
+                               f"Microsoft.Authorization/roleDefinitions/{definition.guid}",
+            principal_id=principal_id, principal_type=principal_type, immediate=True)
 
     def add_machine(self, name: str, *, user: str = "azureuser",
                     public_keys: list[str] | tuple[str, ...] = ()) -> Machine:
@@ -249,14 +254,7 @@ class LocalAzure:
         password = password or secrets.token_urlsafe(18) + "!Aa1"
         user = self.cloud.add_user(user_principal_name, password)
         if role:
-            definition = rbac.role_by_name(role)
-            if definition is None:
-                raise ValueError(f"unknown built-in role {role!r}")
-            self.cloud.assign_role(
-                scope=scope or f"/subscriptions/{self.subscription_id}",
-                role_definition_id=f"/subscriptions/{self.subscription_id}/providers/"
-                                   f"Microsoft.Authorization/roleDefinitions/{definition.guid}",
-                principal_id=user.object_id, principal_type="User", immediate=True)
+            self._grant(role, scope, user.object_id, "User")
         return UserIdentity(self.tenant_id, user.user_principal_name, password, user.object_id)
 
     def make_operator_user(self, user_principal_name: str = f"operator@{TENANT_DOMAIN}",

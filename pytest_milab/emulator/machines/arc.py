@@ -208,16 +208,7 @@ def _sudo_script(bash: str, socket_path: Path) -> str:
     return f"""#!{bash}
 # sudo on a local Azure on-premises machine: the command runs with full privileges (the broker
 # in the emulator starts it), with this session's stdin, stdout and stderr.
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -u|-g|-p|-C|-D|-h|-r|-t|-U) shift 2 ;;
-    --) shift; break ;;
-    -i|-s|--login|--shell) login=1; shift ;;
-    -*) shift ;;
-    *) break ;;
-  esac
-done
-if [ $# -eq 0 ]; then
+{userland.SUDO_OPTIONS}if [ $# -eq 0 ]; then
   if [ -n "$login" ]; then set -- {bash} -i; else
     echo "usage: sudo [-u user] command" >&2
     exit 1

@@ -89,11 +89,8 @@ def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None) -> None
     _write_script(bin_dir / "hostname", f"#!{bash}\necho {shlex.quote(computer_name)}\n")
 
 
-def _sudo_script(bash: str) -> str:
-    return f"""#!{bash}
-# sudo for the local Azure's VMs: runs the command as the same user (no privilege is gained);
-# SUDO_USER tells apt it was asked "as root".
-while [ $# -gt 0 ]; do
+# sudo's own options, read and dropped: what stays in "$@" is the command ($login: -i, -s).
+SUDO_OPTIONS = """while [ $# -gt 0 ]; do
   case "$1" in
     -u|-g|-p|-C|-D|-h|-r|-t|-U) shift 2 ;;
     --) shift; break ;;
@@ -102,7 +99,14 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-export SUDO_USER="${{SUDO_USER:-$USER}}"
+"""
+
+
+def _sudo_script(bash: str) -> str:
+    return f"""#!{bash}
+# sudo for the local Azure's VMs: runs the command as the same user (no privilege is gained);
+# SUDO_USER tells apt it was asked "as root".
+{SUDO_OPTIONS}export SUDO_USER="${{SUDO_USER:-$USER}}"
 if [ $# -eq 0 ]; then
   if [ -n "$login" ]; then exec {bash} -i; fi
   echo "usage: sudo [-u user] command" >&2
