@@ -23,18 +23,37 @@ def make_credential():
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
 
-def check_credential(credential) -> None:
-    """Fail early, in one line, when no credential works."""
-    from azure.core.exceptions import ClientAuthenticationError
+_UNREACHED = ("connection", "reset", "timed out", "timeout", "temporarily", "unreachable",
+              "name resolution", "remote end closed")
 
-    try:
-        credential.get_token(ARM_SCOPE)
-    except ClientAuthenticationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CredentialError(
-            "no Azure credentials: sign in with `az login`, or set AZURE_TENANT_ID, "
-            f"AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or run on a VM with a managed identity "
-            f"({first})") from None
+
+def check_credential(credential, attempts: int = 3) -> None:
+    """Fail early, in one line, when no credential works. A credential that could not reach
+    Entra (a reset, a timeout) is asked again before that is said, and said as such: it is
+    not a missing sign-in."""
+    import time
+
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+
+    for attempt in range(attempts):
+        try:
+            credential.get_token(ARM_SCOPE)
+            return
+        except (ClientAuthenticationError, ServiceRequestError) as exc:
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            unreached = isinstance(exc, ServiceRequestError) or any(
+                word in text.lower() for word in _UNREACHED)
+            if unreached and attempt + 1 < attempts:
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            if unreached:
+                raise CredentialError(f"could not reach Microsoft Entra to sign in ({first}): "
+                                      "check the network or proxy, then run again") from None
+            raise CredentialError(
+                "no Azure credentials: sign in with `az login`, or set AZURE_TENANT_ID, "
+                f"AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or run on a VM with a managed "
+                f"identity ({first})") from None
 
 
 def _client_kwargs(timeout: float, transport=None) -> dict:
