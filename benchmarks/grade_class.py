@@ -23,7 +23,12 @@ What it does:
    (the largest high-water RSS among the grading process and its workers), CPU seconds of the
    grader (its processes) and of the emulator (with the VMs' commands: on one machine they
    share the cores), `cpu_floor_seconds` (all that CPU divided by the cores: the shortest
-   wall time any schedule could reach here), the outcomes, and with `--throttle` the floor
+   wall time any schedule could reach here), the local Azure's CPU split into its own request
+   handling (`emulator_cpu_requests`) and its VMs' commands (`emulator_cpu_vm_commands`),
+   per lab for both programs, the grader's floor as if the local Azure ran elsewhere
+   (`grader_floor_seconds`: the largest of the critical path of dependent round trips at the
+   configured latency, the grader's CPU over the cores, the throttle floor) and
+   `seconds_over_grader_floor`, the outcomes, and with `--throttle` the floor
    the grader's read bucket imposes, `(reads - 429s - 250) / 25` seconds, and
    `seconds / floor`.
    Counts come from the emulator process: SIGUSR1 makes it print one `stats` line (requests per
@@ -112,13 +117,16 @@ class Emulator:
             if self._expect("knobs").endswith("on" if on else "off"):
                 return
 
-    def cpu_seconds(self) -> float | None:
-        """CPU the emulator and its finished children (the VMs' commands) used so far."""
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """CPU used so far by the local Azure itself (request handling: ARM, Entra, Key Vault,
+        IMDS, the SSH servers, TLS) and by its finished children (the commands run in its VMs),
+        from /proc: (utime + stime, cutime + cstime)."""
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
-        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -342,6 +350,18 @@ def baseline(env: dict[str, str], groups: list[str], key: Path) -> float:
 
 
 # -- main -----------------------------------------------------------------------------------------
+def critical_path(latency: dict[str, float]) -> float:
+    """The dependent round trips one lab needs at least, at the configured latency: the
+    grader's token (Entra), three rounds of ARM reads (the group and what needs nothing; the
+    NIC; its public IP, network and NSGs), the SSH login, then inside the VM an IMDS token, a
+    call with it (ARM or Key Vault: the slower), the vault's stored credentials read and the
+    sign-in with them (Entra)."""
+    arm, kv = latency.get("arm", 0.0), latency.get("keyvault", 0.0)
+    entra, imds = latency.get("entra", 0.0), latency.get("imds", 0.0)
+    return (entra + 3 * arm + latency.get("ssh_handshake", 0.0) + imds + max(arm, kv) + kv
+            + entra)
+
+
 def _latency(text: str) -> tuple[str, float]:
     service, _, seconds = text.partition("=")
     return service, float(seconds)
@@ -389,7 +409,9 @@ def main() -> None:
             arm_grader = (after["arm_by_caller"].get(grader_oid, 0)
                           - before["arm_by_caller"].get(grader_oid, 0))
             ssh = after["ssh_connections"] - before["ssh_connections"]
-            emulator_cpu = (cpu_after - cpu_before) if cpu_before is not None else 0.0
+            own, commands = ((cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+                             if cpu_before is not None and cpu_after is not None else (0.0, 0.0))
+            emulator_cpu = own + commands
             cores = os.cpu_count() or 1
             line = {"n": n, "seconds": round(run["seconds"], 2), "arm_requests": arm,
                     "arm_requests_grader": arm_grader, "ssh_connections": ssh,
@@ -400,6 +422,12 @@ def main() -> None:
                     "grader_cpu_seconds": round(run["cpu"], 1),
                     "emulator_cpu_seconds": (round(emulator_cpu, 1)
                                              if cpu_before is not None else None),
+                    # Split: its own request handling, and the commands its VMs ran (on Azure
+                    # both run on other machines, not the grader's).
+                    "emulator_cpu_requests": round(own, 1),
+                    "emulator_cpu_vm_commands": round(commands, 1),
+                    "emulator_cpu_per_lab": round(emulator_cpu / n, 3),
+                    "grader_cpu_per_lab": round(run["cpu"] / n, 3),
                     # All the CPU the run took (grader, local Azure, the VMs' commands) spread
                     # over every core: no schedule on this machine finishes sooner.
                     "cpu_floor_seconds": round((run["cpu"] + emulator_cpu) / cores, 1),
@@ -407,10 +435,20 @@ def main() -> None:
                     "arm_429": after["arm_throttled"] - before["arm_throttled"],
                     "labs_reported": run["labs_reported"], "outcomes": run["outcomes"],
                     "returncode": run["returncode"]}
+            throttle_floor = 0.0
             if args.throttle:  # refused reads take no token: the floor counts the others
                 floor = max(0, arm_grader - line["arm_429"] - READ_BUCKET) / READ_REFILL
+                throttle_floor = floor
                 line["throttle_floor_seconds"] = round(floor, 2)
                 line["seconds_over_floor"] = round(run["seconds"] / floor, 2) if floor else None
+            # The grader's floor, as if the local Azure ran elsewhere (as Azure does): the
+            # longest of the chain of dependent round trips, its own CPU over its cores, and
+            # the read bucket when throttled.
+            path = critical_path(latency)
+            grader_floor = max(path, run["cpu"] / cores, throttle_floor)
+            line.update(critical_path_seconds=round(path, 2),
+                        grader_floor_seconds=round(grader_floor, 2),
+                        seconds_over_grader_floor=round(run["seconds"] / grader_floor, 2))
             results.setdefault(n, line)
             print(json.dumps(line), flush=True)
         if not args.no_baseline:
