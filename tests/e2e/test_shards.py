@@ -11,7 +11,7 @@ import pytest
 from e2ekit import grade, suite_defects, suite_spec, suite_stages
 
 from pytest_milab.provision import build_in_local_azure
-from pytest_milab.settings import LabTarget, shard_of
+from pytest_milab.settings import LabTarget, resolve, shard_of
 
 STUDENTS = ["ana", "ben", "cy", "dee", "eli"]
 
@@ -47,11 +47,22 @@ def test_three_shards_merged_are_one_run(local_azure, tmp_path):
         whole.file("grades.csv").splitlines())
 
 
-def test_a_lab_belongs_to_one_shard_whatever_the_order():
-    labs = [LabTarget(group=f"g{i}", student=f"s{i}") for i in range(200)]
-    shards = [shard_of(t, 4) for t in labs]
-    assert shards == [shard_of(t, 4) for t in reversed(labs)][::-1]
-    assert set(shards) == {1, 2, 3, 4} and all(20 < shards.count(k) < 80 for k in (1, 2, 3, 4))
+def test_a_lab_belongs_to_one_shard_whatever_the_order(tmp_path):
+    """Two rosters with the same class in opposite orders: every shard grades the same labs,
+    each lab in exactly one shard, the shards about even."""
+    lines = [f"g{i},s{i}\n" for i in range(200)]
+    forward, backward = tmp_path / "a.csv", tmp_path / "b.csv"
+    forward.write_text("group,student\n" + "".join(lines))
+    backward.write_text("group,student\n" + "".join(reversed(lines)))
+    shares = {}
+    for roster in (forward, backward):
+        shares[roster] = [{t.label for t in resolve({"roster": str(roster),
+                                                     "shard": f"{k}/4"}, {}, {}).targets}
+                          for k in (1, 2, 3, 4)]
+    assert shares[forward] == shares[backward]
+    assert set().union(*shares[forward]) == {f"s{i}" for i in range(200)}
+    assert sum(len(share) for share in shares[forward]) == 200
+    assert all(20 < len(share) < 80 for share in shares[forward])
 
 
 def test_an_empty_shard_writes_a_valid_empty_report(local_azure, tmp_path):
