@@ -97,22 +97,24 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
         machine = await fleet().add(name, user=user, public_keys=keys, site_address=site)
         return _json(describe(machine), 201)
 
-    async def show(request: Request) -> Response:
+    def named(request: Request):
+        """The machine the path names, or the answer that refuses the request."""
         refused = caller(request)
         if refused is not None:
-            return refused
+            return None, refused
         machine = fleet().live(request.path_params["name"])
         if machine is None:
-            return _error(404, "MachineNotFound", "no such machine")
-        return _json(describe(machine))
+            return None, _error(404, "MachineNotFound", "no such machine")
+        return machine, None
+
+    async def show(request: Request) -> Response:
+        machine, refused = named(request)
+        return refused or _json(describe(machine))
 
     async def change(request: Request) -> Response:
-        refused = caller(request)
+        machine, refused = named(request)
         if refused is not None:
             return refused
-        machine = fleet().live(request.path_params["name"])
-        if machine is None:
-            return _error(404, "MachineNotFound", "no such machine")
         try:
             body = await request.json()
         except ValueError:
