@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -19,6 +21,7 @@ from .arm import app as arm
 from .entra import graph, login, users
 from .entra.tokens import TokenIssuer
 from .faults import LATENCY_SERVICES, Quirks
+from .files import write_private
 from .hosts import AKA_MS_HOST, CONTROL_HOSTS, EMULATED_HOSTS, SERVICE_HOSTS, TENANT_DOMAIN
 from .machines import control, userland
 from .machines.arc import ArcFleet
@@ -62,18 +65,45 @@ class Machine:
     user: str
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner may read (it holds secrets), replacing it whole: created
-    new (O_EXCL, mode 0600) under a name nobody can guess, then renamed into place."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_RUNNING: set[LocalAzure] = set()  # started and not yet stopped, for the exit paths below
+_HOOKED: list[bool] = []
+
+
+def _stop_all() -> None:
+    for azure in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            azure.stop()
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM: stop every local Azure of this process (its VMs' processes ended, its work
+    directory removed), then do what SIGTERM did before (by default: end the process)."""
+    _stop_all()
+    previous = _HOOKED_PREVIOUS[0] if _HOOKED_PREVIOUS else signal.SIG_DFL
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+_HOOKED_PREVIOUS: list = []
+
+
+def _hook_exit_paths() -> None:
+    """Once per process: a local Azure left running is stopped at exit (Ctrl-C's
+    KeyboardInterrupt ends the interpreter through atexit) and on SIGTERM (when started from
+    the main thread, where Python lets signal handlers be set)."""
+    if _HOOKED:
+        return
+    _HOOKED.append(True)
+    atexit.register(_stop_all)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            _HOOKED_PREVIOUS.append(signal.getsignal(signal.SIGTERM))
+            signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class LocalAzure:
@@ -150,6 +180,22 @@ class LocalAzure:
                 "ssh_connections": self.vms.ssh_connections + self.machines.ssh_connections}
 
     @property
+    def egress_dir(self) -> Path:
+        """Where each running VM's and machine's egress is published for graders in other
+        processes (`<ssh address>.json`, readable by this user only)."""
+        return self.workdir / "egress"
+
+    def egress_for(self, host: str) -> dict | None:
+        """How the grader's probe reaches Azure from the machine answering SSH at `host`: its
+        egress proxy with the machine's credential and the local Azure's CA (None: no machine
+        of this local Azure is there)."""
+        live = self.vms.at_address(host)
+        if live is None:
+            live = next((m for m in list(self.machines.machines.values())
+                         if m.address == host and m.proxy is not None), None)
+        return live.egress() if live is not None else None
+
+    @property
     def tenant_id(self) -> str:
         return self.cloud.tenant_id
 
@@ -179,7 +225,8 @@ class LocalAzure:
     def _extra_env(self) -> dict[str, str]:
         # The port every VM answers SSH on (22 unless this process may not bind it), and what a
         # grader needs to know of this Azure: it is local, and whether VMs can install `az`.
-        env = {"MILAB_SSH_PORT": str(self.vms.ssh_port), "MILAB_LOCAL_AZURE": "1"}
+        env = {"MILAB_SSH_PORT": str(self.vms.ssh_port), "MILAB_LOCAL_AZURE": "1",
+               "MILAB_EGRESS_DIR": str(self.egress_dir)}
         if self.az_cli:
             env["MILAB_AZ_CLI"] = str(self.az_cli)
         user = self.operator_user
@@ -281,6 +328,8 @@ class LocalAzure:
 
         self._thread = threading.Thread(target=serve, name="milab-local-azure", daemon=True)
         self._thread.start()
+        _hook_exit_paths()
+        _RUNNING.add(self)
         ready.wait()
         try:
             self.run(self._astart())
@@ -291,6 +340,9 @@ class LocalAzure:
         return self
 
     async def _astart(self) -> None:
+        # Its VMs' homes, keys and secrets are for this user alone.
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
         self.tokens = TokenIssuer(self.cloud.tenant_id, clock=self.cloud.now)
         self.ca = CertificateAuthority(self.workdir)
         self._seed()
@@ -321,11 +373,13 @@ class LocalAzure:
         self.vms = VmFleet(self.cloud, self.tokens, workdir=self.workdir / "vms",
                            ca_path=self.ca.ca_path, tls_port=self.tls.port,
                            ssh_port=self.ssh_port, az_cli=self.az_cli)
+        self.vms.egress_dir = self.egress_dir
         await self.vms.start()
         self._closers.append(self.vms.stop)
         self.machines = ArcFleet(self.cloud, self.tokens, workdir=self.workdir / "machines",
                                  ca_path=self.ca.ca_path, tls_port=self.tls.port,
                                  ssh_port=self.vms.ssh_port, az_cli=self.az_cli)
+        self.machines.egress_dir = self.egress_dir
         await self.machines.start()
         self._closers.append(self.machines.stop)
 
@@ -348,6 +402,7 @@ class LocalAzure:
         self.grader = Identity(self.tenant_id, gr_app.app_id, gr_secret, gr_sp.object_id)
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         if self._loop is None:
             return
         if self._loop.is_running():

@@ -178,7 +178,9 @@ def test_environment_is_the_vms_own(local_azure, ubuntu):
     live = local_azure.vms.live(ubuntu.id)
     assert env["PATH"] == str(live.bin)
     assert env["USER"] == env["LOGNAME"] == "azureuser"
-    assert env["http_proxy"] == env["https_proxy"] == f"http://127.0.0.1:{live.proxy.port}"
+    # The proxy URLs carry the VM's credential: compared, never shown.
+    own = env["http_proxy"] == env["https_proxy"] == live.proxy_url()
+    assert own and live.proxy_url().endswith(f"@127.0.0.1:{live.proxy.port}")
     assert env["no_proxy"] == ""
     assert env["REQUESTS_CA_BUNDLE"] == env["CURL_CA_BUNDLE"] == str(local_azure.ca_path)
     assert env["AZURE_CONFIG_DIR"] == env["HOME"] + "/.azure"

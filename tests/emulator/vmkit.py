@@ -72,8 +72,7 @@ class LabVm:
         """A client that reaches IMDS through this VM's egress proxy, as curl inside it does."""
         session = requests.Session()
         session.trust_env = False
-        port = self.azure.vms.live(self.id).proxy.port
-        session.proxies = {"http": f"http://127.0.0.1:{port}"}
+        session.proxies = {"http": self.azure.vms.live(self.id).proxy_url()}
         return session
 
     # -- changes, made on the emulator's loop as ARM's handlers would -------------------------

@@ -332,6 +332,10 @@ class ArcMachine(LiveVm):
             options["preexec_fn"] = preexec
         return options
 
+    def spawned(self) -> set[int]:
+        procs = set(self.broker._procs) if self.broker is not None else set()
+        return super().spawned() | {proc.pid for proc in procs}
+
     # -- power ------------------------------------------------------------------------------------
     async def power_on(self) -> None:
         await super().power_on()
@@ -519,6 +523,7 @@ class ArcFleet:
         self.machines: dict[str, ArcMachine] = {}  # name (lower) -> machine
         self.himds = Himds(self)
         self.himds_port = 0
+        self.egress_dir: Path | None = None  # where each machine's egress is published
         self.drop_privileges = _capability_dropper()
         self.tokens_dir = TOKENS_DIR
         self._listener: HttpListener | None = None

@@ -4,8 +4,21 @@ egress to the local Azure and to IMDS.
 The fleet follows ARM's lifecycle events (`vm.changed`, `vm.deleted`, `network.changed`) and
 reconciles: a running VM gets a home directory, an Ubuntu-like bin folder, an egress proxy that
 stamps IMDS requests with the VM's key, and an asyncssh server on its public address while the
-NSGs on its path allow inbound TCP 22. Stopping, deallocating or deleting the VM closes them.
-Commands run as the emulator's own user in `bash -c`, with the VM's environment.
+NSGs on its path allow inbound TCP 22. Stopping, deallocating or deleting the VM closes them
+and ends every process it started, even one that left its session (reaper.py).
+
+Commands run as the emulator's own user in `bash -c`, with the VM's environment and
+`SSH_CLIENT`/`SSH_CONNECTION` as sshd sets them, so bash reads `~/.bashrc` as Ubuntu's bash does
+for a command run by sshd; the VM's default `~/.bashrc` returns at once for a non-interactive
+shell, as Ubuntu's does, so only lines a student puts above that return apply to commands.
+
+Isolation: the local Azure's work directory and each VM's folder are 0700, and each VM's egress
+proxy (which carries its IMDS) asks for the VM's own secret (Proxy-Authorization, 407
+otherwise), which only the VM's environment carries in its proxy URLs: another local user can
+neither read a VM's home nor get a token as its identity. Limitation: a VM's `sudo` is a shim
+that runs as the emulator's own user on the host's filesystem (no mount namespace per VM), so a
+student's `sudo cp x /usr/bin/...` would change the host, and the grader's probe, which runs
+`/usr/bin/python3`, is the host's, not the VM's.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import asyncssh
 
 from .. import faults
 from ..entra.tokens import TokenIssuer
+from ..files import write_private
 from ..hosts import EMULATED_HOSTS, IMDS_HOST, VM_EXTRA_HOSTS
 from ..state import Cloud, arm_key
 from ..wire.frontdoor import FrontDoor
@@ -40,7 +54,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import topology, userland
+from . import reaper, topology, userland
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -78,6 +92,8 @@ class LiveVm:
         self.root = fleet.workdir / _safe_name(vm)
         self.bin = self.root / "bin"
         self.imds_key = secrets.token_urlsafe(24)
+        # The egress proxy's password: only the VM's own processes (its environment) know it.
+        self.proxy_secret = secrets.token_urlsafe(24)
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.proxy: ForwardProxy | None = None
         self.address: str | None = None
@@ -104,9 +120,22 @@ class LiveVm:
         return [str(k.get("keyData", "")).strip()
                 for k in (linux.get("ssh") or {}).get("publicKeys") or [] if k.get("keyData")]
 
+    def proxy_url(self) -> str:
+        """The VM's egress proxy with its credential ("" when the VM is off)."""
+        return f"http://milab:{self.proxy_secret}@127.0.0.1:{self.proxy.port}" \
+            if self.proxy else ""
+
+    def egress(self) -> dict | None:
+        """How the grader's probe reaches Azure from this VM: its proxy (with the credential)
+        and the local Azure's CA, and the VM's tools. Grader-side knowledge: never read from
+        the VM."""
+        if self.proxy is None:
+            return None
+        return {"proxy": self.proxy_url(), "ca": str(self.fleet.ca_path), "path": str(self.bin)}
+
     def environment(self) -> dict[str, str]:
         """What a command in this VM sees: its own PATH, proxy and CA; nothing of the host's."""
-        proxy = f"http://127.0.0.1:{self.proxy.port}" if self.proxy else ""
+        proxy = self.proxy_url()
         ca = str(self.fleet.ca_path)
         user = self.admin_username
         return {
@@ -123,7 +152,10 @@ class LiveVm:
     async def power_on(self) -> None:
         vm = self.arm() or {}
         computer = (topology.props(vm).get("osProfile") or {}).get("computerName") or vm.get("name")
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
         userland.provision(self.bin, computer_name=str(computer or "vm"),
                            az_cli=self.fleet.az_cli)
         self._write_authorized_keys()
@@ -132,7 +164,8 @@ class LiveVm:
             self.proxy = ForwardProxy(tls_port=self.fleet.tls_port,
                                       allowed=EMULATED_HOSTS + VM_EXTRA_HOSTS,
                                       plain_http=self._plain_http,
-                                      faults=self.fleet.cloud.knobs.faults, name="vm")
+                                      faults=self.fleet.cloud.knobs.faults, name="vm",
+                                      secret=self.proxy_secret)
             await self.proxy.start()
 
     def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
@@ -143,10 +176,14 @@ class LiveVm:
         return None
 
     def _write_bashrc(self, computer: str) -> None:
-        # Interactive shells would otherwise show the host's user and name (root@<container>).
+        # As on an Ubuntu image, a shell that is not interactive (an SSH command) stops at the
+        # top; interactive ones get a prompt naming the VM, not the host (root@<container>).
         rc = self.home / ".bashrc"
         if not rc.exists():
-            rc.write_text(f"# ~/.bashrc of a local Azure VM\nPS1='${{USER}}@{computer}:\\w$ '\n")
+            rc.write_text("# ~/.bashrc of a local Azure VM, read by every bash sshd starts.\n"
+                          "# Not interactive (a command run over SSH): nothing more to do.\n"
+                          "case $- in\n    *i*) ;;\n      *) return;;\nesac\n\n"
+                          f"PS1='${{USER}}@{computer}:\\w$ '\n")
 
     def _write_authorized_keys(self) -> None:
         ssh_dir = self.home / ".ssh"
@@ -159,9 +196,18 @@ class LiveVm:
             conn.close()
         for proc in list(self._processes):
             _kill(proc)
+        self.end_processes()
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None
+
+    def spawned(self) -> set[int]:
+        """Processes whose exit status the emulator itself waits for."""
+        return {proc.pid for proc in self._processes}
+
+    def end_processes(self) -> int:
+        """Kill every process this VM started, left its session or not (reaper.py)."""
+        return reaper.end_processes(self.spawned(), self.root, spawned=self.spawned())
 
     # -- SSH ----------------------------------------------------------------------------------
     async def set_listening(self, address: str | None) -> None:
@@ -173,6 +219,7 @@ class LiveVm:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._acceptor.wait_closed(), 2)
             self._acceptor = None
+            self._publish_egress(self.address, None)
             self.address = None
         if address is None:
             return
@@ -182,6 +229,20 @@ class LiveVm:
             process_factory=self._serve, encoding=None, line_editor=False,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False)
         self.address = address
+        self._publish_egress(address, self.egress())
+
+    def _publish_egress(self, address: str | None, egress: dict | None) -> None:
+        """The VM's egress for a grader in another process (`MILAB_EGRESS_DIR`): one file per
+        SSH address, readable by the local Azure's user only."""
+        directory = self.fleet.egress_dir
+        if directory is None or not address:
+            return
+        path = directory / f"{address}.json"
+        if egress is None:
+            path.unlink(missing_ok=True)
+            return
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, json.dumps(egress))
 
     async def _serve(self, process: asyncssh.SSHServerProcess) -> None:
         delay = self.fleet.cloud.knobs.faults.hang_for(self.arm() or {})
@@ -197,6 +258,9 @@ class LiveVm:
             if ACCEPTED_CLIENT_ENV.match(name):
                 env[name] = value.decode() if isinstance(value, bytes) else value
         peer = process.get_extra_info("peername") or ("", 0)
+        # As sshd sets them; bash seeing SSH_CLIENT reads ~/.bashrc even for a command (Debian
+        # and Ubuntu build bash so).
+        env["SSH_CLIENT"] = f"{peer[0]} {peer[1]} {self.fleet.ssh_port}"
         env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {self.address} {self.fleet.ssh_port}"
         bash = userland.host_tool("bash") or "/bin/bash"
         command = process.command
@@ -396,6 +460,7 @@ class VmFleet:
         self.ssh_port = 22 if can_bind(22) else (ssh_port or FALLBACK_SSH_PORT)
         self.imds = Imds(cloud, tokens, self.vm_for_imds_key)
         self.imds_port = 0
+        self.egress_dir: Path | None = None  # where each VM's egress is published (LocalAzure)
         self._listener: HttpListener | None = None
         self._live: dict[str, LiveVm] = {}
         self.errors: list[str] = []  # VMs that failed to come alive, for tests and diagnostics
@@ -415,7 +480,10 @@ class VmFleet:
                 # machine (pytest-xdist workers) rarely meet; addresses in use are skipped anyway.
                 self.cloud.next_public_ip = secrets.randbelow(200) * 250
             self.cloud.address_taken = lambda address: not can_bind(self.ssh_port, address)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        # Orphans of the VMs' commands come back to this process, where they can be ended.
+        reaper.become_subreaper()
         self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
         await self._listener.start()
         self.imds_port = self._listener.port
@@ -462,6 +530,13 @@ class VmFleet:
     def live(self, vm_id: str) -> LiveVm | None:
         """The running parts of a VM (by ARM id), if it is running."""
         return self._live.get(arm_key(vm_id))
+
+    def at_address(self, host: str) -> LiveVm | None:
+        """The running VM that answers SSH at that address, if any."""
+        for live in list(self._live.values()):
+            if live.address == host and live.proxy is not None:
+                return live
+        return None
 
     # -- following ARM --------------------------------------------------------------------------
     def on_event(self, event: str, resource: dict) -> None:

@@ -11,7 +11,9 @@ with 403. No byte leaves the machine. A VM's egress proxy also carries plain-HTT
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hmac
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -115,10 +117,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-def _refusal(status: str, message: str) -> bytes:
+def _refusal(status: str, message: str, extra: str = "") -> bytes:
     body = (message + "\n").encode()
     return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode() + body
+            f"{extra}Connection: close\r\n\r\n").encode() + body
+
+
+_PROXY_AUTH_REQUIRED = _refusal(
+    "407 Proxy Authentication Required",
+    "milab proxy: this machine's egress needs its credentials",
+    'Proxy-Authenticate: Basic realm="milab"\r\n')
 
 
 class ForwardProxy:
@@ -128,14 +136,20 @@ class ForwardProxy:
     `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests
     (`UNREACHABLE`: drop the connection; None: refuse with 403).
     `faults` (the knobs' Faults) may reset tunnels through it, see Faults.reset_connections.
+    `secret`, when given, is required of every request as Basic proxy credentials (any user
+    name, this password: `http://milab:<secret>@127.0.0.1:<port>`); without it the answer is
+    407 with `Proxy-Authenticate`, as an authenticating proxy says (RFC 9110, "Proxy-
+    Authenticate" and "407 Proxy Authentication Required"). A VM's proxy carries its IMDS, so
+    only processes that know the VM's secret, its own, may use it.
     """
 
     def __init__(self, *, tls_port: int, allowed: tuple[str, ...],
                  plain_http: Callable[[str], tuple[int, dict[str, str]] | None] | None = None,
                  on_refused: Callable[[str], None] | None = None,
                  host: str = "127.0.0.1", faults: Faults | None = None,
-                 name: str = "host") -> None:
+                 name: str = "host", secret: str | None = None) -> None:
         self.tls_port = tls_port
+        self.secret = secret
         self.faults = faults  # reset_connections applies to proxies of this `name` (host | vm)
         self.name = name
         self.allowed = allowed
@@ -183,6 +197,9 @@ class ForwardProxy:
         except ValueError:
             writer.write(_refusal("400 Bad Request", "milab proxy: malformed request line"))
             return
+        if self.secret is not None and not self._authorized(rest):
+            writer.write(_PROXY_AUTH_REQUIRED)
+            return
         if method.upper() == "CONNECT":
             host, _, port = target.rpartition(":")
             host = host.strip("[]")
@@ -198,6 +215,22 @@ class ForwardProxy:
             self._refuse(writer, host)
             return
         await self._forward_plain(method, target, version, rest, reader, writer)
+
+    def _authorized(self, head: bytes) -> bool:
+        for raw in head.decode("latin-1").split("\r\n"):
+            name, _, value = raw.partition(":")
+            if name.strip().lower() != "proxy-authorization":
+                continue
+            scheme, _, encoded = value.strip().partition(" ")
+            if scheme.lower() != "basic":
+                return False
+            try:
+                _user, _, password = base64.b64decode(encoded.strip(), validate=True) \
+                    .decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            return hmac.compare_digest(password.encode(), self.secret.encode())
+        return False
 
     def _refuse(self, writer, host: str) -> None:
         if self.on_refused:
@@ -224,7 +257,8 @@ class ForwardProxy:
             if not raw:
                 continue
             name = raw.split(":", 1)[0].strip().lower()
-            if name in ("connection", "proxy-connection", "keep-alive") or name in extra:
+            if name in ("connection", "proxy-connection", "keep-alive",
+                        "proxy-authorization") or name in extra:
                 continue
             lines.append(raw)
         lines += [f"{k}: {v}" for k, v in extra.items()]
