@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,9 @@ class Gatherer:
         self._sub_lock = threading.Lock()
         self._sub: str | None = None
         self.cli_unavailable: str | None = None
+        # How the probe reaches Azure from a machine at an address (grader-side knowledge: the
+        # local Azure's egress proxy and CA; None: directly, as on Azure).
+        self.egress: Callable[[str], dict | None] | None = None
         self.digest_key = secrets.token_bytes(32)  # this run's key for the probe's digests
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
@@ -296,6 +300,12 @@ class Gatherer:
                          key_filename=target.ssh_key or self.settings.ssh_key,
                          ssh_config=self.settings.ssh_config)
 
+    def egress_for(self, conn: VmConnection) -> dict | None:
+        """The probe's egress from the machine this connection reaches."""
+        if self.egress is None:
+            return None
+        return self.egress(conn.resolved_host) or self.egress(conn.target.host)
+
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
         from .vm.probe import run_probe
 
@@ -327,7 +337,8 @@ class Gatherer:
             # a few at a time).
             deadline = max(2 * self.settings.timeout, 10)
             parts = self.suite.probe_program(ev, deadline)
-            ev.probe = run_probe(conn, parts, self.digest_key, timeout=deadline)
+            ev.probe = run_probe(conn, parts, self.digest_key, timeout=deadline,
+                                 egress=self.egress_for(conn))
         except CouldNotDecide as exc:  # the probe's fields could not be read
             ev.ssh.error = str(exc)
         except SshError as exc:

@@ -111,8 +111,9 @@ class EvidenceStore:
             raise CouldNotDecide(str(exc)) from None
         if ssh.refused:
             raise NeedsStep(f"needs ssh: {ssh.error}")
-        return Vm(self.connections.get(target.label, ssh_target), self.gatherer.digest_key,
-                  evidence.machine.source)
+        conn = self.connections.get(target.label, ssh_target)
+        return Vm(conn, self.gatherer.digest_key, evidence.machine.source,
+                  egress=lambda: self.gatherer.egress_for(conn))
 
     def close(self) -> None:
         self.gatherer.close()

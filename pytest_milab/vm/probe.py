@@ -1,7 +1,16 @@
 """Running the probe kit in a machine: one SSH command returns every part's result.
 
 The kit's source travels in the command line (compressed), so nothing of it stays on the
-machine; its result is the one output line framed by this run's nonce."""
+machine; its result is the one output line framed by this run's nonce.
+
+The kit starts clean: `/usr/bin/env -i` with a fixed PATH and LANG, then `/usr/bin/python3 -I -S`
+(absolute paths, no PYTHON* variables, no site packages). Its program (the parts, the digest key,
+the nonce and the egress) comes over stdin as one JSON line, read up to its newline, so no
+secret is in any process's argv. The egress is the grader's to say: on Azure none (IMDS and
+Azure's hosts directly), in the local Azure the machine's egress proxy with its credential and
+the local Azure's CA; the kit never reads a proxy from the machine's environment. The student's
+environment (after their `~/.bashrc`) still reaches what a suite asks to run as the student
+(`command` parts, the `which` lookups): the shell hands it to the kit on file descriptor 3."""
 
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ import json
 import secrets
 import shlex
 import zlib
+from collections.abc import Callable
 from importlib import resources
 
 from ..errors import CouldNotDecide, SshError, Unverified
@@ -21,27 +31,35 @@ from .ssh import CommandResult, VmConnection
 MARK = "MILAB-PROBE-RESULT "
 
 
+CLEAN_ENV = ("PATH=/usr/bin:/bin", "LANG=C.UTF-8")
+
+
 @functools.lru_cache(maxsize=1)
-def probe_command_prefix() -> str:
-    """`python3 -c` with the kit compressed into the command line. (Not stdin: SSH is slow to
-    signal end-of-input, and the kit must not write itself to the machine's disk.)"""
+def probe_command() -> str:
+    """The probe's command: `/usr/bin/python3 -c` with the kit compressed into the command
+    line, in a clean environment (the program comes on stdin; the kit must not write itself to
+    the machine's disk). The login shell saves its stdin (the program) as fd 4, pipes the
+    student's environment (`env -0`) to the kit as fd 3 and gives fd 4 back as its stdin:
+    POSIX shell only."""
     source = resources.files(__package__).joinpath("probe_kit.py").read_text()
     packed = base64.b64encode(zlib.compress(source.encode(), 9)).decode()
     loader = ("import base64,sys,zlib;sys.argv[0]='milab-probe';"
               f"exec(compile(zlib.decompress(base64.b64decode('{packed}')),'milab-probe','exec'))")
     # -I -S: the standard library only, untouched by PYTHON* variables, user or site packages
     # (and quicker to start).
-    return "python3 -I -S -c " + shlex.quote(loader)
+    return ("exec 4<&0; /usr/bin/env -0 | /usr/bin/env -i " + " ".join(CLEAN_ENV)
+            + " /usr/bin/python3 -I -S -c " + shlex.quote(loader) + " 3<&0 0<&4 4<&-")
 
 
 def run_probe(conn: VmConnection, parts: list[dict], key: bytes,
-              timeout: float | None = None) -> dict:
+              timeout: float | None = None, egress: dict | None = None) -> dict:
     """Run the parts (as `Part.program` gives them) at once in the machine: their results by
-    name. Only the line framed by a fresh nonce counts."""
+    name. Only the line framed by a fresh nonce counts. `egress`: how the kit reaches Azure
+    from there ({"proxy": URL, "ca": file, "path": its tools' folders}; None: directly)."""
     nonce = secrets.token_hex(8)
-    program = {"parts": parts, "key": key.hex(), "nonce": nonce}
-    command = probe_command_prefix() + " " + shlex.quote(json.dumps(program, separators=(",", ":")))
-    result = conn.run(command, timeout=timeout)
+    program = {"parts": parts, "key": key.hex(), "nonce": nonce, "egress": egress or {}}
+    line = json.dumps(program, separators=(",", ":")) + "\n"
+    result = conn.run(probe_command(), timeout=timeout, stdin=line.encode())
     return _result(result, MARK + nonce + " ")
 
 
@@ -75,10 +93,12 @@ class Vm:
     inside and returns status and JSON with secret-bearing fields replaced by keyed digests.
     """
 
-    def __init__(self, conn: VmConnection, key: bytes, source: str = "imds") -> None:
+    def __init__(self, conn: VmConnection, key: bytes, source: str = "imds",
+                 egress: Callable[[], dict | None] | None = None) -> None:
         self._conn = conn
         self._key = key
         self.source = source
+        self._egress = egress
 
     def __repr__(self) -> str:
         return f"<Vm {self._conn.target.describe()}>"
@@ -98,7 +118,9 @@ class Vm:
     def _single(self, part) -> dict:
         note(VM_REPORTED)
         try:
-            result = run_probe(self._conn, [part.program({})], self._key).get(part.name)
+            result = run_probe(self._conn, [part.program({})], self._key,
+                               egress=self._egress() if self._egress else None
+                               ).get(part.name)
         except SshError as exc:
             raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
         if not isinstance(result, dict) or set(result) == {"error"}:

@@ -1,5 +1,8 @@
-# The in-machine probe kit. Runs inside a student's machine as
-# `python3 -I -S -c <this file> '<program json>'`, with the standard library only. It runs the
+# The in-machine probe kit. Runs inside a student's machine as `/usr/bin/python3 -I -S -c <this
+# file>` in a clean environment, its program one JSON line on stdin (parts, digest key, nonce,
+# egress) and the student's environment (`env -0`) on fd 3, with the standard library only. Its
+# own HTTP goes where the program's egress says (a proxy and CA, or directly), never through
+# proxy variables of the machine. It runs the
 # parts a suite declared (pytest_milab.probe), acting as the machine's managed identity as the
 # lab's own curl commands do, and prints one line framed by the run's nonce: status codes, error
 # codes, token *claims* and keyed digests. Tokens and secret values never leave this process;
@@ -24,6 +27,7 @@ CLAIMS = ("aud", "iss", "oid", "sub", "tid", "appid", "appidacr", "idtyp", "ver"
           "xms_az_rid", "iat", "nbf", "exp")
 MAX_JSON = 65536  # bytes of JSON a part may return
 KEY = [b""]  # the run's digest key
+EGRESS = {}  # the grader's word on how to reach Azure: {"proxy": URL, "ca": file, "path": dirs}
 
 
 def digest(text):
@@ -71,47 +75,42 @@ _POOL_LOCK = threading.Lock()
 _CONTEXT = []
 
 
-def _bypass(host):
-    """Whether no_proxy exempts the host (as urllib reads it: suffixes, `*`)."""
-    listed = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
-    for entry in listed.replace(" ", "").lower().split(","):
-        entry = entry.lstrip(".").rsplit(":", 1)[0] if entry.count(":") == 1 else entry
-        if entry == "*" or entry and (host == entry or host.endswith("." + entry)):
-            return True
-    return False
-
-
-def _proxy(scheme, host):
-    """(host, port) of the proxy the environment names for this scheme, as urllib would."""
-    if _bypass(host.lower()):
+def _proxy():
+    """(host, port, headers) of the egress proxy the grader named, or None (directly)."""
+    value = EGRESS.get("proxy")
+    if not value:
         return None
-    for name in (scheme + "_proxy", scheme.upper() + "_PROXY"):
-        value = os.environ.get(name)
-        if value:
-            parts = urllib.parse.urlsplit(value if "://" in value else "http://" + value)
-            return parts.hostname, parts.port or 80
-    return None
+    import base64
+
+    parts = urllib.parse.urlsplit(value)
+    headers = {}
+    if parts.password is not None:
+        creds = urllib.parse.unquote(parts.username or "") + ":" + \
+            urllib.parse.unquote(parts.password)
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+    return parts.hostname, parts.port or 80, headers
 
 
 def _connection(scheme, host, port, timeout):
-    """A new connection and whether requests on it name the absolute URL (plain proxy)."""
+    """A new connection, whether requests on it name the absolute URL (plain proxy), and the
+    headers each request on it carries (the plain proxy's credentials)."""
     import http.client
 
-    proxy = _proxy(scheme, host)
+    proxy = _proxy()
     if scheme == "https":
         if not _CONTEXT:
             import ssl
-            _CONTEXT.append(ssl.create_default_context())
+            _CONTEXT.append(ssl.create_default_context(cafile=EGRESS.get("ca") or None))
         if proxy:
             conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout,
                                                context=_CONTEXT[0])
-            conn.set_tunnel(host, port)
-            return conn, False
+            conn.set_tunnel(host, port, headers=proxy[2])
+            return conn, False, {}
         return http.client.HTTPSConnection(host, port, timeout=timeout,
-                                           context=_CONTEXT[0]), False
+                                           context=_CONTEXT[0]), False, {}
     if proxy:
-        return http.client.HTTPConnection(proxy[0], proxy[1], timeout=timeout), True
-    return http.client.HTTPConnection(host, port, timeout=timeout), False
+        return http.client.HTTPConnection(proxy[0], proxy[1], timeout=timeout), True, proxy[2]
+    return http.client.HTTPConnection(host, port, timeout=timeout), False, {}
 
 
 def _once(method, url, headers, data, timeout):
@@ -136,15 +135,15 @@ def _once(method, url, headers, data, timeout):
                 with _POOL_LOCK:
                     idle = _POOL.get(key) or []
                     conn = idle.pop() if idle else None
-            reused, absolute = conn is not None, False
+            reused, absolute, extra = conn is not None, False, {}
             if conn is None:
-                conn, absolute = _connection(scheme, host, port, timeout)
+                conn, absolute, extra = _connection(scheme, host, port, timeout)
             conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
             try:
                 conn.request(method, url if absolute else path, body=data,
-                             headers={"User-Agent": "milab-probe", **headers})
+                             headers={"User-Agent": "milab-probe", **headers, **extra})
                 resp = conn.getresponse()
                 raw = resp.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
@@ -449,8 +448,31 @@ def op_secret(p):
     return out
 
 
+_STUDENT_ENV = []
+_STUDENT_LOCK = threading.Lock()
+
+
+def student_env():
+    """The student's environment as their login shell had it (`env -0` on fd 3): what a
+    command a suite runs as the student sees. This process's own is the clean one."""
+    with _STUDENT_LOCK:
+        if not _STUDENT_ENV:
+            try:
+                with open(3, "rb", closefd=False) as f:
+                    raw = f.read(1 << 20)
+            except OSError:
+                raw = b""
+            env = {}
+            for item in raw.split(b"\0"):
+                name, sep, value = item.partition(b"=")
+                if sep and name:
+                    env[os.fsdecode(name)] = os.fsdecode(value)
+            _STUDENT_ENV.append(env or dict(os.environ))
+        return _STUDENT_ENV[0]
+
+
 def op_which(p):
-    return {"path": shutil.which(p["name"])}
+    return {"path": shutil.which(p["name"], path=student_env().get("PATH", os.defpath))}
 
 
 def op_command(p):
@@ -458,10 +480,10 @@ def op_command(p):
     import tempfile
 
     argv = list(p["argv"])
-    exe = shutil.which(argv[0])
+    env = dict(student_env(), **(p.get("env") or {}))
+    exe = shutil.which(argv[0], path=env.get("PATH", os.defpath))
     if not exe:
         return {"installed": False}
-    env = dict(os.environ, **(p.get("env") or {}))
     temp = None
     if p.get("temp_env"):
         temp = tempfile.mkdtemp(prefix="milab-")
@@ -499,8 +521,12 @@ def run_part(results, events, part):
 
 
 def main():
-    program = json.loads(sys.argv[1])
+    # One line, read up to its newline: no wait for the end of the input.
+    program = json.loads(sys.stdin.buffer.readline().decode("utf-8"))
     KEY[0] = bytes.fromhex(program.get("key", ""))
+    EGRESS.update(program.get("egress") or {})
+    if EGRESS.get("path"):  # the machine's own tools (sudo), as the grader knows them
+        os.environ["PATH"] = EGRESS["path"] + os.pathsep + os.environ.get("PATH", os.defpath)
     parts = program["parts"]
     results, events = {}, {part["name"]: threading.Event() for part in parts}
     threads = [threading.Thread(target=run_part, args=(results, events, part), daemon=True)

@@ -237,6 +237,12 @@ class VmConnection:
                          "known": self._policy.unknown is None}
         self.connections_opened += 1
 
+    @property
+    def resolved_host(self) -> str:
+        """The address the ssh config resolved the target to (HostName), once connected."""
+        conn = self._fabric
+        return str(conn.host) if conn is not None else self.target.host
+
     def _where(self) -> str:
         """The target as the ssh config resolved it: user@host:port, and the jump host."""
         conn = self._fabric
@@ -267,10 +273,10 @@ class VmConnection:
                         raise
                 time.sleep(delay)
 
-    def _exec(self, command: str, timeout: float) -> CommandResult:
+    def _exec(self, command: str, timeout: float, stdin: bytes = b"") -> CommandResult:
         """Run one command on a new channel: stdout here, stderr on a helper thread (so neither
         can fill the window while the other is read), within `timeout` seconds in all. Each
-        keeps at most OUTPUT_CAP bytes."""
+        keeps at most OUTPUT_CAP bytes. `stdin` is sent first, then end of file."""
         transport = self._client.get_transport() if self._client is not None else None
         if transport is None or not transport.is_active():
             raise EOFError("the SSH connection is closed")
@@ -278,7 +284,10 @@ class VmConnection:
         channel = transport.open_session(timeout=min(timeout, self.connect_timeout))
         try:
             channel.exec_command(command)
-            channel.shutdown_write()  # no input: a command reading stdin sees end of file
+            if stdin:
+                channel.settimeout(timeout)
+                channel.sendall(stdin)
+            channel.shutdown_write()  # no more input: a command reading stdin sees end of file
             err = _Capped()
 
             def drain_stderr() -> None:
@@ -312,12 +321,14 @@ class VmConnection:
         finally:
             channel.close()  # a command still running is dropped with its channel, as sshd does
 
-    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, *, timeout: float | None = None,
+            stdin: bytes = b"") -> CommandResult:
+        """Run a command (its input: `stdin`, then end of file)."""
         timeout = timeout or self.command_timeout
         for attempt in (1, 2):
             self.connect()
             try:
-                return self._exec(command, timeout)
+                return self._exec(command, timeout, stdin)
             except CommandTimedOut:
                 # The machine took the command and kept it: its doing, not the grader's.
                 raise SshError(f"a command on {self._where()} did not finish in "
