@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from vmkit import make_vm, wait_until
 
+from pytest_milab.emulator.machines import namespace
+
 ROOT = Path(__file__).resolve().parents[2]
 IMDS_GET = ("GET http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01"
             "&resource=https%3A%2F%2Fmanagement.azure.com%2F HTTP/1.1\r\n"
@@ -225,3 +227,54 @@ def test_milab_emulator_removes_its_work_directory_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not workdir.exists()
+
+
+# -- root's changes stay in the VM (a mount namespace per VM, when running as root) ------------------
+needs_namespaces = pytest.mark.skipif(
+    not namespace.wanted(), reason="VMs get a private /usr, /etc and /tmp only as root")
+
+
+@needs_namespaces
+def test_sudo_changes_to_usr_etc_and_tmp_stay_in_the_vm(local_azure, box):
+    assert local_azure.vms.live(box.id).namespace is not None
+    other = make_vm(local_azure, name="bystander")
+    marker = f"/usr/bin/milab-{os.urandom(4).hex()}"
+    try:
+        done = box.run(f"echo 'echo forged' | sudo tee {marker} >/dev/null && sudo chmod +x "
+                       f"{marker} && echo 'export PLANTED=1' | sudo tee -a /etc/bash.bashrc "
+                       f">/dev/null && echo mine > /tmp/only-here && {marker}")
+        assert (done.exited, done.stdout) == (0, "forged\n"), done.stderr
+        assert not Path(marker).exists()
+        assert "PLANTED" not in Path("/etc/bash.bashrc").read_text()
+        assert not Path("/tmp/only-here").exists()
+        seen = other.run(f"test -e {marker}; echo $?; grep -c PLANTED /etc/bash.bashrc; "
+                         "test -e /tmp/only-here; echo $?")
+        assert seen.stdout.split() == ["1", "0", "1"]
+        # The VM keeps its changes across a restart, as its disk would.
+        box.set_power("deallocated")
+        box.set_power("running")
+        assert wait_until(lambda: box.run(f"{marker}").stdout == "forged\n", timeout=10)
+    finally:
+        other.delete()
+        box.run(f"sudo rm -f {marker}")
+
+
+@needs_namespaces
+def test_entering_the_vm_s_namespace_costs_little(local_azure, box):
+    """The time of a command in the VM's namespace against one without it (its setns),
+    measured on the VM's own spawn path: a few milliseconds at most."""
+    import asyncio
+
+    live = local_azure.vms.live(box.id)
+
+    async def spawn(n: int, argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            proc = await asyncio.create_subprocess_exec(*argv, cwd=live.home)
+            await proc.wait()
+        return (time.perf_counter() - t0) / n * 1000
+
+    plain = local_azure.run(spawn(40, ["/bin/true"]))
+    inside = local_azure.run(spawn(40, live._in_namespace(["/bin/true"])))
+    print(f"spawn: {plain:.2f} ms plain, {inside:.2f} ms in the VM's namespace")
+    assert inside - plain < 5

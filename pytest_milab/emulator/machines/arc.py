@@ -43,6 +43,7 @@ import socket
 import subprocess
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,8 @@ class SudoBroker:
         self.sock.listen(16)
         self._procs: set[subprocess.Popen] = set()
         self._closed = False
+        # Into the machine's mount namespace (cwd), so root's changes stay in the machine.
+        self.enter: Callable[[str], None] | None = None
         threading.Thread(target=self._accept, name="milab-arc-sudo", daemon=True).start()
 
     def _accept(self) -> None:
@@ -163,9 +166,10 @@ class SudoBroker:
             req = json.loads(msg)
             if len(fds) != 3:
                 raise ValueError("sudo needs stdin, stdout and stderr")
+            cwd, enter = req.get("cwd") or "/", self.enter
             proc = subprocess.Popen(req["argv"], stdin=fds[0], stdout=fds[1], stderr=fds[2],
-                                    env=req["env"], cwd=req.get("cwd") or "/",
-                                    start_new_session=True)
+                                    env=req["env"], cwd=cwd, start_new_session=True,
+                                    preexec_fn=(lambda: enter(cwd)) if enter else None)
         except Exception as exc:  # a bad request or a command that cannot start
             with contextlib.suppress(OSError):
                 conn.send(json.dumps({"error": str(exc)}).encode())
@@ -319,16 +323,23 @@ class ArcMachine(LiveVm):
                 env[name] = value.strip().strip('"')
         return env
 
+    def _in_namespace(self, argv: list[str]) -> list[str]:
+        return argv  # entered in preexec, before the privileges go (nsenter could not then)
+
     def _spawn_options(self, *, tty: bool) -> dict:
         options = super()._spawn_options(tty=tty)
         drop = self.fleet.drop_privileges
-        if drop is not None:
+        held, home = self.namespace, str(self.home)
+        if drop is not None or held is not None:
             first = options.get("preexec_fn")
 
             def preexec() -> None:
+                if held is not None:
+                    held.enter(home)
                 if first is not None:
                     first()
-                drop()
+                if drop is not None:
+                    drop()
             options["preexec_fn"] = preexec
         return options
 
@@ -354,6 +365,8 @@ class ArcMachine(LiveVm):
         run.mkdir(exist_ok=True)
         if self.broker is None:
             self.broker = SudoBroker(run / "sudo.sock")
+        held = self.namespace
+        self.broker.enter = (lambda cwd: held.enter(cwd)) if held is not None else None
         self._write_sudo()
         userland._write_script(self.bin / "azcmagent",
                                _agent_script(bash, self.state_dir, self.etc))

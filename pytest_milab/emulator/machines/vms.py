@@ -15,10 +15,11 @@ shell, as Ubuntu's does, so only lines a student puts above that return apply to
 Isolation: the local Azure's work directory and each VM's folder are 0700, and each VM's egress
 proxy (which carries its IMDS) asks for the VM's own secret (Proxy-Authorization, 407
 otherwise), which only the VM's environment carries in its proxy URLs: another local user can
-neither read a VM's home nor get a token as its identity. Limitation: a VM's `sudo` is a shim
-that runs as the emulator's own user on the host's filesystem (no mount namespace per VM), so a
-student's `sudo cp x /usr/bin/...` would change the host, and the grader's probe, which runs
-`/usr/bin/python3`, is the host's, not the VM's.
+neither read a VM's home nor get a token as its identity. A VM's `sudo` is a shim that runs as
+the emulator's own user; when that is root, each VM has its own mount namespace (namespace.py:
+overlays on /usr and /etc, a private /tmp), so what its root changes there stays in the VM, and
+the grader's probe runs the VM's own `/usr/bin/python3`. Not root: no namespace, and a VM's
+`sudo cp x /usr/bin/...` changes the host's files (the tests never do that then).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import reaper, topology, userland
+from . import namespace, reaper, topology, userland
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class LiveVm:
         self.powered_as: str | None = None  # the ARM JSON power_on last set the VM up for
         self._connections: set = set()
         self._processes: set[asyncio.subprocess.Process] = set()
+        self.namespace: namespace.VmNamespace | None = None  # its private /usr, /etc, /tmp
 
     # -- what the VM is now, read from ARM each time ------------------------------------------
     def arm(self) -> dict | None:
@@ -160,6 +162,11 @@ class LiveVm:
                            az_cli=self.fleet.az_cli)
         self._write_authorized_keys()
         self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
+        if self.namespace is None and namespace.wanted():
+            held = namespace.VmNamespace(self.root / "layers", namespace.kept_paths(
+                self.fleet.workdir, self.fleet.ca_path, self.fleet.az_cli))
+            if await asyncio.get_running_loop().run_in_executor(None, held.start):
+                self.namespace = held
         if self.proxy is None:
             self.proxy = ForwardProxy(tls_port=self.fleet.tls_port,
                                       allowed=EMULATED_HOSTS + VM_EXTRA_HOSTS,
@@ -197,6 +204,9 @@ class LiveVm:
         for proc in list(self._processes):
             _kill(proc)
         self.end_processes()
+        if self.namespace is not None:
+            self.namespace.stop()
+            self.namespace = None
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None
@@ -279,9 +289,15 @@ class LiveVm:
         """Extra arguments for the session's process (a machine outside Azure drops privileges)."""
         return {"preexec_fn": _take_controlling_tty} if tty else {}
 
+    def _in_namespace(self, argv: list[str]) -> list[str]:
+        """The command as run in the VM's mount namespace, if it has one (nsenter: the spawn
+        stays a vfork, where a preexec_fn would fork the whole emulator)."""
+        held = self.namespace
+        return held.command(argv, str(self.home)) if held is not None else argv
+
     async def _run_pipes(self, process, argv: list[str], env: dict[str, str]) -> int:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            *self._in_namespace(argv), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True,
             **self._spawn_options(tty=False))
         self._processes.add(proc)
@@ -303,7 +319,7 @@ class LiveVm:
         if width and height:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
+            *self._in_namespace(argv), stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
             start_new_session=True, **self._spawn_options(tty=True))
         os.close(slave)
         self._processes.add(proc)
