@@ -118,7 +118,9 @@ def grade_lab(lab: LabInfo, steps: list[StepInfo], checks: list[CheckResult]) ->
     for check in checks:
         by_step.setdefault(check.step, []).append(check)
     outcomes: dict[str, tuple[str, str]] = {}
+    provenances: dict[str, str] = {}
     for step in steps:
+        provenance = weakest(c.provenance for c in by_step.get(step.id, ()))
         if lab.problem:
             outcome, reason = ERROR, lab.problem
         elif step.id not in by_step:
@@ -128,8 +130,11 @@ def grade_lab(lab: LabInfo, steps: list[StepInfo], checks: list[CheckResult]) ->
             inherited = prerequisite_outcome(step, outcomes)
             if inherited is not None:
                 outcome, reason = inherited
+                # The outcome rests on the prerequisite's evidence as well as on its own.
+                need = next(n for n in step.needs if n in outcomes and outcomes[n][0] != PASSED)
+                provenance = weakest((provenance, provenances.get(need, provenance)))
         outcomes[step.id] = (outcome, reason)
-        provenance = weakest(c.provenance for c in by_step.get(step.id, ()))
+        provenances[step.id] = provenance
         earned = step.points * (step.vm_weight if provenance == VM_REPORTED else 1)
         result.steps.append(StepResult(
             id=step.id, title=step.title, outcome=outcome,

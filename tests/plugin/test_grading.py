@@ -30,6 +30,21 @@ def test_failed_prerequisite_fails_its_dependents_with_needs():
     assert (result.score, result.max_score) == (2, 5)
 
 
+def test_an_outcome_inherited_from_a_machine_s_word_is_labelled_so():
+    """A step that ends `needs X` rests on X's evidence: a control-plane check needing a step
+    the machine reported is labelled vm-reported, as is everything downstream of it."""
+    vm_said = CheckResult("alice", "vm-identity", "unverified", "garbage", provenance="vm-reported")
+    result = grade_lab(LAB, STEPS, [check("vm", "passed"), vm_said, check("token", "passed"),
+                                    check("tags", "passed")])
+    by_id = {s.id: s for s in result.steps}
+    assert (by_id["token"].outcome, by_id["token"].provenance) == ("unverified", "vm-reported")
+    assert by_id["tags"].provenance == by_id["vm"].provenance == "control-plane"
+    # A control-plane prerequisite that failed leaves its dependents control-plane.
+    result = grade_lab(LAB, STEPS, [check("vm", "failed", "no vm"), check("vm-identity", "passed"),
+                                    check("token", "passed"), check("tags", "passed")])
+    assert {s.provenance for s in result.steps} == {"control-plane"}
+
+
 def test_error_and_not_propagated_never_cost_points():
     result = grade_lab(LAB, STEPS, [check("vm", "passed"), check("vm-identity", "error", "429"),
                                     check("token", "passed"), check("tags", "not-propagated")])
