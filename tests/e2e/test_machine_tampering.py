@@ -5,27 +5,39 @@ no points), its control-plane steps are still graded, and the grader's memory st
 from __future__ import annotations
 
 import resource
+import shlex
 
 import pytest
 from e2ekit import grade, outcomes, suite_spec, suite_stages
 
 from pytest_milab import Stage
+from pytest_milab.emulator.machines import namespace
 from pytest_milab.provision import build_in_local_azure
 
 CONTROL_PLANE = {"resource-group", "key-vault", "vault-permission-model",
                  "operator-access-policy", "vm", "vm-identity", "vm-tags", "reader-assignment",
                  "identity-access-policy", "service-principal"}
-# Replaces the machine's python3 (the student is root in their VM) once the lab is built.
+# What answers the probe instead of the kit, once the lab is built.
 FAKES = {
     "garbage": "echo 'MILAB-PROBE-RESULT {\"secret_read\": {\"status\": 200}}'; echo '{not json'",
-    "flood": "head -c 300000000 /dev/zero | tr '\\\\0' x",
+    "flood": "head -c 300000000 /dev/zero | tr '\\0' x",
 }
 
 
 def fake_python(script: str):
+    """The student is root in their VM: they replace its /usr/bin/python3, which the probe runs
+    (when the local Azure gives each VM its own /usr; otherwise, so as never to touch the
+    host's, a function in ~/.bashrc stands in for the /usr/bin/env the probe starts with)."""
+    if namespace.wanted():
+        command = ("sudo sh -c 'rm -f /usr/bin/python3 && cat > /usr/bin/python3 && "
+                   "chmod 755 /usr/bin/python3' <<'EOF'\n#!/bin/sh\n" + script + "\nEOF\n")
+    else:
+        line = "/usr/bin/env() { " + script + "; }"
+        command = (f"printf '%s\\n' {shlex.quote(line)} | cat - ~/.bashrc > ~/.b && "
+                   "mv ~/.b ~/.bashrc")
+
     def stage(ctx):
-        result = ctx.run_in_vm(f"p=$(command -v python3) && printf '#!/bin/sh\\n%s\\n' "
-                               f"\"{script}\" > \"$p\" && chmod +x \"$p\"")
+        result = ctx.run_in_vm(command)
         assert result.ok, result.stderr
     return stage
 
