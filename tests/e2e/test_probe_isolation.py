@@ -8,7 +8,10 @@ whose evidence is `control-plane` changes outcome, and every step that changed i
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import textwrap
 
 import pytest
 from e2ekit import grade, suite_defects, suite_spec, suite_stages
@@ -96,3 +99,29 @@ def test_tampering_changes_nothing_the_grader_read_itself(graded, name):
     else:
         # Root in the VM can make the machine say what it likes: only vm-reported steps move.
         assert tampered["jq"]["outcome"] == "passed" and "jq" in changed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as a second user (nobody)")
+def test_a_second_local_user_gets_no_token_and_no_home(local_azure, graded):
+    """Another user of the machine running the local Azure asks the lab VM's egress proxy for
+    its managed identity's token (407) and lists its home (permission denied)."""
+    live = next(v for v in list(local_azure.vms._live.values())
+                if "/resourcegroups/untampered/" in v.vm_key.lower())
+    code = textwrap.dedent(f"""
+        import os, socket
+        s = socket.create_connection(("127.0.0.1", {live.proxy.port}), timeout=5)
+        s.sendall(b"GET http://169.254.169.254/metadata/identity/oauth2/token?api-version="
+                  b"2018-02-01&resource=https%3A%2F%2Fvault.azure.net HTTP/1.1\\r\\n"
+                  b"Host: 169.254.169.254\\r\\nMetadata: true\\r\\n\\r\\n")
+        print(s.recv(100).split()[1].decode())
+        try:
+            os.listdir({str(live.home)!r})
+            print("listed")
+        except PermissionError:
+            print("denied")
+    """)
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "/usr/bin/python3", "-I", "-S", "-c", code],
+                          capture_output=True, text=True, timeout=30, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["407", "denied"]

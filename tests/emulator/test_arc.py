@@ -194,6 +194,19 @@ def test_connect_refuses_bad_arguments_missing_rights_and_no_sudo(local_azure):
 
 
 # -- HIMDS ----------------------------------------------------------------------------------------
+def test_himds_is_only_for_the_machine_s_own_processes(local_azure, onprem):
+    """The machine's egress proxy (its only way to HIMDS) asks for the machine's secret."""
+    live = local_azure.machines.live(onprem.name)
+    session = requests.Session()
+    session.trust_env = False
+    url = "http://localhost:40342/metadata/instance?api-version=2021-02-01"
+    session.proxies = {"http": f"http://127.0.0.1:{live.proxy.port}"}
+    refused = session.get(url, headers={"Metadata": "true"}, timeout=10)
+    assert refused.status_code == 407 and "Basic" in refused.headers["Proxy-Authenticate"]
+    session.proxies = {"http": live.proxy_url()}
+    assert session.get(url, headers={"Metadata": "true"}, timeout=10).status_code == 200
+
+
 def test_the_two_step_challenge_gets_a_management_token(onprem):
     body = onprem.token()
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
