@@ -103,22 +103,6 @@ def quiet_sdk_logs(verbose: bool):
             logger.setLevel(level)
 
 
-def published_egress(directory: Path):
-    """A local Azure's machines' egress as it publishes them for graders in other processes
-    (`<address>.json` in MILAB_EGRESS_DIR, readable by its user only)."""
-    import json
-
-    def egress(host: str) -> dict | None:
-        if not host or "/" in host or host.startswith("."):
-            return None
-        try:
-            found = json.loads((directory / f"{host}.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return found if isinstance(found, dict) else None
-    return egress
-
-
 class Run:
     def __init__(self, config: pytest.Config, settings: Settings, suite: Suite) -> None:
         self.config = config
@@ -176,8 +160,6 @@ class Run:
         local = self.settings.emulator or os.environ.get("MILAB_LOCAL_AZURE") == "1"
         if self.azure is not None:
             gatherer.egress = self.azure.egress_for
-        elif local and os.environ.get("MILAB_EGRESS_DIR"):
-            gatherer.egress = published_egress(Path(os.environ["MILAB_EGRESS_DIR"]))
         if local and not os.environ.get("MILAB_AZ_CLI"):
             gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
                                         "(set MILAB_AZ_CLI to an `az` to check this step)")

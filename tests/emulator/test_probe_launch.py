@@ -117,7 +117,7 @@ def test_the_kit_uses_the_grader_s_egress_not_the_student_s_proxy(local_azure, s
 
 
 def test_the_egress_is_found_for_a_grader_in_another_process(local_azure, student_vm):
-    from pytest_milab.run import published_egress
+    from pytest_milab.evidence import published_egress
 
     vm, _ = student_vm
     egress = published_egress(local_azure.egress_dir)
