@@ -14,7 +14,9 @@ deallocated or deleted (and when the local Azure stops) its processes are found 
 
 A process that clears its environment, leaves the VM's folders and forks twice escapes; a cgroup
 per VM would close that gap (not used: it needs a writable cgroup hierarchy, which containers
-rarely give).
+rarely give). An orphan that exits on its own while its VM runs stays a zombie of the local
+Azure's process until that process ends: reaping children it cannot tell apart could steal the
+exit status that a spawner in another thread waits for.
 """
 
 from __future__ import annotations
