@@ -278,3 +278,31 @@ def test_entering_the_vm_s_namespace_costs_little(local_azure, box):
     inside = local_azure.run(spawn(40, live._in_namespace(["/bin/true"])))
     print(f"spawn: {plain:.2f} ms plain, {inside:.2f} ms in the VM's namespace")
     assert inside - plain < 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_grading_run_that_started_a_local_azure_removes_it_on_a_signal(sig, tmp_path):
+    """`pytest --milab-emulator` interrupted while it builds or grades its lab: the local Azure it
+    started goes, work directory and VM processes with it."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AZURE_", "MILAB_")) and k.lower() not in (
+               "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "ssl_cert_file",
+               "curl_ca_bundle", "pytest_addopts")}
+    env["TMPDIR"] = str(private_tmp)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--milab-emulator",
+         str(ROOT / "example_suites" / "managed_identity"), "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), "-c", os.devnull],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started = wait_until(lambda: list(private_tmp.glob("milab-azure-*/vms/*/home")),
+                             timeout=60, interval=0.05)
+        assert started, "the run never started a VM"
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(private_tmp.glob("milab-azure-*")) == []
