@@ -490,7 +490,7 @@ class Imds:
         chosen = self._select(vm, params)
         if isinstance(chosen, dict):
             return _json(chosen, 400)
-        if resource not in KNOWN_RESOURCES:
+        if resource not in KNOWN_RESOURCES and self.cloud.resource_application(resource) is None:
             return _json(self._invalid_resource(resource), 400)
         token = self._token_for(chosen, vm, resource, bypass=params.get("bypass_cache") == "true")
         set_caller(request, chosen.principal_id)
