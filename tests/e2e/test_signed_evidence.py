@@ -14,7 +14,7 @@ import uuid
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from e2ekit import grade, outcomes, suite_defects, suite_spec, suite_stages
+from e2ekit import ARC_SUITE, grade, outcomes, suite_defects, suite_spec, suite_stages
 
 from pytest_milab import Stage
 from pytest_milab.provision import build_in_local_azure
@@ -159,3 +159,16 @@ def test_forging_the_identity_s_tokens_fails_with_verification(local_azure, labs
     assert "does not verify" in on["management-token"][1]
     # The attested document could not be had (IMDS fails): imds-instance does not pass.
     assert on["imds-instance"][0] != "passed"
+
+
+@pytest.mark.slow
+def test_an_arc_server_s_token_is_signed_evidence_too(local_azure, evidence_app, tmp_path):
+    """HIMDS issues the evidence token through its challenge (it documents no attested
+    document, so the Arc suite asks for none)."""
+    key, failures = build_in_local_azure(local_azure, ["signed-arc"], suite_stages(ARC_SUITE),
+                                         suite_spec(ARC_SUITE))
+    assert failures == []
+    run = grade(local_azure, key, tmp_path, "signed-arc", extra=ON, suite=ARC_SUITE)
+    got = outcomes(run.report, "signed-arc")
+    assert {o for o, _ in got.values()} == {"passed"}, got
+    assert evidence_of(run.report, "signed-arc")["management-token"] == "signed"
