@@ -184,3 +184,19 @@ def test_refuting_with_the_machine_s_word_keeps_the_provenance():
     with provenance.tracking() as used:
         lab.probe("imds")
     assert used == {provenance.VM_REPORTED}
+
+
+def test_a_digest_named_by_its_signature_algorithm_is_understood(signer, anchors):
+    # IMDS's own documents name the digest sha256WithRSAEncryption, not sha256 (the
+    # documentation's sample): the same digest, named by its signature algorithm.
+    from asn1crypto import cms
+
+    info = cms.ContentInfo.load(base64.b64decode(made(signer)["signature"]))
+    signer_info = info["content"]["signer_infos"][0]
+    signer_info["digest_algorithm"] = {"algorithm": "1.2.840.10045.4.3.2"}  # ecdsa-with-SHA256
+    renamed = {"encoding": "pkcs7", "signature": base64.b64encode(info.dump(force=True)).decode()}
+    assert attest.verify(renamed, nonce=NONCE, anchors=anchors)["vmId"] == VM_ID
+    signer_info["digest_algorithm"] = {"algorithm": "1.2.840.113549.2.5"}  # md5
+    weak = {"encoding": "pkcs7", "signature": base64.b64encode(info.dump(force=True)).decode()}
+    with pytest.raises(attest.AttestationRefused, match="not a SHA-2 digest"):
+        attest.verify(weak, nonce=NONCE, anchors=anchors)
