@@ -288,9 +288,11 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
     return doc
 
 
-def matches_vm(doc: dict, vm: dict | None, subscription: str | None) -> str | None:
+def matches_vm(doc: dict | None, vm: dict | None, subscription: str | None) -> str | None:
     """Why the attested document is not the lab's VM (None when it is): its vmId and
     subscriptionId against ARM's."""
+    if not isinstance(doc, dict):
+        return "there is no attested document to compare with the lab's VM"
     if not vm:
         return "ARM shows no VM to compare the attested document with"
     arm_vm_id = str((vm.get("properties") or {}).get("vmId") or "")
