@@ -22,6 +22,8 @@ from .faults import LATENCY_SERVICES, Quirks
 from .hosts import AKA_MS_HOST, CONTROL_HOSTS, EMULATED_HOSTS, SERVICE_HOSTS, TENANT_DOMAIN
 from .machines import control, userland
 from .machines.arc import ArcFleet
+from .machines.attested import SIGNER_NAMES as ATTESTATION_SIGNER
+from .machines.attested import AttestationSigner
 from .machines.vms import VmFleet
 from .state import Cloud, Knobs
 from .wire.frontdoor import FrontDoor
@@ -320,7 +322,8 @@ class LocalAzure:
         machines."""
         self.vms = VmFleet(self.cloud, self.tokens, workdir=self.workdir / "vms",
                            ca_path=self.ca.ca_path, tls_port=self.tls.port,
-                           ssh_port=self.ssh_port, az_cli=self.az_cli)
+                           ssh_port=self.ssh_port, az_cli=self.az_cli,
+                           signer=AttestationSigner(*self.ca.issue(*ATTESTATION_SIGNER)))
         await self.vms.start()
         self._closers.append(self.vms.stop)
         self.machines = ArcFleet(self.cloud, self.tokens, workdir=self.workdir / "machines",
