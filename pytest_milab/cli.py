@@ -352,7 +352,59 @@ def _onboard(args: argparse.Namespace) -> int:
     print("\n".join(lines or [f"echo '{key}' >> ~{args.ssh_user}/.ssh/authorized_keys   "
                               "# on the machine, for the grader's own user"]))
     print(f"# The grader then grades with --milab-ssh-user {args.ssh_user}.")
+    if args.create_evidence_app:
+        try:
+            uri = create_evidence_app()
+        except Exception as exc:  # noqa: BLE001 - said in one line
+            print(f"milab onboard: creating the evidence app failed: {exc}", file=sys.stderr)
+            return 2
+        print(f"# Created the app registration {EVIDENCE_APP!r} ({uri}): grade with "
+              f"--milab-evidence-audience {uri}")
+    elif args.evidence_app:
+        print(EVIDENCE_STEPS)
     return 0
+
+
+EVIDENCE_APP = "milab evidence"
+# Once per tenant (the teacher's): an app registration with an app ID URI and nothing else
+# (no roles, no scopes, no permissions), so a token for it opens nothing anywhere.
+EVIDENCE_STEPS = f"""# Once per tenant, for signed evidence: an app registration that authorizes nothing
+appId=$(az ad app create --display-name "{EVIDENCE_APP}" --sign-in-audience AzureADMyOrg \\
+        --query appId --output tsv)
+az ad app update --id "$appId" --identifier-uris "api://$appId"
+az ad sp create --id "$appId"
+# Grade with --milab-evidence-audience "api://$appId" (or milab_evidence_audience in the ini)."""
+
+
+def create_evidence_app(credential=None, timeout: float = 60.0) -> str:
+    """Create the evidence app registration through Microsoft Graph (Application.ReadWrite
+    needed): its app ID URI, `api://<appId>`."""
+    import requests
+
+    from .azure.clients import make_credential
+
+    credential = credential or make_credential()
+    token = credential.get_token("https://graph.microsoft.com/.default").token
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def call(method: str, path: str, body: dict) -> dict:
+        r = requests.request(method, f"https://graph.microsoft.com/v1.0{path}", json=body,
+                             headers=headers, timeout=timeout)
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                detail = f"{err.get('code')}: {err.get('message')}"
+            except (ValueError, KeyError, TypeError):
+                detail = r.text[:200]
+            raise RuntimeError(f"Graph {method} {path} answered {r.status_code} {detail}")
+        return r.json() if r.content else {}
+
+    app = call("POST", "/applications", {"displayName": EVIDENCE_APP,
+                                         "signInAudience": "AzureADMyOrg"})
+    uri = f"api://{app['appId']}"
+    call("PATCH", f"/applications/{app['id']}", {"identifierUris": [uri]})
+    call("POST", "/servicePrincipals", {"appId": app["appId"]})
+    return uri
 
 
 def _grader_object_id() -> str:
@@ -457,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="the lab's group (default: the suite's)")
     onb.add_argument("--ssh-user", default="milabgrader", metavar="USER",
                      help="the grader's own account on the machine (default: milabgrader)")
+    onb.add_argument("--evidence-app", action="store_true",
+                     help="also print how to create the app registration for signed evidence "
+                          "(--milab-evidence-audience), once per tenant")
+    onb.add_argument("--create-evidence-app", action="store_true",
+                     help="create that app registration now through Microsoft Graph")
     onb.set_defaults(func=_onboard)
     merge = sub.add_parser("merge-reports", help="one grade book from the JSON reports of a "
                                                   "class graded in shards (--milab-shard)")

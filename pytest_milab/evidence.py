@@ -160,6 +160,8 @@ class Gatherer:
             if os.environ.get("MILAB_LOCAL_AZURE") == "1" else None
         self.egress: Callable[[str], dict | None] | None = \
             published_egress(Path(published)) if published else None
+        # Verifies tokens for --milab-evidence-audience (None: no such tokens are asked for).
+        self.token_verifier = None
         self.digest_key = secrets.token_bytes(32)  # this run's key for the probe's digests
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
@@ -329,6 +331,7 @@ class Gatherer:
         return self.egress(conn.resolved_host) or self.egress(conn.target.host)
 
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
+        from .azure.signed import verify_parts
         from .vm.probe import run_probe
 
         machine = self._machine(ev)
@@ -358,9 +361,13 @@ class Gatherer:
             # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,
             # a few at a time).
             deadline = max(2 * self.settings.timeout, 10)
-            parts = self.suite.probe_program(ev, deadline)
-            ev.probe = run_probe(conn, parts, self.digest_key, timeout=deadline,
-                                 egress=self.egress_for(conn))
+            audience = self.settings.evidence_audience if self.token_verifier else None
+            parts = self.suite.probe_program(ev, deadline, audience)
+            results = run_probe(conn, parts, self.digest_key, timeout=deadline,
+                                egress=self.egress_for(conn))
+            # Signed evidence is checked now: tokens go, verified claims stay.
+            verify_parts(results, parts, self.token_verifier)
+            ev.probe = results
         except CouldNotDecide as exc:  # the probe's fields could not be read
             ev.ssh.error = str(exc)
         except SshError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import CouldNotDecide, SuiteError, Unverified
 from .evidence import LabEvidence, SshOutcome
-from .provenance import CONTROL_PLANE, VM_REPORTED, note
+from .provenance import CONTROL_PLANE, SIGNED, VM_REPORTED, note
 
 
 class NeedsStep(AssertionError):
@@ -96,8 +96,42 @@ class Lab:
     def probe(self, name: str) -> dict:
         """One part's result. Fails with "needs ssh" when the machine did not answer, and
         cannot decide when the grader's side of SSH failed."""
-        ev = self.evidence
         note(VM_REPORTED)
+        return self._part(name)
+
+    def refute_with(self, name: str) -> dict:
+        """A part's result for a check that uses it only to *fail* (its pass rests on signed or
+        control-plane evidence): the machine's word can then cost the student, never earn a
+        pass, so the step's provenance is not lowered. Use `probe` for anything a pass needs."""
+        return self._part(name)
+
+    def signed(self, name: str) -> dict | None:
+        """The verified content of a signed part (`probe.attested`, `probe.signed_token`):
+        notes `signed`. None when the part did not run in this run (a signed token without
+        --milab-evidence-audience). Fails with the grader's reason when the document or token
+        is not genuine (forged, replayed, another VM's), or when the machine got none."""
+        ev = self.evidence
+        if ev.probe is not None and name not in ev.probe and ev.declared_parts is not None \
+                and name in ev.declared_parts and not ev.problem:
+            return None
+        result = self._part(name)
+        if "verified" in result:
+            note(SIGNED)
+            return result["verified"]
+        if "undecided" in result:
+            raise CouldNotDecide(result["undecided"])
+        if "refused" in result:
+            note(SIGNED)
+            raise AssertionError(result["refused"])
+        note(VM_REPORTED)
+        if result.get("skipped"):
+            raise AssertionError(f"{name} was not asked for: {result['skipped']}")
+        raise AssertionError(f"{name}: the machine got none ({result.get('status')} "
+                             f"{result.get('code') or ''}: {result.get('message') or ''})"
+                             .replace(" : ", ": ").strip())
+
+    def _part(self, name: str) -> dict:
+        ev = self.evidence
         if ev.problem:
             raise CouldNotDecide(ev.problem)
         if ev.declared_parts is not None and name not in ev.declared_parts:

@@ -132,6 +132,40 @@ def stored(name: str, field: str | None = None) -> dict:
     return {"stored": name, "field": field}
 
 
+ATTESTED_VERSION = "2020-09-01"  # vmId, subscriptionId, sku, licenseType are all signed
+
+
+def attested(name: str, *, api_version: str = ATTESTED_VERSION, source: str = "imds",
+             after: Sequence[str] = ()) -> Part:
+    """IMDS's attested document, for a nonce the grader makes per lab; the grader verifies it
+    before any check reads it, and `lab.signed(name)` is its signed content (see
+    pytest_milab.azure.attest)."""
+    if source != "imds":
+        raise SuiteError("the attested document is IMDS's (an Azure VM's); HIMDS has none")
+    return Part(name, "attested", {"api_version": api_version, "source": source}, tuple(after))
+
+
+def signed_token(name: str, *, source: str = "imds", client_credentials: dict | None = None,
+                 after: Sequence[str] = ()) -> Part:
+    """A token for the grader's evidence audience (`--milab-evidence-audience`, an app
+    registration that authorizes nothing), from the identity endpoint or, with
+    `client_credentials={"tenant": stored(...), "client_id": stored(...), "client_secret":
+    stored(...)}`, by signing in as a service principal. The token comes back whole (it opens
+    nothing) and the grader keeps only its verified claims: `lab.signed(name)`. Without the
+    option the part does not run and `lab.signed(name)` is None."""
+    args: dict[str, Any] = {"source": _source(source)}
+    if client_credentials is not None:
+        missing = {"tenant", "client_id", "client_secret"} - set(client_credentials)
+        if missing:
+            raise SuiteError(f"signed_token {name!r}: client_credentials lacks "
+                             f"{', '.join(sorted(missing))}")
+        args["client_credentials"] = dict(client_credentials)
+    return Part(name, "signed_token", args, tuple(after))
+
+
+SIGNED_OPS = ("attested", "signed_token")
+
+
 def which(name: str, program: str) -> Part:
     """Where a program is on the machine's PATH: {"path"} (None when it is not there)."""
     return Part(name, "which", {"name": program})

@@ -163,10 +163,26 @@ class Run:
         if local and not os.environ.get("MILAB_AZ_CLI"):
             gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
                                         "(set MILAB_AZ_CLI to an `az` to check this step)")
+        if self.settings.evidence_audience:
+            gatherer.token_verifier = self._token_verifier(credential)
         if self.provisioning:
             self._prepare_builds(credential, gatherer)
         self.store = EvidenceStore(self.settings, gatherer, self.connections,
                                    provisioning=self.provisioning)
+
+    def _token_verifier(self, credential):
+        """Checks tokens for the evidence audience against the labs' tenant: the grader's own
+        (AZURE_TENANT_ID, else its credential's token's)."""
+        from .azure.signed import TokenVerifier
+
+        def tenant() -> str:
+            if os.environ.get("AZURE_TENANT_ID"):
+                return os.environ["AZURE_TENANT_ID"]
+            from .provision import principal_claims
+
+            return principal_claims(credential)["tid"]
+
+        return TokenVerifier(self.settings.evidence_audience, tenant, self.settings.timeout)
 
     def _start_local_azure(self) -> None:
         try:

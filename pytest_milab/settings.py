@@ -79,6 +79,9 @@ OPTIONS: tuple[Option, ...] = (
            "drifted lines", metavar="PATH"),
     Option("doc-timeout", "seconds a lab document's block may run (default 900)", "float",
            metavar="SECONDS", low=0, low_open=True),
+    Option("evidence-audience", "verify Entra-signed tokens the machines get for this audience "
+           "(the app ID URI or appId of an app registration that authorizes nothing: `milab "
+           "onboard --evidence-app`)", metavar="URI"),
 )
 
 ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
@@ -125,6 +128,7 @@ class Settings:
     doc_report: str | None = None
     doc_fix: str | None = None
     doc_timeout: float | None = None
+    evidence_audience: str | None = None  # tokens for it are verified (signed evidence)
 
     @property
     def active(self) -> bool:
@@ -204,6 +208,7 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         doc_report=values["doc-report"],
         doc_fix=values["doc-fix"],
         doc_timeout=values["doc-timeout"],
+        evidence_audience=values["evidence-audience"],
     )
     from . import reports
     from .reports import SUFFIXES

@@ -75,9 +75,14 @@ class Suite:
         """The group the demo builds: the spec's `group` when it has one."""
         return str(getattr(self.spec, "group", "") or "milab-demo")
 
-    def probe_program(self, ev: LabEvidence, deadline: float) -> list[dict]:
+    def probe_program(self, ev: LabEvidence, deadline: float,
+                      evidence_audience: str | None = None) -> list[dict]:
         """The probe's parts as the machine runs them for this lab (`{deadline}`: the seconds
-        one part may take, ten less than the whole probe)."""
+        one part may take, ten less than the whole probe). An attested document is asked for
+        with a fresh nonce per lab; a signed token for the evidence audience, only when there
+        is one."""
+        import secrets
+
         from .lab import Lab
 
         assert self.probe is not None
@@ -92,4 +97,14 @@ class Suite:
             except Exception as exc:  # noqa: BLE001 - the suite's trouble, never the student's
                 raise CouldNotDecide(f"the suite's probe fields raised {type(exc).__name__}: "
                                      f"{exc}") from None
-        return [part.program(fields) for part in self.probe.parts]
+        programs = []
+        for part in self.probe.parts:
+            program = part.program(fields)
+            if part.op == "attested":
+                program["nonce"] = f"{secrets.randbelow(10 ** 10):010d}"  # as documented
+            elif part.op == "signed_token":
+                if not evidence_audience:
+                    continue
+                program["audience"] = evidence_audience
+            programs.append(program)
+        return programs

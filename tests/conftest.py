@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -20,6 +21,14 @@ import azure.mgmt.subscription  # noqa: E402,F401
 import fabric  # noqa: E402,F401
 import msal  # noqa: E402,F401
 import requests  # noqa: E402,F401
+
+
+def pytest_configure(config):
+    # Under pytest-xdist, a worker's environment names it (PYTEST_XDIST_WORKER and friends); the
+    # pytest runs these tests start must not inherit that and believe they are workers too.
+    if hasattr(config, "workerinput"):
+        for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+            os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ PERMISSIONS = "/providers/Microsoft.Authorization/permissions?api-version=2022-0
 def build(spec) -> Probe:
     return Probe([
         probe.token("management_token", MANAGEMENT, source="himds"),
+        # With --milab-evidence-audience: an Entra-signed token for an audience that opens
+        # nothing. (HIMDS documents no attested document, so there is none to ask for.)
+        probe.signed_token("evidence_token", source="himds"),
         probe.http("permissions_subscription", ARM + "/subscriptions/{subscription}" + PERMISSIONS,
                    token=MANAGEMENT, source="himds"),
         probe.http("permissions_group", ARM + "{group_id}" + PERMISSIONS, token=MANAGEMENT,

@@ -40,7 +40,11 @@ def test_himds_challenge(lab):
 @pytest.mark.milab_step("management-token", title="HIMDS gives the identity an ARM token",
                         needs=("himds-challenge",))
 def test_management_token(lab):
-    token = lab.probe("management_token")
+    # With --milab-evidence-audience a pass rests on a token Entra signed for the grader's
+    # audience; the machine's account of its ARM token can then only fail the step.
+    evidence = lab.signed("evidence_token")
+    token = lab.probe("management_token") if evidence is None else \
+        lab.refute_with("management_token")
     assert token["status"] == 200, (
         f"HIMDS refused a management token ({token['status']} {token.get('code')}: "
         f"{token.get('message')})")
@@ -48,6 +52,11 @@ def test_management_token(lab):
     assert claims.get("aud") == MANAGEMENT, f"the token's aud is {claims.get('aud')!r}"
     assert claims.get("oid", "").lower() == lab.identity_principal_id.lower(), (
         "the token's oid is not the server's identity")
+    if evidence is not None:
+        assert str(evidence.get("oid", "")).lower() == lab.identity_principal_id.lower(), (
+            "the Entra-signed evidence token is not the server identity's (oid)")
+        assert str(evidence.get("xms_mirid", "")).lower() == lab.machine["id"].lower(), (
+            "the Entra-signed evidence token was not issued to this server (xms_mirid)")
 
 
 @pytest.mark.milab_step("reader-denied-before", title="The identity is refused beyond its grant",

@@ -20,6 +20,11 @@ def build(spec) -> Probe:
           for n in spec.sp_secret_names]
     return Probe([
         probe.imds("imds_instance", "/metadata/instance?api-version=2020-09-01"),
+        # Signed by Azure for a nonce the grader makes: proves the probe ran in this VM now.
+        probe.attested("attested"),
+        # With --milab-evidence-audience: Entra-signed tokens for an audience that opens
+        # nothing, as the VM's identity and as the stored service principal.
+        probe.signed_token("evidence_token"),
         probe.imds("imds_tags", "/metadata/instance/compute/tagsList?api-version=2020-09-01"),
         probe.which("jq", "jq"),
         probe.which("az", "az"),
@@ -43,6 +48,9 @@ def build(spec) -> Probe:
                        "client_secret": probe.stored("client-secret"),
                        "scope": "https://management.core.windows.net//.default"},
                    after=[p.name for p in sp]),
+        probe.signed_token("sp_evidence_token", client_credentials={
+            "tenant": probe.stored("tenant-id"), "client_id": probe.stored("client-id"),
+            "client_secret": probe.stored("client-secret")}, after=[p.name for p in sp]),
         # With a temporary AZURE_CONFIG_DIR: the student's own CLI state is untouched.
         probe.command("az_login", ["az", "login", "--identity", "--output", "json"],
                       temp_env="AZURE_CONFIG_DIR", timeout="{deadline}",

@@ -6,6 +6,7 @@ VM's identity; tokens and secret values stayed in the VM."""
 import pytest
 
 from pytest_milab import shapes
+from pytest_milab.azure import attest
 
 from .probe_parts import secret_part
 
@@ -21,7 +22,8 @@ def test_ssh(lab):
 @pytest.mark.milab_step("imds-instance", title="IMDS describes this VM and its site tag",
                         needs=("ssh",))
 def test_imds_instance(lab, milab_spec):
-    result = lab.probe("imds_instance")
+    # What the machine reports can only fail this step ...
+    result = lab.refute_with("imds_instance")
     assert result["status"] == 200, f"IMDS /metadata/instance answered {result['status']}"
     compute = (result.get("json") or {}).get("compute") or {}
     assert str(compute.get("resourceId") or "").lower() == lab.vm["id"].lower(), (
@@ -29,6 +31,12 @@ def test_imds_instance(lab, milab_spec):
     tags = {t.get("name"): t.get("value") for t in compute.get("tagsList") or []}
     assert tags.get("site") == milab_spec.tags["site"], (
         f"IMDS tagsList has site={tags.get('site')!r}, not {milab_spec.tags['site']!r}")
+    # ... a pass rests on Azure's signature: the probe ran in this VM and reached its IMDS
+    # now (the grader's nonce), and IMDS serves the tags ARM holds.
+    reason = attest.matches_vm(lab.signed("attested"), lab.vm, lab.subscription)
+    assert reason is None, reason
+    arm_site = (lab.vm.get("tags") or {}).get("site")
+    assert arm_site == milab_spec.tags["site"], f"the VM's site tag is {arm_site!r} in ARM"
 
 
 @pytest.mark.milab_step("imds-tags-path", title="IMDS tagsList path gives the vault tag",
@@ -50,7 +58,11 @@ def test_jq(lab):
 @pytest.mark.milab_step("management-token", title="IMDS gives the identity an ARM token",
                         needs=("ssh", "vm-identity"))
 def test_management_token(lab):
-    token = lab.probe("management_token")
+    # With --milab-evidence-audience a pass rests on a token Entra signed for the grader's
+    # audience; the machine's account of its ARM token can then only fail the step.
+    evidence = lab.signed("evidence_token")
+    token = lab.probe("management_token") if evidence is None else \
+        lab.refute_with("management_token")
     assert token["status"] == 200, (
         f"IMDS refused a management token ({token['status']} {token.get('code')}: "
         f"{token.get('message')})")
@@ -58,6 +70,11 @@ def test_management_token(lab):
     assert claims.get("aud") == MANAGEMENT, f"the token's aud is {claims.get('aud')!r}"
     assert claims.get("oid", "").lower() == lab.identity_principal_id.lower(), (
         "the token's oid is not the VM's identity")
+    if evidence is not None:
+        assert str(evidence.get("oid", "")).lower() == lab.identity_principal_id.lower(), (
+            "the Entra-signed evidence token is not the VM identity's (oid)")
+        assert str(evidence.get("xms_mirid", "")).lower() == lab.vm["id"].lower(), (
+            "the Entra-signed evidence token was not issued to this VM (xms_mirid)")
 
 
 @pytest.mark.milab_step("reader-denied-before", title="The identity is refused beyond its grant",
@@ -165,10 +182,24 @@ def test_sp_secrets(lab, milab_spec):
 
 @pytest.mark.milab_step("sp-login", title="The stored credentials sign in", needs=("sp-secrets",))
 def test_sp_login(lab):
-    result = lab.probe("sp_login")
+    # With --milab-evidence-audience a pass rests on a token Entra signed for the stored
+    # credentials; the machine's account of its sign-in can then only fail the step.
+    evidence = lab.signed("sp_evidence_token")
+    result = lab.probe("sp_login") if evidence is None else lab.refute_with("sp_login")
     assert result["status"] == 200, (
         f"Entra refused the stored credentials ({result['status']} {result.get('code')}: "
         f"{result.get('message')})")
+    if evidence is not None:
+        # ARM shows who holds Contributor by object id; the token names both ids, and its
+        # appid must be the client-id the vault stores (keyed digests, compared here).
+        contributors = {r["principalId"].lower() for r in lab.role_assignments
+                        if r["roleName"] == "Contributor" and r["scope"].lower()
+                        == lab.group_id.lower()}
+        assert str(evidence.get("oid", "")).lower() in contributors, (
+            "the stored credentials sign in as a principal that is not Contributor on the group")
+        stored = lab.refute_with(secret_part("client-id")).get("value")
+        assert lab.same_secret(stored, str(evidence.get("appid", ""))), (
+            "the Entra-signed token's appid is not the client-id the vault stores")
 
 
 def _skip_without_local_cli(lab):

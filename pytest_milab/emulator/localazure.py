@@ -25,6 +25,8 @@ from .files import write_private
 from .hosts import AKA_MS_HOST, CONTROL_HOSTS, EMULATED_HOSTS, SERVICE_HOSTS, TENANT_DOMAIN
 from .machines import control, userland
 from .machines.arc import ArcFleet
+from .machines.attested import SIGNER_NAMES as ATTESTATION_SIGNER
+from .machines.attested import AttestationSigner
 from .machines.vms import VmFleet
 from .state import Cloud, Knobs
 from .wire.frontdoor import FrontDoor
@@ -372,7 +374,8 @@ class LocalAzure:
         machines."""
         self.vms = VmFleet(self.cloud, self.tokens, workdir=self.workdir / "vms",
                            ca_path=self.ca.ca_path, tls_port=self.tls.port,
-                           ssh_port=self.ssh_port, az_cli=self.az_cli)
+                           ssh_port=self.ssh_port, az_cli=self.az_cli,
+                           signer=AttestationSigner(*self.ca.issue(*ATTESTATION_SIGNER)))
         self.vms.egress_dir = self.egress_dir
         await self.vms.start()
         self._closers.append(self.vms.stop)

@@ -39,6 +39,7 @@ class Application:
     # What Graph gives an application created with only a display name (entra/graph.py).
     sign_in_audience: str = "AzureADandPersonalMicrosoftAccount"
     requested_access_token_version: int | None = 2
+    identifier_uris: list[str] = field(default_factory=list)  # app ID URIs (api://...)
 
 
 @dataclass
@@ -181,6 +182,22 @@ class Cloud:
                 if app.app_id.lower() == app_id.lower():
                     return app
         return None
+
+    def resource_application(self, resource: str) -> Application | None:
+        """The application a token request names as its resource: by an app ID URI or its
+        appId, when the tenant has a service principal for it (“Microsoft identity platform
+        and the OAuth 2.0 client credentials flow”: otherwise AADSTS500011)."""
+        wanted = resource.rstrip("/").lower()
+        if not wanted:
+            return None
+        with self.lock:
+            for app in self.applications.values():
+                names = [u.rstrip("/").lower() for u in app.identifier_uris] + [app.app_id.lower()]
+                if wanted in names:
+                    break
+            else:
+                return None
+        return app if self.sp_by_app_id(app.app_id) is not None else None
 
     def sp_by_app_id(self, app_id: str) -> ServicePrincipal | None:
         with self.lock:

@@ -504,8 +504,74 @@ def op_command(p):
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def op_attested(p):
+    """IMDS's attested document for the grader's nonce, returned as it came (the grader checks
+    its signature). IMDS may answer a cached document (“Azure Instance Metadata Service for
+    virtual machines”): one with another nonce is asked for once more."""
+    import base64
+
+    query = urllib.parse.urlencode({"api-version": p.get("api_version", "2020-09-01"),
+                                    "nonce": p.get("nonce", "")})
+    mark = ('"nonce":"' + p.get("nonce", "") + '"').encode()
+    out = {}
+    for _ in range(2):
+        status, _, raw = metadata("/metadata/attested/document?" + query,
+                                  p.get("source", "imds"))
+        body = parse(raw)
+        code, message, _ = error_of(body)
+        out = {"status": status, "code": code, "message": str(message or "")[:600]}
+        if status != 200 or not isinstance(body, dict):
+            return out
+        signature = body.get("signature")
+        out["json"] = {"encoding": body.get("encoding"),
+                       "signature": signature if isinstance(signature, str)
+                       and len(signature) <= MAX_JSON else None}
+        try:
+            if mark in base64.b64decode(signature or ""):
+                return out
+        except Exception:
+            return out  # the grader says what is wrong with it
+    return out
+
+
+def op_signed_token(p):
+    """A token for the grader's evidence audience, returned whole: that audience authorizes
+    nothing, so the token opens nothing; the grader verifies it and keeps only its claims."""
+    audience = p.get("audience") or ""
+    creds = p.get("client_credentials")
+    if creds:
+        values = {k: value_of(v) for k, v in creds.items()}
+        missing = [k for k, v in values.items() if not v]
+        if missing:
+            return {"status": None, "skipped": f"no stored value for {', '.join(missing)}"}
+        url = ("https://login.microsoftonline.com/"
+               + urllib.parse.quote(values["tenant"], safe="") + "/oauth2/v2.0/token")
+        form = urllib.parse.urlencode({
+            "grant_type": "client_credentials", "client_id": values["client_id"],
+            "client_secret": values["client_secret"], "scope": audience.rstrip("/") + "/.default"})
+        status, _, raw = request("POST", url, {"Content-Type": "application/x-www-form-urlencoded"},
+                                 form)
+    else:
+        source = p.get("source", "imds")
+        version = "2020-06-01" if source == "himds" else "2018-02-01"
+        q = urllib.parse.urlencode({"api-version": version, "resource": audience})
+        base = HIMDS if source == "himds" else IMDS
+        url = base + "/metadata/identity/oauth2/token?" + q
+        if source == "himds":
+            status, raw, _ = _himds_token(url)
+        else:
+            status, _, raw = request("GET", url, {"Metadata": "true"})
+    body = parse(raw) or {}
+    code, message, _ = error_of(body)
+    out = {"status": status, "code": code, "message": str(message or "")[:600]}
+    if status == 200 and isinstance(body.get("access_token"), str):
+        out["token"] = body["access_token"][:MAX_JSON]
+    return out
+
+
 OPS = {"imds": op_imds, "token": op_token, "http": op_http, "secret": op_secret,
-       "which": op_which, "command": op_command}
+       "which": op_which, "command": op_command, "attested": op_attested,
+       "signed_token": op_signed_token}
 
 
 def run_part(results, events, part):

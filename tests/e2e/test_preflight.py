@@ -56,3 +56,29 @@ def test_onboard_prints_what_the_student_runs(local_azure, tmp_path):
                 str(tmp_path / "none.pub"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--public-key" in bad.stderr and "cannot read it" in bad.stderr
+
+
+def test_onboard_prints_or_creates_the_evidence_app(local_azure, tmp_path):
+    pub = tmp_path / "grader.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGraderKey grader\n")
+    printed = milab(local_azure, "onboard", "--suite", str(SUITE), "--public-key", str(pub),
+                    "--evidence-app")
+    assert printed.returncode == 0, printed.stderr
+    assert 'az ad app create --display-name "milab evidence"' in printed.stdout
+    assert 'az ad app update --id "$appId" --identifier-uris "api://$appId"' in printed.stdout
+    # The grader is Reader only: Graph refuses it, said in one line.
+    refused = milab(local_azure, "onboard", "--suite", str(SUITE), "--public-key", str(pub),
+                    "--create-evidence-app")
+    assert refused.returncode == 2 and "creating the evidence app failed" in refused.stderr
+    # As a principal that may register applications, it is created, and Entra then issues
+    # tokens for it.
+    env = {**os.environ, **local_azure.env, "AZURE_CLIENT_ID": local_azure.operator.client_id,
+           "AZURE_CLIENT_SECRET": local_azure.operator.client_secret}
+    made = subprocess.run([sys.executable, "-m", "pytest_milab.cli", "onboard", "--suite",
+                           str(SUITE), "--public-key", str(pub), "--create-evidence-app",
+                           "--grader-object-id", local_azure.grader.object_id],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    uri = made.stdout.split("--milab-evidence-audience ")[1].split()[0]
+    app = local_azure.cloud.resource_application(uri)
+    assert app is not None and uri == f"api://{app.app_id}" and app.display_name == "milab evidence"

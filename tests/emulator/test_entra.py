@@ -79,3 +79,49 @@ def test_proxy_refuses_other_hosts(azure_env):
     with pytest.raises(requests.exceptions.ProxyError):
         requests.get("https://example.com", timeout=5)
     assert azure_env.audit.find(host="example.com") == []
+
+
+def _evidence_app(cloud, uri):
+    app = cloud.add_application("milab evidence")
+    app.identifier_uris = [uri]
+    cloud.add_service_principal(app.app_id, app.display_name)
+    return app
+
+
+def test_client_credentials_for_an_app_id_uri_and_the_grader_verifies_it(azure_env):
+    from pytest_milab.azure.signed import TokenRefused, TokenVerifier
+
+    op = azure_env.operator
+    url = f"https://login.microsoftonline.com/{azure_env.tenant_id}/oauth2/v2.0/token"
+    form = {"grant_type": "client_credentials", "client_id": op.client_id,
+            "client_secret": op.client_secret, "scope": "api://milab-evidence-cc/.default"}
+    r = requests.post(url, data=form)
+    assert r.status_code == 400 and r.json()["error_codes"] == [500011]  # no such resource yet
+    _evidence_app(azure_env.cloud, "api://milab-evidence-cc")
+    r = requests.post(url, data=form)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    # The grader reads the tenant's keys through its own HTTPS route (the local Azure's proxy).
+    verifier = TokenVerifier("api://milab-evidence-cc", lambda: azure_env.tenant_id)
+    claims = verifier.verify(token)
+    assert claims["aud"] == "api://milab-evidence-cc" and claims["appid"] == op.client_id
+    assert claims["tid"] == azure_env.tenant_id and "exp" in claims
+    with pytest.raises(TokenRefused, match="another audience"):
+        TokenVerifier("api://something-else", lambda: azure_env.tenant_id).verify(token)
+    with pytest.raises(TokenRefused, match="not by the labs' tenant"):
+        TokenVerifier("api://milab-evidence-cc",
+                      lambda: "common").verify(token)
+    # Re-signed by anyone else, or altered: refused.
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    forged_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    header = jwt.get_unverified_header(token)
+    body = jwt.decode(token, options={"verify_signature": False})
+    forged = jwt.encode(body, forged_key, algorithm="RS256", headers={"kid": header["kid"]})
+    with pytest.raises(TokenRefused, match="does not verify"):
+        verifier.verify(forged)
+    other_kid = jwt.encode(body, forged_key, algorithm="RS256", headers={"kid": "mine"})
+    with pytest.raises(TokenRefused, match="does not publish"):
+        verifier.verify(other_kid)
+    with pytest.raises(TokenRefused, match="expired"):
+        verifier.verify(token, now=body["exp"] + 3600)

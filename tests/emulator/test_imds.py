@@ -278,3 +278,73 @@ def test_several_user_assigned_and_no_system_identity_needs_a_selector(local_azu
         assert token(multi.imds(), client_id=multi.user_assigned[1]["clientId"]).status_code == 200
     finally:
         multi.delete()
+
+
+# -- “Azure Instance Metadata Service for virtual machines”, “Attested data” ----------------------
+def attested_doc(imds, version="2020-09-01", **params):
+    return imds.get(f"{IMDS}/metadata/attested/document", headers=H,
+                    params={"api-version": version, **params})
+
+
+def test_attested_document_is_pkcs7_signed_by_metadata_azure_com(local_azure, ubuntu, imds):
+    from cryptography import x509
+
+    from pytest_milab.azure import attest
+
+    r = attested_doc(imds, nonce="0123456789")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"encoding", "signature"} and body["encoding"] == "pkcs7"
+    anchors = x509.load_pem_x509_certificates(local_azure.ca.ca_path.read_bytes())
+    doc = attest.verify(body, nonce="0123456789", anchors=anchors)  # raises unless genuine
+    vm = local_azure.cloud.resources[ubuntu.key]
+    assert doc["vmId"] == vm["properties"]["vmId"]
+    assert doc["subscriptionId"] == local_azure.subscription_id
+    assert doc["sku"] == instance(imds).json()["compute"]["sku"] != ""
+    assert set(doc) == {"nonce", "plan", "sku", "subscriptionId", "timeStamp", "vmId"}
+    assert doc["plan"] == {"name": "", "product": "", "publisher": ""}
+    created = time.strptime(doc["timeStamp"]["createdOn"], "%m/%d/%y %H:%M:%S -0000")
+    expires = time.strptime(doc["timeStamp"]["expiresOn"], "%m/%d/%y %H:%M:%S -0000")
+    assert time.mktime(expires) - time.mktime(created) == 6 * 3600
+    assert attest.matches_vm(doc, vm, local_azure.subscription_id) is None
+
+
+def test_attested_document_without_nonce_uses_the_time_and_older_versions_sign_less(imds):
+    from pytest_milab.azure import attest
+
+    body = attested_doc(imds, "2018-10-01").json()
+    # Read the signed content without the chain (checked above): the fields of that version.
+    signed = attest._signed_data(body)
+    doc = __import__("json").loads(signed["encap_content_info"]["content"].native)
+    assert set(doc) == {"nonce", "plan", "timeStamp", "vmId"}
+    assert len(doc["nonce"]) == 15 and doc["nonce"][8] == "-"  # YYYYMMDD-HHMMSS
+
+
+def test_attested_document_refuses_bad_nonce_old_version_and_no_header(imds):
+    r = attested_doc(imds, nonce="not a nonce!")
+    assert r.status_code == 400 and "Nonce" in r.json()["error"]
+    r = attested_doc(imds, nonce="x" * 33)
+    assert r.status_code == 400
+    r = attested_doc(imds, "2018-04-02")
+    assert r.status_code == 400 and "newest-versions" in r.json()
+    r = imds.get(f"{IMDS}/metadata/attested/document", params={"api-version": "2020-09-01"})
+    assert r.status_code == 400 and r.json() == {
+        "error": "Bad request. Required metadata header not specified"}
+    r = imds.post(f"{IMDS}/metadata/attested/document", headers=H,
+                  params={"api-version": "2020-09-01"})
+    assert r.status_code == 405
+
+
+def test_tokens_for_an_app_id_uri_or_app_id_with_a_service_principal(local_azure, ubuntu, imds):
+    cloud = local_azure.cloud
+    app = cloud.add_application("milab evidence")
+    app.identifier_uris = ["api://milab-evidence-imds"]
+    r = token(imds, "api://milab-evidence-imds")
+    assert r.status_code == 400 and "AADSTS500011" in r.json()["error_description"]
+    cloud.add_service_principal(app.app_id, app.display_name)
+    for resource in ("api://milab-evidence-imds", app.app_id):
+        r = token(imds, resource)
+        assert r.status_code == 200, r.text
+        claims = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
+        assert claims["aud"] == resource and claims["oid"] == ubuntu.principal_id
+        assert claims["xms_mirid"].lower() == ubuntu.id.lower()

@@ -124,7 +124,7 @@ def application_json(app: Application) -> dict:
         "displayName": app.display_name,
         "description": None,
         "groupMembershipClaims": None,
-        "identifierUris": [],
+        "identifierUris": list(app.identifier_uris),
         "isDeviceOnlyAuthSupported": None,
         "isFallbackPublicClient": None,
         "notes": None,
@@ -588,6 +588,7 @@ class GraphService:
         app = self.cloud.add_application(name)
         with self.cloud.lock:
             app.tags = [str(t) for t in (body or {}).get("tags") or []]
+            app.identifier_uris = [str(u) for u in (body or {}).get("identifierUris") or []]
             # Graph requires v2 tokens for audiences with personal accounts, and picks them.
             app.sign_in_audience = audience
             app.requested_access_token_version = token_version if token_version is not None \
@@ -630,6 +631,8 @@ class GraphService:
                 obj.display_name = body["displayName"]
             if isinstance(body.get("tags"), list):
                 obj.tags = [str(t) for t in body["tags"]]
+            if isinstance(obj, Application) and isinstance(body.get("identifierUris"), list):
+                obj.identifier_uris = [str(u) for u in body["identifierUris"]]
             if isinstance(obj, Application) and body.get("signInAudience") in AUDIENCES:
                 obj.sign_in_audience = body["signInAudience"]
             api = body.get("api")

@@ -147,7 +147,8 @@ def build_app(cloud: Cloud, tokens: TokenIssuer) -> Starlette:
                               f"ID, for a secret added to app '{client_id}'.", host)
         resource = (audience_for_scope(form.get("scope") or "") if v2
                     else (form.get("resource") or ""))
-        if resource.rstrip("/") not in {r.rstrip("/") for r in KNOWN_RESOURCES}:
+        if resource.rstrip("/") not in {r.rstrip("/") for r in KNOWN_RESOURCES} \
+                and cloud.resource_application(resource) is None:
             return _aad_error(400, "invalid_resource", 500011,
                               f"The resource principal named {resource} was not found in the "
                               f"tenant named {cloud.tenant_id}. This can happen if the "

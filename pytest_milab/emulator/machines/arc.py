@@ -497,7 +497,7 @@ class Himds:
         if not resource:
             return _json({"error": "invalid_request",
                           "error_description": "Required audience parameter not specified"}, 400)
-        if resource not in KNOWN_RESOURCES:
+        if resource not in KNOWN_RESOURCES and self.cloud.resource_application(resource) is None:
             return _json({"error": "invalid_resource", "error_description":
                           f"AADSTS500011: The resource principal named {resource} was not found "
                           f"in the tenant named {self.cloud.tenant_id}."}, 400)

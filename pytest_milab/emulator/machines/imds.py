@@ -24,7 +24,7 @@ from ..entra.tokens import KNOWN_RESOURCES, Token, TokenIssuer
 from ..responses import set_caller
 from ..state import Cloud
 from ..wire.network import VM_KEY_HEADER
-from . import topology
+from . import attested, topology
 
 # Documented versions (“Azure Instance Metadata Service for virtual machines”) plus the newer ones real IMDS reports; the 2021-08-01 and
 # 2021-11-15 entries follow the doc's field table (UNCONFIRMED as separate releases).
@@ -361,10 +361,12 @@ class Imds:
     """IMDS for every VM; `resolve_vm(key)` maps a proxy-stamped key to the VM's ARM key."""
 
     def __init__(self, cloud: Cloud, tokens: TokenIssuer,
-                 resolve_vm: Callable[[str], str | None]) -> None:
+                 resolve_vm: Callable[[str], str | None],
+                 signer: attested.AttestationSigner | None = None) -> None:
         self.cloud = cloud
         self.tokens = tokens
         self.resolve_vm = resolve_vm
+        self.signer = signer  # signs attested documents (None: the endpoint is not offered)
         self._cache: dict[tuple[str, str, str], Token] = {}
 
     def app(self) -> Starlette:
@@ -394,6 +396,8 @@ class Imds:
         if path == "/metadata/identity/info":
             return (self._checked(request, identity=True)
                     or _json({"tenantId": self.cloud.tenant_id}))
+        if path == "/metadata/attested/document" and self.signer is not None:
+            return self._checked(request, identity=False) or self._attested(request, vm)
         if path.startswith("/metadata/identity"):
             return _json({"error": "not_found", "error_description": "Not found"}, 404)
         return _json(NOT_FOUND, 404)
@@ -439,6 +443,17 @@ class Imds:
             return _json(LEAF_NEEDS_TEXT, 400)
         return _json(node)
 
+    def _attested(self, request: Request, vm: dict) -> Response:
+        version = request.query_params["api-version"]
+        if version < attested.ATTESTED_MIN_VERSION:
+            return _json(BAD_API_VERSION, 400)
+        nonce = request.query_params.get("nonce")
+        if nonce is not None and not attested.NONCE.match(nonce):
+            return _json(attested.BAD_NONCE, 400)
+        content = attested.document(_compute(vm), nonce=nonce, now=self.cloud.now(),
+                                    api_version=version)
+        return _json(attested.answer(self.signer, content))
+
     # -- tokens --------------------------------------------------------------------------------
     def _select(self, vm: dict, params) -> topology.ManagedIdentity | dict:
         """The identity a token request names, or the error body to answer with."""
@@ -475,7 +490,7 @@ class Imds:
         chosen = self._select(vm, params)
         if isinstance(chosen, dict):
             return _json(chosen, 400)
-        if resource not in KNOWN_RESOURCES:
+        if resource not in KNOWN_RESOURCES and self.cloud.resource_application(resource) is None:
             return _json(self._invalid_resource(resource), 400)
         token = self._token_for(chosen, vm, resource, bypass=params.get("bypass_cache") == "true")
         set_caller(request, chosen.principal_id)

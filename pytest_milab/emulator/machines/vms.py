@@ -464,7 +464,7 @@ class VmFleet:
 
     def __init__(self, cloud: Cloud, tokens: TokenIssuer, *, workdir: Path, ca_path: Path,
                  tls_port: int, ssh_port: int | None = None,
-                 az_cli: Path | None = None) -> None:
+                 az_cli: Path | None = None, signer=None) -> None:
         self.cloud = cloud
         self.tokens = tokens
         self.workdir = workdir
@@ -474,7 +474,7 @@ class VmFleet:
         # Port 22 on each VM's own address when this process may bind it; otherwise one fixed
         # unprivileged port (`ssh_port`, MILAB_SSH_PORT) shared by all VMs, each on its address.
         self.ssh_port = 22 if can_bind(22) else (ssh_port or FALLBACK_SSH_PORT)
-        self.imds = Imds(cloud, tokens, self.vm_for_imds_key)
+        self.imds = Imds(cloud, tokens, self.vm_for_imds_key, signer)
         self.imds_port = 0
         self.egress_dir: Path | None = None  # where each VM's egress is published (LocalAzure)
         self._listener: HttpListener | None = None
