@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from e2ekit import ARC_SUITE, grade, outcomes, suite_defects, suite_spec, suite_stages
 
 from pytest_milab import Stage
+from pytest_milab.emulator.machines import namespace
 from pytest_milab.provision import build_in_local_azure
 
 AUDIENCE = "api://milab-evidence-e2e"
@@ -39,16 +40,22 @@ for line in sys.stdin:
 
 
 def forging_python(forged):
-    """A stage: python3 becomes a wrapper that forges the probe's answer (`forged`: the parts'
-    results to put in, or a function of the stage's context giving them)."""
+    """A stage: the VM's /usr/bin/python3 (which the probe runs), replaced by its root, becomes
+    a wrapper that forges the probe's answer (`forged`: the parts' results to put in, or a
+    function of the stage's context giving them). Only where each VM has its own /usr (the
+    local Azure runs as root): elsewhere the host's python3 would be the one replaced, so
+    nothing is forged (and the tests of forgeries skip)."""
     def stage(ctx):
+        if not namespace.wanted():
+            return
         values = forged(ctx) if callable(forged) else forged
         payload = json.dumps(values).replace("'", "'\\''")
         script = (
-            'p=$(command -v python3) && cp "$p" "$p.real" && '
             f"cat > \"$HOME/.forge.py\" <<'EOF'\n{FORGER}\nEOF\n"
+            'p=/usr/bin/python3 && sudo cp "$p" "$p.real" && sudo rm -f "$p" && '
             'printf \'#!/bin/sh\\n"%s.real" "$@" | "%s.real" "%s" \'"\'"\'%s\'"\'"\'\\n\' '
-            f'"$p" "$p" "$HOME/.forge.py" \'{payload}\' > "$p" && chmod +x "$p"')
+            f'"$p" "$p" "$HOME/.forge.py" \'{payload}\' | sudo tee "$p" >/dev/null && '
+            'sudo chmod 755 "$p"')
         result = ctx.run_in_vm(script)
         assert result.ok, result.stderr
     return stage
@@ -120,7 +127,13 @@ def test_a_complete_lab_scores_full_marks_and_says_what_is_signed(local_azure, l
     assert "eyJ" not in text
 
 
+needs_own_usr = pytest.mark.skipif(
+    not namespace.wanted(), reason="a VM's root has its own /usr only when the local Azure runs "
+                                   "as root")
+
+
 @pytest.mark.slow
+@needs_own_usr
 def test_forging_the_sign_in_passes_without_verification_and_fails_with_it(local_azure, labs,
                                                                            tmp_path):
     off = outcomes(_graded(local_azure, labs, tmp_path / "off").report, "signed-forged-sp")
@@ -131,6 +144,7 @@ def test_forging_the_sign_in_passes_without_verification_and_fails_with_it(local
 
 
 @pytest.mark.slow
+@needs_own_usr
 def test_forging_the_identity_s_tokens_fails_with_verification(local_azure, labs, tmp_path):
     """IMDS refuses this VM's identity tokens (it answers 500 to everything); the student's
     python3 reports a management token and an evidence token anyway."""
