@@ -268,11 +268,14 @@ def test_entering_the_vm_s_namespace_costs_little(local_azure, box):
     live = local_azure.vms.live(box.id)
 
     async def spawn(n: int, argv: list[str]) -> float:
-        t0 = time.perf_counter()
+        """The median time of a spawn and wait (ms): the machine is shared, a median holds."""
+        times = []
         for _ in range(n):
+            t0 = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(*argv, cwd=live.home)
             await proc.wait()
-        return (time.perf_counter() - t0) / n * 1000
+            times.append((time.perf_counter() - t0) * 1000)
+        return sorted(times)[n // 2]
 
     plain = local_azure.run(spawn(40, ["/bin/true"]))
     inside = local_azure.run(spawn(40, live._in_namespace(["/bin/true"])))
