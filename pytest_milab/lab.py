@@ -145,9 +145,10 @@ class Lab:
                 raise Unverified(f"the machine did not let the grader see: {ssh.error}")
             raise CouldNotDecide(ssh.error or "the in-machine probe did not run")
         result = ev.probe.get(name)
-        if not isinstance(result, dict):
-            raise CouldNotDecide(f"the in-machine probe has no result for {name}")
-        if set(result) == {"error"}:
+        if not isinstance(result, dict) or set(result) == {"error"}:
+            note(VM_REPORTED)  # the machine's answer lacks it: that rests on its word
+            if not isinstance(result, dict):
+                raise CouldNotDecide(f"the in-machine probe has no result for {name}")
             raise CouldNotDecide(f"in the machine, {name} could not run: {result['error']}")
         return result
 

@@ -90,8 +90,7 @@ def test_tampering_changes_nothing_the_grader_read_itself(graded, name):
     assert {s: tampered[s]["outcome"] for s in control} == \
         {s: honest[s]["outcome"] for s in control}
     changed = {s for s in honest if tampered[s]["outcome"] != honest[s]["outcome"]}
-    assert all(tampered[s]["evidence"] == "vm-reported" for s in changed), \
-        {s: (tampered[s]["outcome"], tampered[s]["evidence"], tampered[s]["reason"]) for s in changed}
+    assert {s: tampered[s]["evidence"] for s in changed} == dict.fromkeys(changed, "vm-reported")
     if name in ("fake-python", "exit-trap", "own-proxy"):
         # The probe runs /usr/bin/python3 in a clean environment through the grader's egress:
         # a shell's PATH, functions, traps or proxy do not reach it.
