@@ -4,13 +4,13 @@ per machine. Knows no lab: the suite's `reads`, `machine` and `probe` say what t
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .digests import new_key
 from .errors import CouldNotDecide, MilabError, SshError
 from .settings import LabTarget, Settings
 from .vm.reach import Machine
@@ -136,7 +136,6 @@ class Gatherer:
         self.cli_unavailable: str | None = None
         # Verifies tokens for --milab-evidence-audience (None: no such tokens are asked for).
         self.token_verifier = None
-        self.digest_key = secrets.token_bytes(32)  # this run's key for the probe's digests
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
         # How far gathering may run ahead of judging (start_all's `ahead`).
@@ -236,7 +235,8 @@ class Gatherer:
         return LabEvidence(label=target.label, group=target.group, student=target.student,
                            problem=target.problem, cli_unavailable=self.cli_unavailable,
                            declared_reads=self.suite.read_names,
-                           declared_parts=self.suite.part_names, digest_key=self.digest_key)
+                           declared_parts=self.suite.part_names,
+                           digest_key=new_key())  # the lab's own, never another lab's
 
     def gather(self, target: LabTarget) -> LabEvidence:
         from .azure.reads import LabReads
@@ -331,7 +331,7 @@ class Gatherer:
             deadline = max(2 * self.settings.timeout, 10)
             audience = self.settings.evidence_audience if self.token_verifier else None
             parts = self.suite.probe_program(ev, deadline, audience)
-            results = run_probe(conn, parts, self.digest_key, timeout=deadline)
+            results = run_probe(conn, parts, ev.digest_key, timeout=deadline)
             # Signed evidence is checked now: tokens go, verified claims stay.
             verify_parts(results, parts, self.token_verifier)
             ev.probe = results

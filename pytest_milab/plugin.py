@@ -26,7 +26,7 @@ from .settings import OPTIONS
 from .sharing import lab_scope
 from .steps import MARKER, MARKER_DOC, StepRegistry, step_from_marker
 from .suite import Suite
-from .text import clean
+from .text import clean, clean_in_place, strip_controls
 
 _RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
@@ -334,7 +334,19 @@ def _first_line(exc: BaseException | None) -> str:
     if exc is None:
         return ""
     text = str(getattr(exc, "msg", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else ""
+    return clean(text.splitlines()[0], 300) if text else ""
+
+
+def _clean_report(report: pytest.TestReport) -> None:
+    """A lab's check report shows text from the student's machine (in messages, locals,
+    captured output): every style of it (--tb=auto/short/line/long/native, -rA, JUnit) without
+    control characters, so no escape sequence reaches a terminal or a report."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, str):
+        report.longrepr = strip_controls(longrepr)
+    elif longrepr is not None:
+        report.longrepr = clean_in_place(longrepr)
+    report.sections = [(title, strip_controls(content)) for title, content in report.sections]
 
 
 class ShortReports:
@@ -372,6 +384,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     info = item.stash.get(_STEP_KEY, None)
     target = _lab_of(item)
+    if target is not None:
+        _clean_report(report)
     if info is None or target is None:
         return report
     if call.when == "call" or (call.when == "setup" and not report.passed):

@@ -111,7 +111,7 @@ class EvidenceStore:
             raise CouldNotDecide(str(exc)) from None
         if ssh.refused:
             raise NeedsStep(f"needs ssh: {ssh.error}")
-        return Vm(self.connections.get(target.label, ssh_target), self.gatherer.digest_key,
+        return Vm(self.connections.get(target.label, ssh_target), evidence.digest_key,
                   evidence.machine.source)
 
     def close(self) -> None:

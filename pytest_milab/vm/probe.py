@@ -13,6 +13,7 @@ import shlex
 import zlib
 from importlib import resources
 
+from ..digests import received
 from ..errors import CouldNotDecide, SshError, Unverified
 from ..provenance import VM_REPORTED, note
 from ..text import clean
@@ -53,7 +54,7 @@ def _result(result: CommandResult, mark: str) -> dict:
         except ValueError:
             data = None
         if isinstance(data, dict) and not getattr(result, "truncated", False):
-            return data
+            return received(data)  # its text without control characters, digests hidden
         raise SshError("the probe's result line is not a JSON object", machine=True)
     if len(found) > 1:
         raise SshError("the probe's result line appeared more than once", machine=True)
