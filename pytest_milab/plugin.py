@@ -434,18 +434,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if _is_worker(config):
         config.workeroutput["milab_notes"] = list(run.notes)
         return
-    if config.option.collectonly:
+    if config.option.collectonly or config.option.setuponly or config.option.setupplan:
         return  # nothing was graded: no report is written (an old one stays as it was)
-    results, steps = run.results.grade(run.settings.targets)
+    stopped = _stopped_early(session, exitstatus)
+    results, steps = run.results.grade(run.settings.targets, stopped, _planned_labs(session))
+    if stopped:
+        run.notes.append(f"{stopped} ({session.shouldfail or session.shouldstop or 'interrupted'}):"
+                         " labs and steps not reached are not graded; grade again")
     for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
     if run.settings.feedback:
         feedback.write(run.settings.feedback, results, steps)
-    if any(reports.undecided(lab) for lab in results):
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        pass  # Ctrl-C (or xdist's -x): pytest's own word stands
+    elif any(reports.undecided(lab) for lab in results) or stopped:
         session.exitstatus = EXIT_UNDECIDED
     elif any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _stopped_early(session: pytest.Session, exitstatus) -> str | None:
+    """Why the run ended before every check ran, if it did: -x or --maxfail (pytest's
+    `shouldfail`, or xdist's controller interrupted), Ctrl-C."""
+    if session.shouldfail or session.shouldstop or exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "the run stopped early"
+    return None
+
+
+def _planned_labs(session: pytest.Session) -> dict[str, set[str]] | None:
+    """The steps this process's collection was to check, by lab (None when it collected
+    none: the xdist controller, whose workers collect)."""
+    planned: dict[str, set[str]] = {}
+    for item in session.items:
+        target, info = _lab_of(item), item.stash.get(_STEP_KEY, None)
+        if target is not None and info is not None:
+            planned.setdefault(target.label, set()).add(info.id)
+    return planned or None
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -467,7 +492,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if run.settings.feedback:
         terminalreporter.write_line(f"milab: feedback for each student written to "
                                     f"{os.path.abspath(run.settings.feedback)}")
-    labs = len(run.results.graded)
+    labs = sum(not lab.problem for lab in run.results.graded)
     terminalreporter.write_line(
         f"milab: {labs} lab{'s' if labs != 1 else ''} graded in "
         f"{time.monotonic() - run.started:.1f}s (the whole run"
