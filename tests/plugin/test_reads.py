@@ -161,3 +161,35 @@ def test_many_paths_that_are_not_a_list_fail_that_read_alone():
                     Read("vm", "{group_id}/vm", "v")])
     assert lab.errors["nsgs"].startswith("Azure's answer could not be read (TypeError")
     assert lab.control["vm"] == {"id": "vm"}
+
+
+@pytest.mark.parametrize("vm_props, role_assignments", [
+    ({"networkProfile": {"networkInterfaces": [None]}}, {"value": [{"id": "ra"}]}),
+    ({"networkProfile": {"networkInterfaces": "x"}}, {"value": [{"id": "ra"}]}),
+    ({"networkProfile": {"networkInterfaces": [{"id": "/nic"}]}}, {"value": 5}),
+])
+def test_the_managed_identity_suites_reads_fail_one_by_one(vm_props, role_assignments):
+    """The audit's cases on the suite's own reads: a VM with networkInterfaces [null] or "x"
+    fails the network reads only; role assignments with `value: 5` fail that read only."""
+    from example_suites.managed_identity.reads import READS
+    from example_suites.managed_identity.spec import ManagedIdentitySpec
+
+    spec = ManagedIdentitySpec()
+    gid, body = group()
+    vault = f"{gid}/providers/Microsoft.KeyVault/vaults/{spec.vault_name(gid)}"
+    arm = FakeArm({gid: (200, body),
+                   f"{gid}/resources": (200, {"value": []}),
+                   vault: (200, {"id": "vault"}),
+                   f"{gid}/providers/Microsoft.Compute/virtualMachines/{spec.vm_name}":
+                       (200, {"id": "vm", "properties": vm_props}),
+                   f"{gid}/providers/Microsoft.Authorization/roleAssignments":
+                       (200, role_assignments),
+                   "/nic": (200, {"id": "/nic", "properties": {}})})
+    lab = run(arm, READS, spec=spec)
+    assert lab.control["vault"] == {"id": "vault"} and lab.control["vm"]["id"] == "vm"
+    if role_assignments["value"] == 5:
+        assert set(lab.errors) == {"role_assignments"}
+        assert lab.control["nic"] == {"id": "/nic", "properties": {}}
+    else:
+        assert lab.control["role_assignments"] == [{"id": "ra"}]
+        assert set(lab.errors) == {"nic", "public_ip", "vnet", "nic_nsg", "subnet_nsg"}
