@@ -436,18 +436,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         return
     if config.option.collectonly or config.option.setuponly or config.option.setupplan:
         return  # nothing was graded: no report is written (an old one stays as it was)
-    stopped = _stopped_early(session, exitstatus)
+    why = _stopped_early(session, exitstatus)
+    stopped = "the run stopped early" if why else None
     results, steps = run.results.grade(run.settings.targets, stopped, _planned_labs(session))
-    if stopped:
-        run.notes.append(f"{stopped} ({session.shouldfail or session.shouldstop or 'interrupted'}):"
-                         " labs and steps not reached are not graded; grade again")
+    if why:
+        run.notes.append(f"the run stopped early ({clean(why, 100)}): labs and steps not "
+                         "reached are not graded; grade again")
     for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
     if run.settings.feedback:
         feedback.write(run.settings.feedback, results, steps)
-    if exitstatus == pytest.ExitCode.INTERRUPTED:
-        pass  # Ctrl-C (or xdist's -x): pytest's own word stands
+    if exitstatus == pytest.ExitCode.INTERRUPTED and why == "interrupted":
+        pass  # Ctrl-C: pytest's own word stands
     elif any(reports.undecided(lab) for lab in results) or stopped:
         session.exitstatus = EXIT_UNDECIDED
     elif any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
@@ -455,10 +456,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
 
 
 def _stopped_early(session: pytest.Session, exitstatus) -> str | None:
-    """Why the run ended before every check ran, if it did: -x or --maxfail (pytest's
-    `shouldfail`, or xdist's controller interrupted), Ctrl-C."""
-    if session.shouldfail or session.shouldstop or exitstatus == pytest.ExitCode.INTERRUPTED:
-        return "the run stopped early"
+    """Why the run ended before every check ran, if it did: -x or --maxfail ("stopping after
+    N failures": pytest's `shouldfail`, or under xdist its controller's), else "interrupted"
+    (Ctrl-C)."""
+    if session.shouldfail or session.shouldstop:
+        return str(session.shouldfail or session.shouldstop)
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        dsession = session.config.pluginmanager.get_plugin("dsession")  # pytest-xdist's
+        why = getattr(dsession, "shouldstop", None)
+        return why if isinstance(why, str) and why.startswith("stopping after") \
+            else "interrupted"
     return None
 
 

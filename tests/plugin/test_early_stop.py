@@ -105,13 +105,17 @@ def test_ctrl_c_writes_a_grade_book_that_is_not_final(suite):
     assert {g["label"] for g in data["not_graded"]} <= {"interrupt", "late"}
     assert "late" in {g["label"] for g in data["not_graded"]}
     assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["milab: the run stopped early (interrupted)*"])
 
 
 def test_under_xdist_a_stopped_run_shows_no_unfinished_lab_complete(suite):
-    suite.runpytest(*labs(suite), "-p", "xdist", "-n", "2", "-x", "--milab-report", "g.json")
+    result = suite.runpytest(*labs(suite), "-p", "xdist", "-n", "2", "-x",
+                             "--milab-report", "g.json")
     data = json.loads((suite.path / "g.json").read_text())
     for group in data["groups"]:
         ran = [s for s in group["steps"] if not s["reason"].startswith("not graded")]
         assert group["complete"] == (len(ran) == 3 == len(group["steps"])), group
     assert {g["label"] for g in data["groups"]} | {g["label"] for g in data["not_graded"]} \
         == {"ok", "broken", "late"}
+    if data["not_graded"] or not all(g["complete"] for g in data["groups"]):
+        assert result.ret == 10  # stopped by -x (not Ctrl-C): the grade book is not final
