@@ -136,6 +136,10 @@ class Gatherer:
         self.cli_unavailable: str | None = None
         # Verifies tokens for --milab-evidence-audience (None: no such tokens are asked for).
         self.token_verifier = None
+        # Each lab's key for the probe's digests: its own, never another lab's, and the same
+        # when the lab is gathered again (provision mode), so a `vm` fixture made before
+        # still agrees with `lab.same_secret`.
+        self._digest_keys: dict[str, bytes] = {}
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
         # How far gathering may run ahead of judging (start_all's `ahead`).
@@ -236,7 +240,7 @@ class Gatherer:
                            problem=target.problem, cli_unavailable=self.cli_unavailable,
                            declared_reads=self.suite.read_names,
                            declared_parts=self.suite.part_names,
-                           digest_key=new_key())  # the lab's own, never another lab's
+                           digest_key=self._digest_keys.setdefault(target.label, new_key()))
 
     def gather(self, target: LabTarget) -> LabEvidence:
         from .azure.reads import LabReads

@@ -11,7 +11,7 @@ import pytest
 from pytest_milab.digests import Digest, received
 from pytest_milab.evidence import Gatherer
 from pytest_milab.lab import Lab
-from pytest_milab.settings import LabTarget
+from pytest_milab.settings import LabTarget, Settings
 from pytest_milab.vm.probe import MARK, _result
 from pytest_milab.vm.ssh import CommandResult
 
@@ -98,13 +98,14 @@ def test_a_digest_never_shows_its_hmac():
     assert not isinstance(found["other"], Digest)  # not a digest's shape: left as it is
 
 
-def test_each_lab_has_its_own_digest_key(monkeypatch):
-    gatherer = Gatherer.__new__(Gatherer)
-    gatherer.cli_unavailable = None
-    gatherer.suite = type("S", (), {"read_names": None, "part_names": None})()
+def test_each_lab_has_its_own_digest_key():
+    suite = type("Suite", (), {"read_names": None, "part_names": None})()
+    gatherer = Gatherer(Settings(), suite, None, None, lambda: None)
     a = gatherer._new_evidence(LabTarget("a", label="a"))
     b = gatherer._new_evidence(LabTarget("b", label="b"))
     assert len(a.digest_key) == 32 and a.digest_key != b.digest_key
+    # Gathered again (provision mode): the same lab keeps its key.
+    assert gatherer._new_evidence(LabTarget("a", label="a")).digest_key == a.digest_key
     # A digest made with one lab's key is not the other lab's.
     import hashlib
     import hmac
