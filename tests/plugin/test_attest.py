@@ -23,7 +23,7 @@ from pytest_milab.emulator.machines.attested import (
     document,
 )
 from pytest_milab.emulator.wire.network import CertificateAuthority
-from pytest_milab.errors import CouldNotDecide
+from pytest_milab.errors import CouldNotDecide, Unverified
 from pytest_milab.evidence import LabEvidence, SshOutcome
 from pytest_milab.lab import Lab
 
@@ -117,9 +117,9 @@ def test_garbage_is_refused_not_an_error(garbage, anchors):
 
 
 # -- from the probe's answer to a step -----------------------------------------------------------
-def lab_with(probe: dict, declared=None) -> Lab:
+def lab_with(probe: dict, declared=None, signed=None) -> Lab:
     ev = LabEvidence(label="lab", group="g", subscription=SUB, ssh=SshOutcome(ok=True),
-                     probe=probe, declared_parts=declared)
+                     probe=probe, declared_parts=declared, signed_parts=signed)
     return Lab(ev)
 
 
@@ -170,7 +170,61 @@ def test_undecided_and_not_asked_for(monkeypatch):
     with pytest.raises(CouldNotDecide, match="503"):
         lab.signed("evidence")
     # Without --milab-evidence-audience the part is not run: nothing to judge, no provenance.
+    lab = lab_with({"other": {"status": 200}}, declared=frozenset({"other", "evidence"}),
+                   signed=frozenset())
+    with provenance.tracking() as used:
+        assert lab.signed("evidence") is None
+    assert used == set()
+
+
+SIGNED_PROGRAMS = [{"name": "attested", "op": "attested", "nonce": NONCE},
+                   {"name": "evidence", "op": "signed_token", "audience": "api://e"},
+                   {"name": "other", "op": "imds"}]
+ASKED = frozenset({"attested", "evidence"})
+
+
+@pytest.mark.parametrize("answer", [{}, {"attested": None, "evidence": "eyJh.eyJi.c2ln"},
+                                    {"attested": [], "evidence": {}},
+                                    {"attested": {"verified": {"vmId": VM_ID}},
+                                     "evidence": {"refused": "x", "verified": {"oid": "o"}}}])
+def test_signed_parts_the_answer_leaves_out_or_garbles_are_refused(answer, monkeypatch,
+                                                                    anchors):
+    """A fake python3 that drops (or garbles) the signed parts from the probe's answer: the
+    grader asked for them, so their absence is a refusal, never "not asked for"."""
+    results = verified({"other": {"status": 200}, **answer}, SIGNED_PROGRAMS, monkeypatch,
+                       anchors)
+    assert all("verified" not in results[name] for name in ASKED)
+    lab = lab_with(results, declared=frozenset({"attested", "evidence", "other"}), signed=ASKED)
+    for name in ASKED:
+        with provenance.tracking() as used, pytest.raises(AssertionError, match="altered"):
+            lab.signed(name)
+        assert used == {provenance.SIGNED}
+
+
+def test_a_signed_part_left_out_of_evidence_without_a_record_is_refused():
+    # Evidence that does not record what was asked (made by hand): a missing signed part is
+    # still a refusal, not "not asked for".
     lab = lab_with({"other": {"status": 200}}, declared=frozenset({"other", "evidence"}))
+    with pytest.raises(AssertionError, match="leaves out evidence"):
+        lab.signed("evidence")
+
+
+def test_a_signed_part_that_could_not_run_is_unverified(monkeypatch, anchors):
+    results = verified({"attested": {"error": "OSError: \x1b[2Kboom"}, "evidence": {"error": "x"}},
+                       SIGNED_PROGRAMS, monkeypatch, anchors)
+    for name in ASKED:
+        with pytest.raises(Unverified, match="could not run") as info:
+            lab_with(results, signed=ASKED).signed(name)
+        assert "\x1b" not in str(info.value)
+
+
+def test_what_the_machine_puts_under_a_part_not_asked_for_is_ignored():
+    """Without --milab-evidence-audience no token is asked for: a "verified" result the fake
+    python3 adds under its name is not taken for signed evidence."""
+    forged = {"status": 200, "verified": {"oid": "00000000-0000-0000-0000-000000000001"}}
+    results = {"other": {"status": 200}, "evidence": dict(forged)}
+    verify_parts(results, [{"name": "other", "op": "imds"}], None)  # nothing signed asked for
+    lab = lab_with(results, declared=frozenset({"evidence", "other"}), signed=frozenset())
     with provenance.tracking() as used:
         assert lab.signed("evidence") is None
     assert used == set()
