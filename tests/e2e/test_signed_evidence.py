@@ -24,7 +24,8 @@ ON = ("--milab-evidence-audience", AUDIENCE)
 AZ_STEPS = {"az-cli", "az-login-identity"}
 MANAGEMENT = "https://management.azure.com/"
 
-# Runs the real probe and rewrites its one result line with the student's own values.
+# Runs the real probe and rewrites its one result line with the student's own values (and
+# leaves out the parts named in "-drop").
 FORGER = r'''
 import json, sys
 forged = json.loads(sys.argv[1])
@@ -33,6 +34,8 @@ for line in sys.stdin:
         nonce, _, rest = line[len("MILAB-PROBE-RESULT "):].partition(" ")
         data = json.loads(rest)
         data.update({k: v for k, v in forged.items() if k in data})
+        for k in forged.get("-drop", ()):
+            data.pop(k, None)
         line = "MILAB-PROBE-RESULT " + nonce + " " + json.dumps(data) + "\n"
     sys.stdout.write(line)
 '''
@@ -162,6 +165,30 @@ def test_forging_the_identity_s_tokens_fails_with_verification(local_azure, labs
 
 
 @pytest.mark.slow
+def test_leaving_the_signed_tokens_out_of_the_answer_fails_with_verification(local_azure,
+                                                                             evidence_app,
+                                                                             tmp_path):
+    """The student's python3 forges the sign-in and drops both evidence tokens from the answer,
+    as if the grader had not asked for them: the steps they would prove fail, never fall back
+    on the machine's word."""
+    stages, state = suite_defects()["sp-login"].apply(suite_stages())
+    forged = {"sp_login": {"status": 200, "code": None, "message": "", "inner": None},
+              "-drop": ["sp_evidence_token", "evidence_token"]}
+    key, failures = build_in_local_azure(local_azure, ["signed-dropped"],
+                                         [*stages, Stage("forge", forging_python(forged))],
+                                         suite_spec(), state=state)
+    assert failures == []
+    off = outcomes(grade(local_azure, key, tmp_path / "off", "signed-dropped").report,
+                   "signed-dropped")
+    assert off["sp-login"][0] == "passed"  # the machine's word alone: the forgery works
+    on = outcomes(grade(local_azure, key, tmp_path / "on", "signed-dropped", extra=ON).report,
+                  "signed-dropped")
+    for step in ("sp-login", "management-token"):
+        assert on[step][0] == "failed", (step, on[step])
+        assert "leaves out" in on[step][1] and "altered" in on[step][1], on[step]
+
+
+@pytest.mark.slow
 def test_an_arc_server_s_token_is_signed_evidence_too(local_azure, evidence_app, tmp_path):
     """HIMDS issues the evidence token through its challenge (it documents no attested
     document, so the Arc suite asks for none)."""
@@ -172,3 +199,21 @@ def test_an_arc_server_s_token_is_signed_evidence_too(local_azure, evidence_app,
     got = outcomes(run.report, "signed-arc")
     assert {o for o, _ in got.values()} == {"passed"}, got
     assert evidence_of(run.report, "signed-arc")["management-token"] == "signed"
+
+
+@pytest.mark.slow
+def test_an_arc_server_leaving_its_token_out_fails_with_verification(local_azure, evidence_app,
+                                                                     tmp_path):
+    """A working Arc server whose python3 drops the evidence token from the answer: the step
+    it would prove fails (the answer was altered), it does not pass on the machine's word."""
+    forged = {"-drop": ["evidence_token"]}
+    key, failures = build_in_local_azure(
+        local_azure, ["signed-arc-dropped"],
+        [*suite_stages(ARC_SUITE), Stage("forge", forging_python(forged))],
+        suite_spec(ARC_SUITE))
+    assert failures == []
+    run = grade(local_azure, key, tmp_path, "signed-arc-dropped", extra=ON, suite=ARC_SUITE)
+    got = outcomes(run.report, "signed-arc-dropped")
+    assert got["management-token"][0] == "failed", got["management-token"]
+    assert "leaves out evidence_token" in got["management-token"][1]
+    assert evidence_of(run.report, "signed-arc-dropped")["management-token"] == "signed"
