@@ -11,7 +11,9 @@ returns it as it came; here the grader checks, before any step reads it:
   documentation asks to accept any subdomain) and a chain to the grader's trust anchors (the
   CA bundle its own HTTPS trusts: the local Azure's CA there, the system's or certifi's
   against Azure); intermediates missing from the document are fetched from the certificate's
-  "CA Issuers" address, as the documentation's own sample does;
+  "CA Issuers" address, as the documentation's own sample does, only from Microsoft's and
+  DigiCert's PKI hosts, a few addresses within a few seconds (a forged certificate names
+  whatever it likes);
 - the content: the grader's nonce, and a time window (`timeStamp`) that includes now.
 
 What it returns is the signed content; comparing `vmId` and `subscriptionId` with what ARM says
@@ -26,6 +28,7 @@ import datetime as _dt
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
@@ -190,31 +193,92 @@ def _issuer_urls(cert: x509.Certificate) -> list[str]:
             and d.access_location.value.startswith(("http://", "https://"))]
 
 
+# Where a missing intermediate may be fetched from: Microsoft's PKI repository and DigiCert's,
+# the certificate downloads “Azure Certificate Authority details” lists for Azure's CAs.
+# Whatever else a certificate names as its CA Issuers is never fetched: the certificate is the
+# student's to make, so its addresses are too.
+ISSUER_HOSTS = {"www.microsoft.com": ("/pkiops/", "/pki/"), "cacerts.digicert.com": ("/",)}
+MAX_ISSUER_URLS = 4  # CA Issuers addresses tried for one document (IMDS's certificates name one)
+ISSUER_TIMEOUT = 5.0  # seconds for one address
+ISSUER_BUDGET = 10.0  # seconds for all of one document's
+MAX_ISSUER_BYTES = 64 * 1024
+MAX_CACHED = 64
+
 _ISSUERS: dict[str, x509.Certificate | None] = {}
+_ISSUERS_LOCK = threading.Lock()
 
 
-def fetch_issuer(url: str) -> x509.Certificate | None:
-    """An intermediate from a certificate's CA Issuers address (DER or PEM), kept per run."""
-    if url in _ISSUERS:
-        return _ISSUERS[url]
+def allowed_issuer(url: str) -> bool:
+    """Whether a CA Issuers address is one the grader fetches: http(s) on a PKI host of
+    Microsoft's or DigiCert's, default port, no credentials, under its certificates' path."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or parts.username is not None \
+            or parts.password is not None or port not in (None, 80, 443):
+        return False
+    prefixes = ISSUER_HOSTS.get((parts.hostname or "").lower())
+    return prefixes is not None and parts.path.startswith(prefixes)
+
+
+def fetch_issuer(url: str, timeout: float = ISSUER_TIMEOUT) -> x509.Certificate | None:
+    """An intermediate from a certificate's CA Issuers address (DER or PEM), kept per run;
+    None for an address not on a PKI host (`allowed_issuer`), never asked."""
+    if not allowed_issuer(url):
+        return None
+    with _ISSUERS_LOCK:
+        if url in _ISSUERS:
+            return _ISSUERS[url]
     import requests
 
     cert = None
+    deadline = time.monotonic() + timeout
     try:
-        response = requests.get(url, timeout=10)
-        if response.status_code == 200 and len(response.content) < 64 * 1024:
-            body = response.content
-            cert = (x509.load_pem_x509_certificate(body) if body.startswith(b"-----")
-                    else x509.load_der_x509_certificate(body))
+        # Redirects are not followed: where they lead is not checked against the hosts.
+        with requests.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
+            body = b""
+            if response.status_code == 200:
+                for chunk in response.iter_content(8192):
+                    body += chunk
+                    if len(body) > MAX_ISSUER_BYTES or time.monotonic() > deadline:
+                        body = b""
+                        break
+            if body:
+                cert = (x509.load_pem_x509_certificate(body) if body.startswith(b"-----")
+                        else x509.load_der_x509_certificate(body))
     except Exception:  # noqa: BLE001 - then the chain is judged without it
         cert = None
-    _ISSUERS[url] = cert
+    with _ISSUERS_LOCK:
+        if len(_ISSUERS) >= MAX_CACHED:
+            _ISSUERS.pop(next(iter(_ISSUERS)))
+        _ISSUERS[url] = cert
     return cert
+
+
+def _fetched_issuers(leaf: x509.Certificate,
+                     fetch: Callable[..., x509.Certificate | None]) -> list[x509.Certificate]:
+    """The intermediates the leaf's allowed CA Issuers addresses give: at most
+    MAX_ISSUER_URLS of them, within ISSUER_BUDGET seconds in all."""
+    urls = list(dict.fromkeys(u for u in _issuer_urls(leaf) if allowed_issuer(u)))
+    deadline = time.monotonic() + ISSUER_BUDGET
+    found = []
+    for url in urls[:MAX_ISSUER_URLS]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        cert = fetch(url, timeout=min(ISSUER_TIMEOUT, left))
+        if cert is not None:
+            found.append(cert)
+    return found
 
 
 def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate],
                  anchors: Sequence[x509.Certificate], now: _dt.datetime,
-                 fetch: Callable[[str], x509.Certificate | None] | None) -> str:
+                 fetch: Callable[..., x509.Certificate | None] | None) -> str:
     from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
     name = _metadata_name(leaf)
@@ -229,8 +293,7 @@ def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate],
         return name
     except VerificationError as exc:
         first = exc
-    fetched = [c for c in (fetch(u) for u in _issuer_urls(leaf)) if c is not None] \
-        if fetch else []
+    fetched = _fetched_issuers(leaf, fetch) if fetch else []
     if fetched:
         try:
             verifier.verify(leaf, intermediates + fetched)
@@ -252,7 +315,7 @@ def _stamp(value: object, what: str) -> _dt.datetime:
 
 def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | None = None,
            now: _dt.datetime | None = None,
-           fetch: Callable[[str], x509.Certificate | None] | None = fetch_issuer) -> dict:
+           fetch: Callable[..., x509.Certificate | None] | None = fetch_issuer) -> dict:
     """The signed content of IMDS's answer, once signature, certificate, nonce and time are
     checked; raises `AttestationRefused` otherwise."""
     now = now or _dt.datetime.now(_dt.timezone.utc)

@@ -254,3 +254,191 @@ def test_a_digest_named_by_its_signature_algorithm_is_understood(signer, anchors
     weak = {"encoding": "pkcs7", "signature": base64.b64encode(info.dump(force=True)).decode()}
     with pytest.raises(attest.AttestationRefused, match="not a SHA-2 digest"):
         attest.verify(weak, nonce=NONCE, anchors=anchors)
+
+
+# -- CA Issuers addresses a forged certificate names ---------------------------------------------
+def _cert(subject, key, issuer, issuer_key, *, ca=False, issuers=(), names=SIGNER_NAMES):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name(subject))
+               .issuer_name(name(issuer)).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1))
+               .not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True,
+                                                      True, False, False), critical=True)
+    else:
+        builder = (builder.add_extension(x509.KeyUsage(True, False, False, False, False, False,
+                                                       False, False, False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                  critical=False)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                  critical=False))
+    if issuer_key is not key:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False)
+    if issuers:
+        builder = builder.add_extension(x509.AuthorityInformationAccess([
+            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                   x509.UniformResourceIdentifier(u)) for u in issuers]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _signer_under_intermediate(issuers):
+    """A metadata.azure.com signer issued by an intermediate the document does not carry, the
+    intermediate by a root (the grader's anchor): (signer, intermediate, root)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root_key, mid_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = _cert("Test Root", root_key, "Test Root", root_key, ca=True)
+    mid = _cert("Test Issuing CA", mid_key, "Test Root", root_key, ca=True)
+    leaf = _cert(SIGNER_NAMES[0], leaf_key, "Test Issuing CA", mid_key, issuers=issuers)
+    signer = AttestationSigner(
+        leaf.public_bytes(serialization.Encoding.PEM),
+        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()))
+    return signer, mid, root
+
+
+def _on_a_pki_host(url):
+    """Independently of the grader's own test: http(s)://www.microsoft.com/pkiops/... or
+    /pki/..., or cacerts.digicert.com, on the default port, without credentials."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return (parts.scheme in ("http", "https") and parts.netloc in ("www.microsoft.com",
+                                                                    "cacerts.digicert.com")
+            and (parts.netloc != "www.microsoft.com" or parts.path.startswith(("/pkiops/",
+                                                                               "/pki/"))))
+
+
+class _Answer:
+    def __init__(self, body=b"", status=200):
+        self.status_code, self.content, self._body = status, body, body
+
+    def iter_content(self, size):
+        yield from (self._body[i:i + size] for i in range(0, len(self._body), size))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+ATTACKER_ISSUERS = [u.format(i) for i in range(10) for u in (
+    "http://203.0.113.7:8080/ca{}.crt", "https://grader-stall.example/pkiops/ca{}.crt",
+    "http://www.microsoft.com.evil.example/pkiops/ca{}.crt",
+    "http://www.microsoft.com:8080/pkiops/ca{}.crt", "http://u@www.microsoft.com/pkiops/{}.crt",
+    "http://www.microsoft.com/en-us/ca{}.crt")]
+PKI_ISSUERS = [f"http://www.microsoft.com/pkiops/certs/Issuing%20CA%20{i:02d}.crt"
+               for i in range(10)]
+
+
+def test_a_forged_certificate_s_ca_issuers_cannot_send_the_grader_anywhere_or_stall_it(
+        monkeypatch):
+    """A forged certificate names 70 CA Issuers addresses, 60 of them the student's own: the
+    grader asks none of those, and of Microsoft's at most a few, within a bounded time (each
+    address here hangs until its timeout, as an address that never answers does)."""
+    import requests
+
+    asked = []
+
+    def hanging(url, timeout=None, **kwargs):
+        asked.append((url, timeout, kwargs))
+        time.sleep(min(timeout or 10, 0.4))
+        raise requests.ConnectTimeout(url)
+
+    monkeypatch.setattr(requests, "get", hanging)
+    monkeypatch.setattr(attest, "_ISSUERS", {})
+    monkeypatch.setattr(attest, "ISSUER_BUDGET", 1.0, raising=False)
+    signer, _, root = _signer_under_intermediate(ATTACKER_ISSUERS + PKI_ISSUERS)
+    start = time.monotonic()
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    elapsed = time.monotonic() - start
+    urls = [u for u, _, _ in asked]
+    assert urls and all(_on_a_pki_host(u) for u in urls), urls[:5]
+    assert len(urls) <= 4 and elapsed < 1.8, (len(urls), elapsed)
+    assert all(t <= 5 for _, t, _ in asked)
+    assert all(kw.get("allow_redirects") is False for _, _, kw in asked)  # nowhere else
+    # Again (another lab with the same certificate): what was asked is not asked again.
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    urls = [u for u, _, _ in asked]
+    assert len(urls) == len(set(urls)) and len(urls) <= 8
+
+
+def test_an_intermediate_from_microsoft_s_pki_completes_the_chain(monkeypatch):
+    import requests
+    from cryptography.hazmat.primitives import serialization
+
+    url = "http://www.microsoft.com/pkiops/certs/Test%20Issuing%20CA.crt"
+    signer, mid, root = _signer_under_intermediate(["http://203.0.113.7/mid.crt", url])
+    asked = []
+
+    def pki(u, timeout=None, **kwargs):
+        asked.append(u)
+        return _Answer(mid.public_bytes(serialization.Encoding.DER))
+
+    monkeypatch.setattr(requests, "get", pki)
+    monkeypatch.setattr(attest, "_ISSUERS", {})
+    assert attest.verify(made(signer), nonce=NONCE, anchors=[root])["vmId"] == VM_ID
+    assert asked == [url]
+    # Without it, the same document does not chain.
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root], fetch=None)
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://www.microsoft.com/pkiops/certs/Microsoft%20Azure%20RSA%20TLS%20Issuing%20CA%2003"
+     "%20-%20xsign.crt", True),
+    ("https://www.microsoft.com/pki/mscorp/Microsoft%20RSA%20TLS%20CA%2001.crt", True),
+    ("http://cacerts.digicert.com/DigiCertGlobalRootG2.crt", True),
+    ("http://WWW.Microsoft.COM/pkiops/certs/x.crt", True),
+    ("http://www.microsoft.com:80/pkiops/certs/x.crt", True),
+    ("http://www.microsoft.com/en-us/x.crt", False),
+    ("http://www.microsoft.com:8080/pkiops/x.crt", False),
+    ("http://user:pw@www.microsoft.com/pkiops/x.crt", False),
+    ("http://www.microsoft.com.evil.example/pkiops/x.crt", False),
+    ("http://evil.example/?www.microsoft.com/pkiops/", False),
+    ("ftp://www.microsoft.com/pkiops/x.crt", False),
+    ("http://[::1/pkiops/x.crt", False),
+    ("http://169.254.169.254/metadata/instance", False)])
+def test_which_ca_issuers_addresses_are_fetched(url, allowed):
+    assert attest.allowed_issuer(url) is allowed
+
+
+def test_an_issuer_answer_that_drips_or_floods_is_cut_off(monkeypatch):
+    import requests
+
+    class Dripping(_Answer):
+        def iter_content(self, size):
+            while True:
+                time.sleep(0.1)
+                yield b"\x30"
+
+    class Flooding(_Answer):
+        def iter_content(self, size):
+            while True:
+                yield b"\x30" * size
+
+    for reply in (Dripping(), Flooding()):
+        monkeypatch.setattr(requests, "get", lambda u, timeout=None, _a=reply, **kw: _a)
+        monkeypatch.setattr(attest, "_ISSUERS", {})
+        start = time.monotonic()
+        assert attest.fetch_issuer("http://www.microsoft.com/pkiops/certs/x.crt",
+                                   timeout=0.5) is None
+        assert time.monotonic() - start < 2
