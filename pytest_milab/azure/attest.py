@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
+from ..text import clean
+
 DOMAIN = "metadata.azure.com"
 STAMP = "%m/%d/%y %H:%M:%S -0000"
 SKEW = _dt.timedelta(minutes=5)  # clocks of grader and Azure may differ this much
@@ -94,8 +96,8 @@ def _signed_data(answer: object):
     except AttestationRefused:
         raise
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
-        raise AttestationRefused(f"the attested document is not PKCS#7 SignedData ({exc})"[:300]
-                                 ) from None
+        raise AttestationRefused(f"the attested document is not PKCS#7 SignedData "
+                                 f"({clean(exc, 250)})") from None
     return signed
 
 
@@ -276,16 +278,15 @@ def _fetched_issuers(leaf: x509.Certificate,
     return found
 
 
-def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate],
-                 anchors: Sequence[x509.Certificate], now: _dt.datetime,
-                 fetch: Callable[..., x509.Certificate | None] | None) -> str:
-    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate], store,
+                 now: _dt.datetime, fetch: Callable[..., x509.Certificate | None] | None) -> str:
+    from cryptography.x509.verification import PolicyBuilder, VerificationError
 
     name = _metadata_name(leaf)
-    if not anchors:
+    if store is None:
         raise AttestationRefused("the grader has no trust anchors to verify the attested "
                                  "document with")
-    verifier = (PolicyBuilder().store(Store(list(anchors))).time(now)
+    verifier = (PolicyBuilder().store(store).time(now)
                 .build_server_verifier(x509.DNSName(name)))
     intermediates = [c for c in carried if c != leaf]
     try:
@@ -317,9 +318,25 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
            now: _dt.datetime | None = None,
            fetch: Callable[..., x509.Certificate | None] | None = fetch_issuer) -> dict:
     """The signed content of IMDS's answer, once signature, certificate, nonce and time are
-    checked; raises `AttestationRefused` otherwise."""
+    checked; raises `AttestationRefused` otherwise, also when the document cannot be parsed
+    (a certificate with a duplicate extension, a malformed name, ...): the document is the
+    machine's. Only the grader's own trust anchors failing to load raise anything else."""
+    from cryptography.x509.verification import Store
+
     now = now or _dt.datetime.now(_dt.timezone.utc)
     anchors = trust_anchors() if anchors is None else anchors
+    store = Store(list(anchors)) if anchors else None
+    try:
+        return _verify(answer, nonce, store, now, fetch)
+    except AttestationRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the machine's document makes the parsers raise
+        raise AttestationRefused(f"the attested document cannot be read: {type(exc).__name__}: "
+                                 f"{clean(exc, 200)}") from None
+
+
+def _verify(answer: object, nonce: str, store, now: _dt.datetime,
+            fetch: Callable[..., x509.Certificate | None] | None) -> dict:
     signed = _signed_data(answer)
     encap = signed["encap_content_info"]
     if encap["content_type"].native != "data" or encap["content"].native is None:
@@ -329,7 +346,7 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
              for choice in signed["certificates"] or [] if choice.name == "certificate"]
     info, leaf = _signer_certificate(signed, certs)
     _check_signature(info, leaf, content)
-    _check_chain(leaf, certs, anchors, now, fetch)
+    _check_chain(leaf, certs, store, now, fetch)
     try:
         doc = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

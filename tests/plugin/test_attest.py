@@ -442,3 +442,72 @@ def test_an_issuer_answer_that_drips_or_floods_is_cut_off(monkeypatch):
         assert attest.fetch_issuer("http://www.microsoft.com/pkiops/certs/x.crt",
                                    timeout=0.5) is None
         assert time.monotonic() - start < 2
+
+
+# -- documents whose certificate the parsers refuse ------------------------------------------------
+def _with_extensions_altered(alter):
+    """A signer whose certificate (issued by a root, the grader's anchor) has its extensions
+    altered by `alter` (asn1crypto's list of them) and is signed again: what a student with
+    their own CA can make; cryptography does not build such certificates itself."""
+    from asn1crypto import x509 as asn1_x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    root = _cert("Test Root", root_key, "Test Root", root_key, ca=True)
+    leaf = _cert(SIGNER_NAMES[0], leaf_key, "Test Root", root_key)
+    parsed = asn1_x509.Certificate.load(leaf.public_bytes(serialization.Encoding.DER))
+    tbs = parsed["tbs_certificate"]
+    extensions = list(tbs["extensions"])
+    alter(extensions)
+    tbs["extensions"] = asn1_x509.Extensions(extensions)
+    parsed["tbs_certificate"] = tbs
+    parsed["signature_value"] = root_key.sign(tbs.dump(), ec.ECDSA(hashes.SHA256()))
+    pem = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(parsed.dump())
+           + b"-----END CERTIFICATE-----\n")
+    key_pem = leaf_key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+    return AttestationSigner(pem, key_pem), root
+
+
+def _duplicate_san(extensions):
+    extensions.append(next(e for e in extensions if e["extn_id"].native == "subject_alt_name"))
+
+
+def _garbled_san(extensions):
+    from asn1crypto.core import ParsableOctetString
+
+    san = next(e for e in extensions if e["extn_id"].native == "subject_alt_name")
+    san["extn_value"] = ParsableOctetString(b"\x30\x05\x82\x09abc")  # a name longer than it is
+
+
+@pytest.mark.parametrize("alter, reason", [(_duplicate_san, "cannot be read: DuplicateExtension"),
+                                           (_garbled_san, "not PKCS#7")],
+                         ids=["duplicate", "garbled"])
+def test_a_certificate_the_parsers_refuse_is_refused_not_an_error(alter, reason, monkeypatch):
+    """The machine's document is the machine's: a certificate cryptography cannot parse (a
+    duplicate extension raises DuplicateExtension) fails imds-instance, never ends it `error`."""
+    signer, root = _with_extensions_altered(alter)
+    with pytest.raises(attest.AttestationRefused, match=reason) as info:
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    results = verified({"attested": {"status": 200, "json": made(signer)}},
+                       [{"name": "attested", "op": "attested", "nonce": NONCE}], monkeypatch,
+                       [root])
+    assert "\n" not in str(info.value)
+    assert "refused" in results["attested"] and "undecided" not in results["attested"]
+    with provenance.tracking() as used, pytest.raises(AssertionError, match=reason):
+        lab_with(results, signed=frozenset({"attested"})).signed("attested")
+    assert used == {provenance.SIGNED}
+
+
+def test_the_grader_s_own_trust_anchors_failing_is_undecided(signer, monkeypatch, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    results = {"attested": {"status": 200, "json": made(signer)}}
+    verify_parts(results, [{"name": "attested", "op": "attested", "nonce": NONCE}], None)
+    assert "undecided" in results["attested"], results
+    with pytest.raises(CouldNotDecide):
+        lab_with(results, signed=frozenset({"attested"})).signed("attested")
