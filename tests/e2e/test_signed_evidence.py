@@ -217,3 +217,59 @@ def test_an_arc_server_leaving_its_token_out_fails_with_verification(local_azure
     assert got["management-token"][0] == "failed", got["management-token"]
     assert "leaves out evidence_token" in got["management-token"][1]
     assert evidence_of(run.report, "signed-arc-dropped")["management-token"] == "signed"
+
+
+def _duplicate_extension_document() -> dict:
+    """IMDS's answer signed by a metadata.azure.com certificate of the student's own that
+    carries its subjectAltName twice (re-signed with asn1crypto: cryptography builds no such
+    certificate, and raises DuplicateExtension reading one)."""
+    import base64
+    import datetime as dt
+
+    from asn1crypto import x509 as asn1_x509
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from pytest_milab.emulator.machines.attested import AttestationSigner, answer, document
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metadata.azure.com")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("metadata.azure.com")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    parsed = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    tbs = parsed["tbs_certificate"]
+    tbs["extensions"] = asn1_x509.Extensions([*tbs["extensions"], tbs["extensions"][0]])
+    parsed["tbs_certificate"] = tbs
+    parsed["signature_value"] = key.sign(tbs.dump(), ec.ECDSA(hashes.SHA256()))
+    pem = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(parsed.dump())
+           + b"-----END CERTIFICATE-----\n")
+    signer = AttestationSigner(pem, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return answer(signer, document({"vmId": str(uuid.uuid4())}, nonce="0000000000",
+                                   now=time.time(), api_version="2020-09-01"))
+
+
+@pytest.mark.slow
+def test_an_attested_document_the_grader_cannot_parse_fails_the_step(local_azure, tmp_path):
+    """The student's python3 answers an attested document whose certificate has a duplicate
+    extension: imds-instance fails with the grader's reason, it does not end `error`."""
+    forged = {"attested": {"status": 200, "code": None, "message": "",
+                           "json": _duplicate_extension_document()}}
+    key, failures = build_in_local_azure(local_azure, ["signed-dup-extension"],
+                                         [*suite_stages(), Stage("forge", forging_python(forged))],
+                                         suite_spec())
+    assert failures == []
+    run = grade(local_azure, key, tmp_path, "signed-dup-extension")
+    got = outcomes(run.report, "signed-dup-extension")
+    assert got["imds-instance"][0] == "failed", got["imds-instance"]
+    assert "DuplicateExtension" in got["imds-instance"][1]
+    assert run.returncode == 1, run.output[-2000:]  # every step decided
