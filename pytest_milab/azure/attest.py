@@ -55,6 +55,11 @@ class AttestationRefused(Exception):
     """The document is not one the grader can trust for this lab; the message says why."""
 
 
+class IssuerUnavailable(Exception):
+    """A CA Issuers address on a PKI host could not be read (the grader's network, or the
+    host's): the chain cannot be judged without it, and that is never the student's doing."""
+
+
 # -- trust anchors -----------------------------------------------------------------------------
 _ANCHORS: dict[str, list[x509.Certificate]] = {}
 _ANCHORS_LOCK = threading.Lock()
@@ -229,7 +234,8 @@ def allowed_issuer(url: str) -> bool:
 
 def fetch_issuer(url: str, timeout: float = ISSUER_TIMEOUT) -> x509.Certificate | None:
     """An intermediate from a certificate's CA Issuers address (DER or PEM), kept per run;
-    None for an address not on a PKI host (`allowed_issuer`), never asked."""
+    None for an address not on a PKI host (`allowed_issuer`), never asked, or for an answer
+    that is no certificate. Raises `IssuerUnavailable` when the host could not be read."""
     if not allowed_issuer(url):
         return None
     with _ISSUERS_LOCK:
@@ -249,10 +255,16 @@ def fetch_issuer(url: str, timeout: float = ISSUER_TIMEOUT) -> x509.Certificate 
                     if len(body) > MAX_ISSUER_BYTES or time.monotonic() > deadline:
                         body = b""
                         break
+            elif response.status_code >= 500 or response.status_code == 429:
+                raise IssuerUnavailable(f"{url} answered {response.status_code}")
             if body:
                 cert = (x509.load_pem_x509_certificate(body) if body.startswith(b"-----")
                         else x509.load_der_x509_certificate(body))
-    except Exception:  # noqa: BLE001 - then the chain is judged without it
+    except IssuerUnavailable:
+        raise  # not kept: the next document asks again
+    except requests.RequestException as exc:
+        raise IssuerUnavailable(f"reading {url} failed: {type(exc).__name__}") from None
+    except Exception:  # noqa: BLE001 - not a certificate: the chain is judged without it
         cert = None
     with _ISSUERS_LOCK:
         if len(_ISSUERS) >= MAX_CACHED:
@@ -262,20 +274,26 @@ def fetch_issuer(url: str, timeout: float = ISSUER_TIMEOUT) -> x509.Certificate 
 
 
 def _fetched_issuers(leaf: x509.Certificate,
-                     fetch: Callable[..., x509.Certificate | None]) -> list[x509.Certificate]:
+                     fetch: Callable[..., x509.Certificate | None]
+                     ) -> tuple[list[x509.Certificate], str | None]:
     """The intermediates the leaf's allowed CA Issuers addresses give: at most
-    MAX_ISSUER_URLS of them, within ISSUER_BUDGET seconds in all."""
+    MAX_ISSUER_URLS of them, within ISSUER_BUDGET seconds in all; and why one of them could
+    not be read, if one could not."""
     urls = list(dict.fromkeys(u for u in _issuer_urls(leaf) if allowed_issuer(u)))
     deadline = time.monotonic() + ISSUER_BUDGET
-    found = []
+    found, unavailable = [], None
     for url in urls[:MAX_ISSUER_URLS]:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        cert = fetch(url, timeout=min(ISSUER_TIMEOUT, left))
+        try:
+            cert = fetch(url, timeout=min(ISSUER_TIMEOUT, left))
+        except IssuerUnavailable as exc:
+            unavailable = unavailable or str(exc)
+            continue
         if cert is not None:
             found.append(cert)
-    return found
+    return found, unavailable
 
 
 def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate], store,
@@ -294,13 +312,17 @@ def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate], store,
         return name
     except VerificationError as exc:
         first = exc
-    fetched = _fetched_issuers(leaf, fetch) if fetch else []
+    fetched, unavailable = _fetched_issuers(leaf, fetch) if fetch else ([], None)
     if fetched:
         try:
             verifier.verify(leaf, intermediates + fetched)
             return name
         except VerificationError as exc:
             first = exc
+    if unavailable:
+        raise IssuerUnavailable(f"the attested document's certificate ({name}) could not be "
+                                f"checked: its intermediate could not be fetched ({unavailable})"
+                                [:400])
     raise AttestationRefused(f"the attested document's certificate ({name}) does not chain to "
                              f"a CA the grader trusts: {first}"[:400])
 
@@ -320,7 +342,8 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
     """The signed content of IMDS's answer, once signature, certificate, nonce and time are
     checked; raises `AttestationRefused` otherwise, also when the document cannot be parsed
     (a certificate with a duplicate extension, a malformed name, ...): the document is the
-    machine's. Only the grader's own trust anchors failing to load raise anything else."""
+    machine's. Raises `IssuerUnavailable` when a missing intermediate could not be fetched from
+    its PKI host, and whatever loading the grader's own trust anchors raises."""
     from cryptography.x509.verification import Store
 
     now = now or _dt.datetime.now(_dt.timezone.utc)
@@ -328,7 +351,7 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
     store = Store(list(anchors)) if anchors else None
     try:
         return _verify(answer, nonce, store, now, fetch)
-    except AttestationRefused:
+    except (AttestationRefused, IssuerUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the machine's document makes the parsers raise
         raise AttestationRefused(f"the attested document cannot be read: {type(exc).__name__}: "

@@ -160,6 +160,8 @@ def _attested(result: dict, nonce: str) -> dict:
         out["verified"] = attest.verify(result.get("json"), nonce=nonce)
     except attest.AttestationRefused as exc:
         out["refused"] = str(exc)
+    except attest.IssuerUnavailable as exc:
+        out["undecided"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - the grader's own trouble (its CA bundle)
         out["undecided"] = f"checking the attested document failed: {type(exc).__name__}: {exc}"
     return out
