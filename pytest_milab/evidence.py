@@ -53,6 +53,9 @@ class LabEvidence:
     seconds: float = 0.0
     declared_reads: frozenset[str] | None = None  # None: anything may be read (tests)
     declared_parts: frozenset[str] | None = None
+    # The signed parts the grader asked the machine for in this run (None: not recorded, so
+    # every declared one counts as asked). What the machine puts under another name is ignored.
+    signed_parts: frozenset[str] | None = None
     digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
 
     def __repr__(self) -> str:
@@ -68,7 +71,7 @@ class LabEvidence:
     def to_json(self) -> dict:
         out = asdict(self)
         out.pop("digest_key")
-        for name in ("declared_reads", "declared_parts"):
+        for name in ("declared_reads", "declared_parts", "signed_parts"):
             out[name] = sorted(out[name]) if out[name] is not None else None
         return out
 
@@ -304,6 +307,7 @@ class Gatherer:
 
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
         from .azure.signed import verify_parts
+        from .probe import SIGNED_OPS
         from .vm.probe import run_probe
 
         machine = self._machine(ev)
@@ -335,6 +339,7 @@ class Gatherer:
             deadline = max(2 * self.settings.timeout, 10)
             audience = self.settings.evidence_audience if self.token_verifier else None
             parts = self.suite.probe_program(ev, deadline, audience)
+            ev.signed_parts = frozenset(p["name"] for p in parts if p.get("op") in SIGNED_OPS)
             results = run_probe(conn, parts, ev.digest_key, timeout=deadline)
             # Signed evidence is checked now: tokens go, verified claims stay.
             verify_parts(results, parts, self.token_verifier)

@@ -107,14 +107,24 @@ class Lab:
 
     def signed(self, name: str) -> dict | None:
         """The verified content of a signed part (`probe.attested`, `probe.signed_token`):
-        notes `signed`. None when the part did not run in this run (a signed token without
-        --milab-evidence-audience). Fails with the grader's reason when the document or token
-        is not genuine (forged, replayed, another VM's), or when the machine got none."""
+        notes `signed`. None when the grader did not ask for the part in this run (a signed
+        token without --milab-evidence-audience), whatever the machine answered under its name.
+        Fails with the grader's reason when the document or token is not genuine (forged,
+        replayed, another VM's) or the machine's answer left it out, or when the machine got
+        none; unverified when it could not run in the machine."""
         ev = self.evidence
-        if ev.probe is not None and name not in ev.probe and ev.declared_parts is not None \
-                and name in ev.declared_parts and not ev.problem:
+        answered = ev.probe is not None and not ev.problem
+        declared = ev.declared_parts is None or name in ev.declared_parts
+        if answered and declared and ev.signed_parts is not None \
+                and name not in ev.signed_parts:
             return None
+        if answered and declared and name not in ev.probe:
+            note(SIGNED)  # asked for, and left out of the machine's answer
+            raise AssertionError(f"the machine's answer leaves out {name}, which the grader "
+                                 "asked for: the probe's answer was altered")
         result = self._part(name)
+        if "unverified" in result:
+            raise Unverified(result["unverified"])
         if "verified" in result:
             note(SIGNED)
             return result["verified"]
