@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .digests import new_key
 from .errors import CouldNotDecide, MilabError, SshError
+from .provenance import VM_REPORTED, note
 from .settings import LabTarget, Settings
 from .vm.reach import Machine
 from .vm.ssh import SshTarget, VmConnection
@@ -31,6 +32,35 @@ class SshOutcome:
     error: str | None = None
     target: str | None = None  # user@host:port
     host_key: dict | None = None  # {"type", "sha256", "known"}: known when in known_hosts
+
+
+class ProbeResults(dict):
+    """The probe's results by part, as the machine wrote them. A check reading them directly
+    (`lab.evidence.probe[...]`) relies on the machine's word, so reading a result notes
+    `vm-reported`, as `lab.probe` does; part names (`in`, iterating) note nothing."""
+
+    def __getitem__(self, name):
+        note(VM_REPORTED)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        note(VM_REPORTED)
+        return super().get(name, default)
+
+    def values(self):
+        note(VM_REPORTED)
+        return super().values()
+
+    def items(self):
+        note(VM_REPORTED)
+        return super().items()
+
+    def copy(self):
+        note(VM_REPORTED)
+        return dict(super().items())
+
+    def __reduce__(self):
+        return ProbeResults, (dict(super().items()),)
 
 
 @dataclass(repr=False)
@@ -57,6 +87,11 @@ class LabEvidence:
     # every declared one counts as asked). What the machine puts under another name is ignored.
     signed_parts: frozenset[str] | None = None
     digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "probe" and isinstance(value, dict) and not isinstance(value, ProbeResults):
+            value = ProbeResults(value)
+        super().__setattr__(name, value)
 
     def __repr__(self) -> str:
         parts = [f"group={self.group!r}", f"reads={sorted(self.control)}"]

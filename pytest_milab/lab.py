@@ -10,9 +10,10 @@ import hashlib
 import hmac
 from typing import Any
 
+from . import text
 from .errors import CouldNotDecide, SuiteError, Unverified
 from .evidence import LabEvidence, SshOutcome
-from .provenance import CONTROL_PLANE, SIGNED, VM_REPORTED, note
+from .provenance import CONTROL_PLANE, REFUTING, SIGNED, VM_REPORTED, note
 
 
 class NeedsStep(AssertionError):
@@ -102,7 +103,10 @@ class Lab:
     def refute_with(self, name: str) -> dict:
         """A part's result for a check that uses it only to *fail* (its pass rests on signed or
         control-plane evidence): the machine's word can then cost the student, never earn a
-        pass, so the step's provenance is not lowered. Use `probe` for anything a pass needs."""
+        pass, so a step that passes keeps its provenance; one that does not pass is
+        `vm-reported` (the machine's word may be what failed it). Use `probe` for anything a
+        pass needs."""
+        note(REFUTING)
         return self._part(name)
 
     def signed(self, name: str) -> dict | None:
@@ -154,11 +158,15 @@ class Lab:
             if ssh.unverified:
                 raise Unverified(f"the machine did not let the grader see: {ssh.error}")
             raise CouldNotDecide(ssh.error or "the in-machine probe did not run")
-        result = ev.probe.get(name)
+        # The machine writes the probe's answer: a part it left out or says could not run is
+        # the machine not letting the grader see (counted, no points), never the grader's
+        # trouble. (Read past `ProbeResults`' note: the caller notes what it relies on.)
+        result = dict.get(ev.probe, name)
         if not isinstance(result, dict):
-            raise CouldNotDecide(f"the in-machine probe has no result for {name}")
+            raise Unverified(f"the machine's probe answer has no result for {name}")
         if set(result) == {"error"}:
-            raise CouldNotDecide(f"in the machine, {name} could not run: {result['error']}")
+            raise Unverified(f"in the machine, {name} could not run: "
+                             f"{text.clean(result['error'])}")
         return result
 
     def same_secret(self, found: Any, expected: str) -> bool:

@@ -19,7 +19,7 @@ from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, Step
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
 from .progress import Progress
-from .provenance import CONTROL_PLANE, tracking, weakest
+from .provenance import CONTROL_PLANE, settle, tracking
 from .results import Reported
 from .run import Run, settings_from
 from .settings import OPTIONS
@@ -306,11 +306,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 def pytest_runtest_call(item: pytest.Item):
     """Note where the check's evidence comes from while it runs (see `provenance`)."""
     with tracking() as used:
+        passed = False
         try:
-            return (yield)
+            result = yield
+            passed = True
+            return result
         finally:
             if item.stash.get(_STEP_KEY, None) is not None:
-                item.stash[_PROVENANCE_KEY] = weakest(used)
+                item.stash[_PROVENANCE_KEY] = settle(used, passed)
 
 
 def _outcome_of(call: pytest.CallInfo, report: pytest.TestReport) -> tuple[str, str]:

@@ -103,7 +103,9 @@ class Vm:
         except SshError as exc:
             raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
         if not isinstance(result, dict) or set(result) == {"error"}:
-            raise CouldNotDecide(f"in the machine: {(result or {}).get('error', 'no result')}")
+            # What the machine answered (or left out): it did not let the grader see.
+            error = result.get("error") if isinstance(result, dict) else "no result"
+            raise Unverified(f"in the machine: {clean(error)}")
         return result
 
     def imds(self, path: str) -> dict:
