@@ -326,10 +326,17 @@ def _onboard(args: argparse.Namespace) -> int:
     """What a student runs to let the grader in: Reader on the lab's group, the grader's key
     on the lab's machine. Nothing here changes anything: it prints."""
     from .errors import MilabError, SuiteError
+    from .settings import valid_group
     from .suiteload import load_suite
+    from .text import clean
 
     try:
         loaded = load_suite(args.suite)
+        group = args.group or getattr(loaded.spec, "group", None)
+        if group is not None and not valid_group(group):
+            # It is printed into the commands a student runs: only a name Azure accepts.
+            raise MilabError(f"--group {clean(str(group), 100)!r}: not a valid resource group "
+                             "name (1-90 letters, digits, _ - . ( ), not ending in a period)")
         key = Path(args.public_key).expanduser().read_text().strip()
         if not key.startswith(("ssh-", "ecdsa-", "sk-")):
             raise MilabError(f"--public-key {args.public_key}: not an OpenSSH public key")
@@ -341,7 +348,7 @@ def _onboard(args: argparse.Namespace) -> int:
         print(f"milab onboard: --public-key {args.public_key}: cannot read it "
               f"({exc.strerror})", file=sys.stderr)
         return 2
-    group = args.group or getattr(loaded.spec, "group", None) or "<your lab's group>"
+    group = group or "<your lab's group>"
     hook = getattr(loaded.conftest, "pytest_milab_onboard", None)
     print("# Let the grader read your lab (nothing else: Reader cannot change anything):")
     print(f"az role assignment create --assignee {grader} --role Reader \\\n"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .digests import new_key
 from .errors import CouldNotDecide, MilabError, SshError
+from .provenance import VM_REPORTED, note
 from .settings import LabTarget, Settings
 from .vm.reach import Machine
 from .vm.ssh import SshTarget, VmConnection
@@ -35,6 +36,35 @@ class SshOutcome:
     error: str | None = None
     target: str | None = None  # user@host:port
     host_key: dict | None = None  # {"type", "sha256", "known"}: known when in known_hosts
+
+
+class ProbeResults(dict):
+    """The probe's results by part, as the machine wrote them. A check reading them directly
+    (`lab.evidence.probe[...]`) relies on the machine's word, so reading a result notes
+    `vm-reported`, as `lab.probe` does; part names (`in`, iterating) note nothing."""
+
+    def __getitem__(self, name):
+        note(VM_REPORTED)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        note(VM_REPORTED)
+        return super().get(name, default)
+
+    def values(self):
+        note(VM_REPORTED)
+        return super().values()
+
+    def items(self):
+        note(VM_REPORTED)
+        return super().items()
+
+    def copy(self):
+        note(VM_REPORTED)
+        return dict(super().items())
+
+    def __reduce__(self):
+        return ProbeResults, (dict(super().items()),)
 
 
 @dataclass(repr=False)
@@ -57,7 +87,15 @@ class LabEvidence:
     seconds: float = 0.0
     declared_reads: frozenset[str] | None = None  # None: anything may be read (tests)
     declared_parts: frozenset[str] | None = None
+    # The signed parts the grader asked the machine for in this run (None: not recorded, so
+    # every declared one counts as asked). What the machine puts under another name is ignored.
+    signed_parts: frozenset[str] | None = None
     digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "probe" and isinstance(value, dict) and not isinstance(value, ProbeResults):
+            value = ProbeResults(value)
+        super().__setattr__(name, value)
 
     def __repr__(self) -> str:
         parts = [f"group={self.group!r}", f"reads={sorted(self.control)}"]
@@ -72,7 +110,7 @@ class LabEvidence:
     def to_json(self) -> dict:
         out = asdict(self)
         out.pop("digest_key")
-        for name in ("declared_reads", "declared_parts"):
+        for name in ("declared_reads", "declared_parts", "signed_parts"):
             out[name] = sorted(out[name]) if out[name] is not None else None
         return out
 
@@ -162,7 +200,10 @@ class Gatherer:
             published_egress(Path(published)) if published else None
         # Verifies tokens for --milab-evidence-audience (None: no such tokens are asked for).
         self.token_verifier = None
-        self.digest_key = secrets.token_bytes(32)  # this run's key for the probe's digests
+        # Each lab's key for the probe's digests: its own, never another lab's, and the same
+        # when the lab is gathered again (provision mode), so a `vm` fixture made before
+        # still agrees with `lab.same_secret`.
+        self._digest_keys: dict[str, bytes] = {}
         self._reads: ThreadPoolExecutor | None = None  # ARM reads, while start_all runs
         self._labs: ThreadPoolExecutor | None = None
         # How far gathering may run ahead of judging (start_all's `ahead`).
@@ -262,7 +303,8 @@ class Gatherer:
         return LabEvidence(label=target.label, group=target.group, student=target.student,
                            problem=target.problem, cli_unavailable=self.cli_unavailable,
                            declared_reads=self.suite.read_names,
-                           declared_parts=self.suite.part_names, digest_key=self.digest_key)
+                           declared_parts=self.suite.part_names,
+                           digest_key=self._digest_keys.setdefault(target.label, new_key()))
 
     def gather(self, target: LabTarget) -> LabEvidence:
         from .azure.reads import LabReads
@@ -332,6 +374,7 @@ class Gatherer:
 
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
         from .azure.signed import verify_parts
+        from .probe import SIGNED_OPS
         from .vm.probe import run_probe
 
         machine = self._machine(ev)
@@ -363,7 +406,8 @@ class Gatherer:
             deadline = max(2 * self.settings.timeout, 10)
             audience = self.settings.evidence_audience if self.token_verifier else None
             parts = self.suite.probe_program(ev, deadline, audience)
-            results = run_probe(conn, parts, self.digest_key, timeout=deadline,
+            ev.signed_parts = frozenset(p["name"] for p in parts if p.get("op") in SIGNED_OPS)
+            results = run_probe(conn, parts, ev.digest_key, timeout=deadline,
                                 egress=self.egress_for(conn))
             # Signed evidence is checked now: tokens go, verified claims stay.
             verify_parts(results, parts, self.token_verifier)

@@ -10,9 +10,10 @@ import hashlib
 import hmac
 from typing import Any
 
+from . import text
 from .errors import CouldNotDecide, SuiteError, Unverified
 from .evidence import LabEvidence, SshOutcome
-from .provenance import CONTROL_PLANE, SIGNED, VM_REPORTED, note
+from .provenance import CONTROL_PLANE, REFUTING, SIGNED, VM_REPORTED, note
 
 
 class NeedsStep(AssertionError):
@@ -102,19 +103,32 @@ class Lab:
     def refute_with(self, name: str) -> dict:
         """A part's result for a check that uses it only to *fail* (its pass rests on signed or
         control-plane evidence): the machine's word can then cost the student, never earn a
-        pass, so the step's provenance is not lowered. Use `probe` for anything a pass needs."""
+        pass, so a step that passes keeps its provenance; one that does not pass is
+        `vm-reported` (the machine's word may be what failed it). Use `probe` for anything a
+        pass needs."""
+        note(REFUTING)
         return self._part(name)
 
     def signed(self, name: str) -> dict | None:
         """The verified content of a signed part (`probe.attested`, `probe.signed_token`):
-        notes `signed`. None when the part did not run in this run (a signed token without
-        --milab-evidence-audience). Fails with the grader's reason when the document or token
-        is not genuine (forged, replayed, another VM's), or when the machine got none."""
+        notes `signed`. None when the grader did not ask for the part in this run (a signed
+        token without --milab-evidence-audience), whatever the machine answered under its name.
+        Fails with the grader's reason when the document or token is not genuine (forged,
+        replayed, another VM's) or the machine's answer left it out, or when the machine got
+        none; unverified when it could not run in the machine."""
         ev = self.evidence
-        if ev.probe is not None and name not in ev.probe and ev.declared_parts is not None \
-                and name in ev.declared_parts and not ev.problem:
+        answered = ev.probe is not None and not ev.problem
+        declared = ev.declared_parts is None or name in ev.declared_parts
+        if answered and declared and ev.signed_parts is not None \
+                and name not in ev.signed_parts:
             return None
+        if answered and declared and name not in ev.probe:
+            note(SIGNED)  # asked for, and left out of the machine's answer
+            raise AssertionError(f"the machine's answer leaves out {name}, which the grader "
+                                 "asked for: the probe's answer was altered")
         result = self._part(name)
+        if "unverified" in result:
+            raise Unverified(result["unverified"])
         if "verified" in result:
             note(SIGNED)
             return result["verified"]
@@ -144,12 +158,15 @@ class Lab:
             if ssh.unverified:
                 raise Unverified(f"the machine did not let the grader see: {ssh.error}")
             raise CouldNotDecide(ssh.error or "the in-machine probe did not run")
-        result = ev.probe.get(name)
-        if not isinstance(result, dict) or set(result) == {"error"}:
-            note(VM_REPORTED)  # the machine's answer lacks it: that rests on its word
-            if not isinstance(result, dict):
-                raise CouldNotDecide(f"the in-machine probe has no result for {name}")
-            raise CouldNotDecide(f"in the machine, {name} could not run: {result['error']}")
+        # The machine writes the probe's answer: a part it left out or says could not run is
+        # the machine not letting the grader see (counted, no points), never the grader's
+        # trouble. (Read past `ProbeResults`' note: the caller notes what it relies on.)
+        result = dict.get(ev.probe, name)
+        if not isinstance(result, dict):
+            raise Unverified(f"the machine's probe answer has no result for {name}")
+        if set(result) == {"error"}:
+            raise Unverified(f"in the machine, {name} could not run: "
+                             f"{text.clean(result['error'])}")
         return result
 
     def same_secret(self, found: Any, expected: str) -> bool:

@@ -19,14 +19,14 @@ from .errors import ConfigError, CouldNotDecide, MilabError, NotPropagated, Step
 from .grading import CheckResult, LabInfo, StepInfo
 from .lab import Lab, NeedsStep
 from .progress import Progress
-from .provenance import CONTROL_PLANE, tracking, weakest
+from .provenance import CONTROL_PLANE, settle, tracking
 from .results import Reported
 from .run import Run, settings_from
 from .settings import OPTIONS
 from .sharing import lab_scope
 from .steps import MARKER, MARKER_DOC, StepRegistry, step_from_marker
 from .suite import Suite
-from .text import clean
+from .text import clean, clean_in_place, strip_controls
 
 _RUN_KEY = pytest.StashKey[Run]()
 _STEP_KEY = pytest.StashKey[StepInfo]()
@@ -306,11 +306,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 def pytest_runtest_call(item: pytest.Item):
     """Note where the check's evidence comes from while it runs (see `provenance`)."""
     with tracking() as used:
+        passed = False
         try:
-            return (yield)
+            result = yield
+            passed = True
+            return result
         finally:
             if item.stash.get(_STEP_KEY, None) is not None:
-                item.stash[_PROVENANCE_KEY] = weakest(used)
+                item.stash[_PROVENANCE_KEY] = settle(used, passed)
 
 
 def _outcome_of(call: pytest.CallInfo, report: pytest.TestReport) -> tuple[str, str]:
@@ -334,7 +337,19 @@ def _first_line(exc: BaseException | None) -> str:
     if exc is None:
         return ""
     text = str(getattr(exc, "msg", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else ""
+    return clean(text.splitlines()[0], 300) if text else ""
+
+
+def _clean_report(report: pytest.TestReport) -> None:
+    """A lab's check report shows text from the student's machine (in messages, locals,
+    captured output): every style of it (--tb=auto/short/line/long/native, -rA, JUnit) without
+    control characters, so no escape sequence reaches a terminal or a report."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, str):
+        report.longrepr = strip_controls(longrepr)
+    elif longrepr is not None:
+        report.longrepr = clean_in_place(longrepr)
+    report.sections = [(title, strip_controls(content)) for title, content in report.sections]
 
 
 class ShortReports:
@@ -372,6 +387,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     info = item.stash.get(_STEP_KEY, None)
     target = _lab_of(item)
+    if target is not None:
+        _clean_report(report)
     if info is None or target is None:
         return report
     if call.when == "call" or (call.when == "setup" and not report.passed):
@@ -420,18 +437,50 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if _is_worker(config):
         config.workeroutput["milab_notes"] = list(run.notes)
         return
-    if config.option.collectonly:
+    if config.option.collectonly or config.option.setuponly or config.option.setupplan:
         return  # nothing was graded: no report is written (an old one stays as it was)
-    results, steps = run.results.grade(run.settings.targets)
+    why = _stopped_early(session, exitstatus)
+    stopped = "the run stopped early" if why else None
+    results, steps = run.results.grade(run.settings.targets, stopped, _planned_labs(session))
+    if why:
+        run.notes.append(f"the run stopped early ({clean(why, 100)}): labs and steps not "
+                         "reached are not graded; grade again")
     for path in run.settings.reports:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         reports.write(path, results, steps)
     if run.settings.feedback:
         feedback.write(run.settings.feedback, results, steps)
-    if any(reports.undecided(lab) for lab in results):
+    if exitstatus == pytest.ExitCode.INTERRUPTED and why == "interrupted":
+        pass  # Ctrl-C: pytest's own word stands
+    elif any(reports.undecided(lab) for lab in results) or stopped:
         session.exitstatus = EXIT_UNDECIDED
     elif any(t.problem for t in run.settings.targets) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _stopped_early(session: pytest.Session, exitstatus) -> str | None:
+    """Why the run ended before every check ran, if it did: -x or --maxfail ("stopping after
+    N failures": pytest's `shouldfail`, or under xdist its controller's), else "interrupted"
+    (Ctrl-C)."""
+    if session.shouldfail or session.shouldstop:
+        return str(session.shouldfail or session.shouldstop)
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        dsession = session.config.pluginmanager.get_plugin("dsession")  # pytest-xdist's
+        why = getattr(dsession, "shouldstop", None)
+        return why if isinstance(why, str) and why.startswith("stopping after") \
+            else "interrupted"
+    return None
+
+
+def _planned_labs(session: pytest.Session) -> dict[str, set[str]] | None:
+    """The steps this process's collection was to check, by lab (None when it collected
+    none: the xdist controller, whose workers collect)."""
+    planned: dict[str, set[str]] = {}
+    for item in session.items:
+        target, info = _lab_of(item), item.stash.get(_STEP_KEY, None)
+        if target is not None and info is not None:
+            planned.setdefault(target.label, set()).add(info.id)
+    return planned or None
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -453,7 +502,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if run.settings.feedback:
         terminalreporter.write_line(f"milab: feedback for each student written to "
                                     f"{os.path.abspath(run.settings.feedback)}")
-    labs = len(run.results.graded)
+    labs = sum(not lab.problem for lab in run.results.graded)
     terminalreporter.write_line(
         f"milab: {labs} lab{'s' if labs != 1 else ''} graded in "
         f"{time.monotonic() - run.started:.1f}s (the whole run"

@@ -6,7 +6,12 @@
   who owns the machine could have forged.
 
 A step's provenance is the weakest its checks used; a step that read nothing is
-`control-plane` (it judged what the engine knows, such as the roster)."""
+`control-plane` (it judged what the engine knows, such as the roster).
+
+A check may also read the machine's word only to *refute* (`lab.refute_with`): that word can
+cost the student a pass, never earn one. It is noted `REFUTING` and settled when the check
+ends (`settle`): a check that passed keeps its provenance, one that did not pass is
+`vm-reported`, since the machine's word may be what failed it."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 
 CONTROL_PLANE, SIGNED, VM_REPORTED = "control-plane", "signed", "vm-reported"
+REFUTING = "refuting"  # noted while a check runs, never a step's provenance (see `settle`)
 _STRENGTH = {CONTROL_PLANE: 0, SIGNED: 1, VM_REPORTED: 2}  # larger: weaker
 
 _used: ContextVar[set[str] | None] = ContextVar("milab_provenance", default=None)
@@ -40,3 +46,14 @@ def tracking() -> Iterator[set[str]]:
 
 def weakest(sources: Iterable[str]) -> str:
     return max(sources, key=lambda s: _STRENGTH.get(s, 2), default=CONTROL_PLANE)
+
+
+def settle(used: Iterable[str], passed: bool) -> str:
+    """A check's provenance once it ended: `REFUTING` lowers it to `vm-reported` unless it
+    passed."""
+    used = set(used)
+    if REFUTING in used:
+        used.discard(REFUTING)
+        if not passed:
+            used.add(VM_REPORTED)
+    return weakest(used)

@@ -74,15 +74,31 @@ class Results:
         self._labs.setdefault(reported.lab.label, reported.lab)
         self._checks.append(reported.check)
 
-    def grade(self, targets: tuple[LabTarget, ...]) -> tuple[list[grading.LabResult],
-                                                            list[StepInfo]]:
+    def grade(self, targets: tuple[LabTarget, ...], stopped: str | None = None,
+              planned: dict[str, set[str]] | None = None) -> tuple[list[grading.LabResult],
+                                                        list[StepInfo]]:
+        """The grades of the labs checked. `stopped`: why the run ended before every check ran
+        (-x, --maxfail, Ctrl-C): a lab it never reached is not graded for that reason, and a
+        step of a lab it reached that has no check result ends `error` (undecided, never
+        costing points): the grade book never looks complete. `planned`: the steps this run
+        was to check, by lab (None: every step of every target)."""
         steps = [s for _, s in sorted(self._steps.values(), key=lambda x: x[0])]
         labs = []
+        checks = list(self._checks)
         for target in targets:
             if target.problem:
                 labs.append(LabInfo(target.label, target.group, target.subscription,
                                     target.student, target.problem))
             elif target.label in self._labs:
                 labs.append(self._labs[target.label])
-        self.graded = grading.grade(labs, steps, self._checks)
+                if stopped:
+                    seen = {c.step for c in self._checks if c.lab == target.label}
+                    checks += [CheckResult(target.label, s.id, grading.ERROR,
+                                           f"not graded: {stopped}")
+                               for s in steps if s.id not in seen and (
+                                   planned is None or s.id in planned.get(target.label, ()))]
+            elif stopped and (planned is None or target.label in planned):
+                labs.append(LabInfo(target.label, target.group, target.subscription,
+                                    target.student, stopped))
+        self.graded = grading.grade(labs, steps, checks)
         return self.graded, steps

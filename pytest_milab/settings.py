@@ -87,7 +87,13 @@ OPTIONS: tuple[Option, ...] = (
 ROSTER_COLUMNS = ("group", "subscription", "student", "ssh_user", "ssh_key", "ssh_host")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # Azure resource group names: 1-90 of letters, digits, _ - . ( ), not ending in a period.
-_GROUP = re.compile(r"^[-\w.()]{1,90}$")
+_GROUP = re.compile(r"[-\w.()]{0,89}[-\w()]")
+
+
+def valid_group(name: object) -> bool:
+    """Whether `name` is a resource group name Azure accepts (the whole of it: no newline
+    after it, no period at its end)."""
+    return isinstance(name, str) and _GROUP.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,7 @@ def resolve(cli: dict[str, object], ini: dict[str, object], env: dict[str, str] 
         raise ConfigError(f"--milab-ssh-config {settings.ssh_config}: no such file")
     targets = [LabTarget(group=g) for g in settings.groups]
     for g in settings.groups:
-        if not _GROUP.match(g):
+        if not valid_group(g):
             raise ConfigError(f"--milab-group {g!r}: not a valid resource group name")
     if settings.roster:
         path = Path(settings.roster)
@@ -329,7 +335,7 @@ def parse_roster(path: Path) -> list[LabTarget]:
             problem = f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}"
         elif not group:
             problem = "the group is empty"
-        elif not _GROUP.match(group):
+        elif not valid_group(group):
             problem = f"{group!r} is not a valid resource group name"
         elif fields.get("subscription") and not _GUID.match(fields["subscription"]):
             problem = f"subscription {fields['subscription']!r} is not a subscription id"

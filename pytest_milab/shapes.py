@@ -74,3 +74,38 @@ def actions(result: Any) -> list[str]:
     """The actions a permissions answer (`.../providers/Microsoft.Authorization/permissions`)
     allows."""
     return [str(a) for p in values(result) for a in p.get("actions") or []]
+
+
+def covers(scope: Any, target: Any) -> bool:
+    """Whether a role assignment at `scope` applies to `target` (the same scope or one under
+    it; ARM ids compare case-insensitively)."""
+    scope, target = str(scope or "").rstrip("/").lower(), str(target or "").rstrip("/").lower()
+    return scope == "" or target == scope or target.startswith(scope + "/")
+
+
+def secret_names(listed: Any) -> set[str]:
+    """The names, lower case, of the secrets in ARM's list of a vault's secrets
+    (`.../vaults/{vault}/secrets`, names and attributes only: ARM never shows a value)."""
+    return {str(s.get("name")).lower() for s in listed or []
+            if isinstance(s, dict) and s.get("name")}
+
+
+# Built-in roles whose data actions read a secret's value in an RBAC-model vault ("Azure
+# built-in roles", Security).
+SECRET_READERS = {"key vault secrets user", "key vault secrets officer", "key vault administrator"}
+# Built-in roles that may write on the control plane ("Azure built-in roles").
+WRITERS = {"owner", "contributor", "user access administrator",
+           "azure connected machine onboarding", "azure connected machine resource administrator"}
+
+
+def may_get_secrets(vault: Any, assignments: list[dict], principal_id: str | None) -> bool:
+    """Whether ARM shows that a principal may read secrets' values in a vault: with access
+    policies, a policy granting it `get`; with the RBAC model, a secrets-reading role at the
+    vault or above."""
+    if not isinstance(vault, dict) or not principal_id:
+        return False
+    if props(vault).get("enableRbacAuthorization"):
+        return any(str(ra.get("roleName", "")).lower() in SECRET_READERS
+                   and covers(ra.get("scope"), vault.get("id"))
+                   for ra in assignments_for(assignments, principal_id))
+    return bool(secret_permissions(access_policy_for(vault, principal_id)) & {"get", "all"})

@@ -112,7 +112,7 @@ class EvidenceStore:
         if ssh.refused:
             raise NeedsStep(f"needs ssh: {ssh.error}")
         conn = self.connections.get(target.label, ssh_target)
-        return Vm(conn, self.gatherer.digest_key, evidence.machine.source,
+        return Vm(conn, evidence.digest_key, evidence.machine.source,
                   egress=lambda: self.gatherer.egress_for(conn))
 
     def close(self) -> None:

@@ -19,10 +19,16 @@ def addresses(machine: dict | None) -> list[str]:
     return sorted(found, key=lambda a: ":" in a)
 
 
+def _vault_id(r) -> str:
+    return f"{r.group_id}/providers/Microsoft.KeyVault/vaults/{r.spec.vault_name(r.group_id)}"
+
+
 READS = [
     Read("resources", "{group_id}/resources", RESOURCES, list=True),
-    Read("vault", lambda r: f"{r.group_id}/providers/Microsoft.KeyVault/vaults/"
-                            f"{r.spec.vault_name(r.group_id)}", KEYVAULT),
+    Read("vault", _vault_id, KEYVAULT),
+    # The vault's secrets by name, as ARM shows them to a Reader (never their values): what
+    # the VM reports reading is checked against it.
+    Read("vault_secrets", lambda r: f"{_vault_id(r)}/secrets", KEYVAULT, list=True),
     Read("machine", "{group_id}/providers/Microsoft.HybridCompute/machines/{spec.machine_name}",
          HYBRID_COMPUTE),
     # Assignments at, above and below the group (ARM's list for a scope).

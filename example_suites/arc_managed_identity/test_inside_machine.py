@@ -1,7 +1,9 @@
 """Part 3, inside the server: HIMDS's challenge, tokens, and what the identity may do with them.
 
 Each check reads one result of the in-machine probe, which ran once per lab over SSH acting as
-the server's identity through HIMDS (localhost:40342); tokens and secret values stayed there."""
+the server's identity through HIMDS (localhost:40342); tokens and secret values stayed there.
+The server is the student's: what it reports is checked against what ARM shows (the grader's
+own Reader reads), and a step ARM contradicts fails whatever the server says."""
 
 import pytest
 
@@ -68,6 +70,9 @@ def test_reader_denied_before(lab):
         assert result["status"] == 403 and result.get("code") == "AuthorizationFailed", (
             f"before the Reader assignment, listing the group gave {result['status']} "
             f"{result.get('code')}, not 403 AuthorizationFailed")
+        roles = lab.identity_roles_on_group()
+        assert not roles, (f"ARM shows the identity already holds {roles[0]['roleName']} on the "
+                           "group, yet the machine reports being refused")
         return
     # Discover mode cannot replay the denial that came before the grant; what remains
     # observable is that the identity's effective permissions stop at the group, read-only.
@@ -82,6 +87,18 @@ def test_reader_denied_before(lab):
     writes = [a for a in group_actions if not a.lower().endswith("/read")]
     assert group_actions and not writes, (
         f"on the group the identity may {writes or 'nothing'}: it should be read-only (Reader)")
+    # What ARM shows of the identity's roles must agree with a read-only grant on the group.
+    wider = lab.identity_roles_on_subscription()
+    assert not wider, (f"ARM shows the identity holds {wider[0]['roleName']} at "
+                       f"{wider[0]['scope']}, yet the machine reports no permission beyond the "
+                       "group")
+    roles = lab.identity_roles_on_group()
+    assert roles, ("ARM shows no role for the identity on the group, yet the machine reports "
+                   "read permissions there")
+    writers = sorted({ra["roleName"] for ra in roles
+                      if str(ra["roleName"]).lower() in shapes.WRITERS})
+    assert not writers, (f"ARM shows the identity holds {', '.join(writers)} on the group, yet "
+                         "the machine reports read-only permissions")
 
 
 # Judged on what the identity was seen to do: a Reader grant at another scope that still lets
@@ -96,6 +113,9 @@ def test_reader_allowed(lab):
     seen = {str(r.get("id", "")).lower() for r in shapes.values(result)}
     assert lab.machine["id"].lower() in seen, (
         "the identity's listing does not include the server's own Arc resource")
+    assert lab.identity_roles_on_group(), (
+        "ARM shows no role for the identity on the group or above, yet the machine reports "
+        "listing the group's resources")
 
 
 @pytest.mark.milab_step("wrong-audience", title="Key Vault rejects the management token",
@@ -119,3 +139,11 @@ def test_secret_read(lab, milab_spec):
     # Compared here, on the grader: the server is never told the expected value.
     assert lab.same_secret(result.get("value"), milab_spec.secret_value), (
         f"{milab_spec.secret_name} does not hold the lab's value")
+    # ARM must show the secret and a grant that lets the identity read it (the digest alone
+    # proves nothing: the student knows the value).
+    assert milab_spec.secret_name.lower() in lab.vault_secret_names, (
+        f"ARM lists no secret {milab_spec.secret_name} in the vault, yet the machine reports "
+        "reading it")
+    assert lab.identity_may_get_secrets(), (
+        "ARM shows no access policy granting the identity get on the vault's secrets, yet the "
+        "machine reports reading them")

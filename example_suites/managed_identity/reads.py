@@ -53,10 +53,16 @@ def _subnet_nsg(r):
     return None
 
 
+def _vault_id(r) -> str:
+    return f"{r.group_id}/providers/Microsoft.KeyVault/vaults/{r.spec.vault_name(r.group_id)}"
+
+
 READS = [
     Read("resources", "{group_id}/resources", RESOURCES, list=True),
-    Read("vault", lambda r: f"{r.group_id}/providers/Microsoft.KeyVault/vaults/"
-                            f"{r.spec.vault_name(r.group_id)}", KEYVAULT),
+    Read("vault", _vault_id, KEYVAULT),
+    # The vault's secrets by name, as ARM shows them to a Reader (never their values): what
+    # the VM reports reading is checked against it.
+    Read("vault_secrets", lambda r: f"{_vault_id(r)}/secrets", KEYVAULT, list=True),
     Read("vm", "{group_id}/providers/Microsoft.Compute/virtualMachines/{spec.vm_name}", COMPUTE),
     # Assignments at, above and below the group (ARM's list for a scope).
     Read("role_assignments", "{group_id}/providers/Microsoft.Authorization/roleAssignments",

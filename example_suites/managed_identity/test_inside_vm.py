@@ -1,7 +1,9 @@
 """Part 3 of the lab, inside the VM: IMDS, tokens, and what the identity may do with them.
 
 Each check reads one result of the in-VM probe, which ran once per lab over SSH acting as the
-VM's identity; tokens and secret values stayed in the VM."""
+VM's identity; tokens and secret values stayed in the VM. The VM is the student's: what it
+reports is checked against what ARM shows (the grader's own Reader reads), and a step ARM
+contradicts fails whatever the VM says."""
 
 import pytest
 
@@ -48,6 +50,10 @@ def test_imds_tags_path(lab):
     assert isinstance(body, list), "IMDS .../compute/tagsList did not return a JSON array"
     vault = [t.get("value") for t in body if t.get("name") == "vault"]
     assert vault == [lab.vault_name], f"the vault tag in IMDS is {vault or 'missing'}"
+    arm_vault = (lab.vm.get("tags") or {}).get("vault")
+    assert arm_vault == lab.vault_name, (
+        f"ARM shows the VM's vault tag as {arm_vault!r}, yet the machine reports IMDS gives "
+        f"{lab.vault_name}")
 
 
 @pytest.mark.milab_step("jq", title="jq is installed", needs=("ssh",))
@@ -86,6 +92,9 @@ def test_reader_denied_before(lab):
         assert result["status"] == 403 and result.get("code") == "AuthorizationFailed", (
             f"before the Reader assignment, listing the group gave {result['status']} "
             f"{result.get('code')}, not 403 AuthorizationFailed")
+        roles = lab.identity_roles_on_group()
+        assert not roles, (f"ARM shows the identity already holds {roles[0]['roleName']} on the "
+                           "group, yet the machine reports being refused")
         return
     # Discover mode cannot replay the denial that happened before the grant; what remains
     # observable is that the identity's effective permissions stop at the group, read-only.
@@ -100,6 +109,22 @@ def test_reader_denied_before(lab):
     writes = [a for a in group_actions if not a.lower().endswith("/read")]
     assert group_actions and not writes, (
         f"on the group the identity may {writes or 'nothing'}: it should be read-only (Reader)")
+    _roles_agree_read_only(lab)
+
+
+def _roles_agree_read_only(lab):
+    """What ARM shows of the identity's roles must agree with a read-only grant on the group."""
+    wider = lab.identity_roles_on_subscription()
+    assert not wider, (f"ARM shows the identity holds {wider[0]['roleName']} at "
+                       f"{wider[0]['scope']}, yet the machine reports no permission beyond the "
+                       "group")
+    roles = lab.identity_roles_on_group()
+    assert roles, ("ARM shows no role for the identity on the group, yet the machine reports "
+                   "read permissions there")
+    writers = sorted({ra["roleName"] for ra in roles
+                      if str(ra["roleName"]).lower() in shapes.WRITERS})
+    assert not writers, (f"ARM shows the identity holds {', '.join(writers)} on the group, yet "
+                         "the machine reports read-only permissions")
 
 
 # Judged on what the identity was seen to do: a Reader assignment at another scope that still
@@ -115,6 +140,9 @@ def test_reader_allowed(lab):
     expected = [("the VM", lab.vm)] + [(f"the vault {v['name']}", v) for v in lab.vaults_in_group]
     missing = [name for name, res in expected if res is None or res["id"].lower() not in seen]
     assert not missing, f"the identity's listing does not include {' and '.join(missing)}"
+    assert lab.identity_roles_on_group(), (
+        "ARM shows no role for the identity on the group or above, yet the machine reports "
+        "listing the group's resources")
 
 
 @pytest.mark.milab_step("wrong-audience", title="Key Vault rejects the management token",
@@ -138,11 +166,18 @@ def test_vault_denied_before(lab):
         assert read["status"] == 403, (
             f"before the identity's access policy, reading the secret gave {read['status']}, "
             "not 403")
+        assert not lab.identity_may_get_secrets(), (
+            "ARM shows the vault already lets the identity get secrets, yet the machine reports "
+            "being refused")
         return
     listing = lab.probe("vault_list")
     assert listing["status"] == 403, (
         f"listing secrets as the identity gave {listing['status']}, not 403: its access policy "
         "should grant get only")
+    granted = shapes.secret_permissions(lab.access_policy_for(lab.identity_principal_id))
+    assert not granted & {"list", "all"}, (
+        f"ARM shows the identity's access policy grants secrets {sorted(granted)}, yet the "
+        "machine reports listing them refused")
 
 
 # Judged on the read itself: an RBAC-model vault with "Key Vault Secrets User" for the
@@ -157,6 +192,18 @@ def test_secret_read(lab, milab_spec):
     # Compared here, on the grader: the VM is never told the expected value.
     assert lab.same_secret(result.get("value"), milab_spec.secret_value), (
         f"{milab_spec.secret_name} does not hold the lab's value")
+    _secrets_readable_in_arm(lab, [milab_spec.secret_name])
+
+
+def _secrets_readable_in_arm(lab, names):
+    """ARM must show the secrets the machine reports reading, and a grant that lets the
+    identity read them (the digests alone prove nothing: the student knows the values)."""
+    absent = [n for n in names if n.lower() not in lab.vault_secret_names]
+    assert not absent, (f"ARM lists no secret {', '.join(absent)} in the vault, yet the machine "
+                        "reports reading it")
+    assert lab.identity_may_get_secrets(), (
+        "ARM shows no access policy granting the identity get on the vault's secrets, yet the "
+        "machine reports reading them")
 
 
 SP_FIELDS = {"appId": "client-id", "password": "client-secret", "tenant": "tenant-id"}
@@ -178,6 +225,7 @@ def test_sp_secrets(lab, milab_spec):
     wrong = [secret for field, secret in SP_FIELDS.items()
              if fields[field].get("hmac") != (results[secret].get("value") or {}).get("hmac")]
     assert not wrong, f"service-principal disagrees with {', '.join(sorted(wrong))}"
+    _secrets_readable_in_arm(lab, milab_spec.sp_secret_names)
 
 
 @pytest.mark.milab_step("sp-login", title="The stored credentials sign in", needs=("sp-secrets",))

@@ -11,7 +11,9 @@ returns it as it came; here the grader checks, before any step reads it:
   documentation asks to accept any subdomain) and a chain to the grader's trust anchors (the
   CA bundle its own HTTPS trusts: the local Azure's CA there, the system's or certifi's
   against Azure); intermediates missing from the document are fetched from the certificate's
-  "CA Issuers" address, as the documentation's own sample does;
+  "CA Issuers" address, as the documentation's own sample does, only from Microsoft's and
+  DigiCert's PKI hosts, a few addresses within a few seconds (a forged certificate names
+  whatever it likes);
 - the content: the grader's nonce, and a time window (`timeStamp`) that includes now.
 
 What it returns is the signed content; comparing `vmId` and `subscriptionId` with what ARM says
@@ -26,6 +28,7 @@ import datetime as _dt
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
@@ -33,6 +36,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
+
+from ..text import clean
 
 DOMAIN = "metadata.azure.com"
 STAMP = "%m/%d/%y %H:%M:%S -0000"
@@ -48,6 +53,11 @@ SIGNATURE_OIDS = {"1.2.840.113549.1.1.11": "sha256", "1.2.840.113549.1.1.12": "s
 
 class AttestationRefused(Exception):
     """The document is not one the grader can trust for this lab; the message says why."""
+
+
+class IssuerUnavailable(Exception):
+    """A CA Issuers address on a PKI host could not be read (the grader's network, or the
+    host's): the chain cannot be judged without it, and that is never the student's doing."""
 
 
 # -- trust anchors -----------------------------------------------------------------------------
@@ -91,8 +101,8 @@ def _signed_data(answer: object):
     except AttestationRefused:
         raise
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
-        raise AttestationRefused(f"the attested document is not PKCS#7 SignedData ({exc})"[:300]
-                                 ) from None
+        raise AttestationRefused(f"the attested document is not PKCS#7 SignedData "
+                                 f"({clean(exc, 250)})") from None
     return signed
 
 
@@ -190,38 +200,111 @@ def _issuer_urls(cert: x509.Certificate) -> list[str]:
             and d.access_location.value.startswith(("http://", "https://"))]
 
 
+# Where a missing intermediate may be fetched from: Microsoft's PKI repository and DigiCert's,
+# the certificate downloads “Azure Certificate Authority details” lists for Azure's CAs.
+# Whatever else a certificate names as its CA Issuers is never fetched: the certificate is the
+# student's to make, so its addresses are too.
+ISSUER_HOSTS = {"www.microsoft.com": ("/pkiops/", "/pki/"), "cacerts.digicert.com": ("/",)}
+MAX_ISSUER_URLS = 4  # CA Issuers addresses tried for one document (IMDS's certificates name one)
+ISSUER_TIMEOUT = 5.0  # seconds for one address
+ISSUER_BUDGET = 10.0  # seconds for all of one document's
+MAX_ISSUER_BYTES = 64 * 1024
+MAX_CACHED = 64
+
 _ISSUERS: dict[str, x509.Certificate | None] = {}
+_ISSUERS_LOCK = threading.Lock()
 
 
-def fetch_issuer(url: str) -> x509.Certificate | None:
-    """An intermediate from a certificate's CA Issuers address (DER or PEM), kept per run."""
-    if url in _ISSUERS:
-        return _ISSUERS[url]
+def allowed_issuer(url: str) -> bool:
+    """Whether a CA Issuers address is one the grader fetches: http(s) on a PKI host of
+    Microsoft's or DigiCert's, default port, no credentials, under its certificates' path."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or parts.username is not None \
+            or parts.password is not None or port not in (None, 80, 443):
+        return False
+    prefixes = ISSUER_HOSTS.get((parts.hostname or "").lower())
+    return prefixes is not None and parts.path.startswith(prefixes)
+
+
+def fetch_issuer(url: str, timeout: float = ISSUER_TIMEOUT) -> x509.Certificate | None:
+    """An intermediate from a certificate's CA Issuers address (DER or PEM), kept per run;
+    None for an address not on a PKI host (`allowed_issuer`), never asked, or for an answer
+    that is no certificate. Raises `IssuerUnavailable` when the host could not be read."""
+    if not allowed_issuer(url):
+        return None
+    with _ISSUERS_LOCK:
+        if url in _ISSUERS:
+            return _ISSUERS[url]
     import requests
 
     cert = None
+    deadline = time.monotonic() + timeout
     try:
-        response = requests.get(url, timeout=10)
-        if response.status_code == 200 and len(response.content) < 64 * 1024:
-            body = response.content
-            cert = (x509.load_pem_x509_certificate(body) if body.startswith(b"-----")
-                    else x509.load_der_x509_certificate(body))
-    except Exception:  # noqa: BLE001 - then the chain is judged without it
+        # Redirects are not followed: where they lead is not checked against the hosts.
+        with requests.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
+            body = b""
+            if response.status_code == 200:
+                for chunk in response.iter_content(8192):
+                    body += chunk
+                    if len(body) > MAX_ISSUER_BYTES or time.monotonic() > deadline:
+                        body = b""
+                        break
+            elif response.status_code >= 500 or response.status_code == 429:
+                raise IssuerUnavailable(f"{url} answered {response.status_code}")
+            if body:
+                cert = (x509.load_pem_x509_certificate(body) if body.startswith(b"-----")
+                        else x509.load_der_x509_certificate(body))
+    except IssuerUnavailable:
+        raise  # not kept: the next document asks again
+    except requests.RequestException as exc:
+        raise IssuerUnavailable(f"reading {url} failed: {type(exc).__name__}") from None
+    except Exception:  # noqa: BLE001 - not a certificate: the chain is judged without it
         cert = None
-    _ISSUERS[url] = cert
+    with _ISSUERS_LOCK:
+        if len(_ISSUERS) >= MAX_CACHED:
+            _ISSUERS.pop(next(iter(_ISSUERS)))
+        _ISSUERS[url] = cert
     return cert
 
 
-def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate],
-                 anchors: Sequence[x509.Certificate], now: _dt.datetime,
-                 fetch: Callable[[str], x509.Certificate | None] | None) -> str:
-    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+def _fetched_issuers(leaf: x509.Certificate,
+                     fetch: Callable[..., x509.Certificate | None]
+                     ) -> tuple[list[x509.Certificate], str | None]:
+    """The intermediates the leaf's allowed CA Issuers addresses give: at most
+    MAX_ISSUER_URLS of them, within ISSUER_BUDGET seconds in all; and why one of them could
+    not be read, if one could not."""
+    urls = list(dict.fromkeys(u for u in _issuer_urls(leaf) if allowed_issuer(u)))
+    deadline = time.monotonic() + ISSUER_BUDGET
+    found, unavailable = [], None
+    for url in urls[:MAX_ISSUER_URLS]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            cert = fetch(url, timeout=min(ISSUER_TIMEOUT, left))
+        except IssuerUnavailable as exc:
+            unavailable = unavailable or str(exc)
+            continue
+        if cert is not None:
+            found.append(cert)
+    return found, unavailable
+
+
+def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate], store,
+                 now: _dt.datetime, fetch: Callable[..., x509.Certificate | None] | None) -> str:
+    from cryptography.x509.verification import PolicyBuilder, VerificationError
 
     name = _metadata_name(leaf)
-    if not anchors:
+    if store is None:
         raise AttestationRefused("the grader has no trust anchors to verify the attested "
                                  "document with")
-    verifier = (PolicyBuilder().store(Store(list(anchors))).time(now)
+    verifier = (PolicyBuilder().store(store).time(now)
                 .build_server_verifier(x509.DNSName(name)))
     intermediates = [c for c in carried if c != leaf]
     try:
@@ -229,14 +312,17 @@ def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate],
         return name
     except VerificationError as exc:
         first = exc
-    fetched = [c for c in (fetch(u) for u in _issuer_urls(leaf)) if c is not None] \
-        if fetch else []
+    fetched, unavailable = _fetched_issuers(leaf, fetch) if fetch else ([], None)
     if fetched:
         try:
             verifier.verify(leaf, intermediates + fetched)
             return name
         except VerificationError as exc:
             first = exc
+    if unavailable:
+        raise IssuerUnavailable(f"the attested document's certificate ({name}) could not be "
+                                f"checked: its intermediate could not be fetched ({unavailable})"
+                                [:400])
     raise AttestationRefused(f"the attested document's certificate ({name}) does not chain to "
                              f"a CA the grader trusts: {first}"[:400])
 
@@ -252,11 +338,28 @@ def _stamp(value: object, what: str) -> _dt.datetime:
 
 def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | None = None,
            now: _dt.datetime | None = None,
-           fetch: Callable[[str], x509.Certificate | None] | None = fetch_issuer) -> dict:
+           fetch: Callable[..., x509.Certificate | None] | None = fetch_issuer) -> dict:
     """The signed content of IMDS's answer, once signature, certificate, nonce and time are
-    checked; raises `AttestationRefused` otherwise."""
+    checked; raises `AttestationRefused` otherwise, also when the document cannot be parsed
+    (a certificate with a duplicate extension, a malformed name, ...): the document is the
+    machine's. Raises `IssuerUnavailable` when a missing intermediate could not be fetched from
+    its PKI host, and whatever loading the grader's own trust anchors raises."""
+    from cryptography.x509.verification import Store
+
     now = now or _dt.datetime.now(_dt.timezone.utc)
     anchors = trust_anchors() if anchors is None else anchors
+    store = Store(list(anchors)) if anchors else None
+    try:
+        return _verify(answer, nonce, store, now, fetch)
+    except (AttestationRefused, IssuerUnavailable):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the machine's document makes the parsers raise
+        raise AttestationRefused(f"the attested document cannot be read: {type(exc).__name__}: "
+                                 f"{clean(exc, 200)}") from None
+
+
+def _verify(answer: object, nonce: str, store, now: _dt.datetime,
+            fetch: Callable[..., x509.Certificate | None] | None) -> dict:
     signed = _signed_data(answer)
     encap = signed["encap_content_info"]
     if encap["content_type"].native != "data" or encap["content"].native is None:
@@ -266,7 +369,7 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
              for choice in signed["certificates"] or [] if choice.name == "certificate"]
     info, leaf = _signer_certificate(signed, certs)
     _check_signature(info, leaf, content)
-    _check_chain(leaf, certs, anchors, now, fetch)
+    _check_chain(leaf, certs, store, now, fetch)
     try:
         doc = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

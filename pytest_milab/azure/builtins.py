@@ -12,6 +12,7 @@ ROLES: dict[str, str] = {
     "User Access Administrator": "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    "Key Vault Administrator": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
     "Azure Connected Machine Onboarding": "b64e21ea-ac4e-4cdf-9dc9-5b892992bee7",
     "Azure Connected Machine Resource Administrator": "cd570a14-e51a-42ad-bac8-bafd67325302",
 }

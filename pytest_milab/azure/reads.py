@@ -117,7 +117,11 @@ def get_json(arm, path: str, api_version: str | None, *, paged: bool = False) ->
                 return None
             if status != 200 or not isinstance(body, dict):
                 raise _failure(status, body)
-            items += body.get("value") or []
+            value = body.get("value") or []
+            if not isinstance(value, list):
+                raise ReadFailed(f"Azure's answer is malformed: its value is "
+                                 f"{type(value).__name__}, not a list")
+            items += value
             if not body.get("nextLink"):
                 break
             status, body = arm.get(body["nextLink"])
@@ -156,7 +160,15 @@ class LabReads:
 
     def _paths_of(self, read: Read) -> Any:
         if callable(read.path):
-            return read.path(self)
+            try:
+                return read.path(self)
+            except SuiteError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - malformed JSON of an earlier read
+                # Azure's answers are data: an earlier read shaped otherwise than the suite
+                # expects fails this read alone (its steps end `error`), never the whole lab.
+                raise ReadFailed(f"its path could not be made from the lab's other reads "
+                                 f"({type(exc).__name__}: {exc})") from None
         fields = _Fields(group_id=self.group_id, group=self.group,
                          subscription=self.subscription, spec=self.spec)
         return read.path.format_map(fields)
@@ -178,7 +190,13 @@ class LabReads:
         return found
 
     def _submit(self, read: Read) -> Future:
-        paths = self._paths_of(read)
+        try:
+            paths = self._paths_of(read)
+        except ReadFailed as exc:
+            self._paths[read.name] = None
+            failed: Future = Future()
+            failed.set_exception(exc)
+            return failed
         self._paths[read.name] = paths
         if self.executor is None:
             future: Future = Future()
@@ -206,6 +224,11 @@ class LabReads:
                     self.control[read.name] = future.result()
                 except ReadFailed as exc:
                     self.errors[read.name] = str(exc)
+                except SuiteError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this read's alone (paths not text...)
+                    self.errors[read.name] = (f"Azure's answer could not be read "
+                                              f"({type(exc).__name__}: {exc})")
                 if read.name == GROUP:
                     group_seen = True
             if group_seen and self.control.get(GROUP) is None:
@@ -237,7 +260,11 @@ class LabReads:
         self.group_id, self.group = real, real.rsplit("/", 1)[-1]
         again = False
         for read in [r for r in self.reads.values() if r.name in self._paths]:
-            if self._paths_of(read) != self._paths[read.name]:
+            try:
+                paths = self._paths_of(read)
+            except ReadFailed:
+                paths = None  # made again below, where it fails the same way
+            if paths != self._paths[read.name]:
                 for future, other in list(started.items()):
                     if other is read:
                         future.cancel()

@@ -11,9 +11,10 @@ labs' tenant, `aud` the evidence audience, `exp`/`nbf`. What stays is the claims
 itself is dropped here and reaches no report, log or repr.
 
 Each signed part's result becomes `{"status", "verified": {...}}`, `{"status", "refused":
-reason}` (the grader checked it and it is not genuine), `{"status", "undecided": reason}` (the
-grader could not check: the tenant's keys could not be read) or, when the machine got nothing
-to check, its status, code and message."""
+reason}` (the grader checked it and it is not genuine, or the machine's answer left it out),
+`{"status", "undecided": reason}` (the grader could not check: the tenant's keys could not be
+read), `{"unverified": reason}` (it could not run in the machine) or, when the machine got
+nothing to check, its status, code and message."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from ..probe import SIGNED_OPS
+from ..text import clean
 
 CLAIMS = ("aud", "iss", "oid", "sub", "tid", "appid", "azp", "idtyp", "ver", "xms_mirid",
           "xms_az_rid", "iat", "nbf", "exp")
@@ -158,6 +160,8 @@ def _attested(result: dict, nonce: str) -> dict:
         out["verified"] = attest.verify(result.get("json"), nonce=nonce)
     except attest.AttestationRefused as exc:
         out["refused"] = str(exc)
+    except attest.IssuerUnavailable as exc:
+        out["undecided"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - the grader's own trouble (its CA bundle)
         out["undecided"] = f"checking the attested document failed: {type(exc).__name__}: {exc}"
     return out
@@ -181,15 +185,29 @@ def _token(result: dict, verifier: TokenVerifier | None) -> dict:
 
 
 def verify_parts(results: dict, programs: list[dict], verifier: TokenVerifier | None) -> None:
-    """Replace each signed part's result (in place) by what the grader verified of it."""
+    """Replace each signed part's result (in place) by what the grader verified of it.
+
+    The grader knows which signed parts it asked for (`programs`): one the machine's answer
+    leaves out, or gives as something the probe never answers, is refused (the answer was
+    altered), never taken for a part that was not asked for. One that could not run in the
+    machine is unverified: the machine did not let the grader see."""
     for program in programs:
         op, name = program.get("op"), program.get("name")
+        if op not in SIGNED_OPS:
+            continue
         result = results.get(name)
-        if op not in SIGNED_OPS or not isinstance(result, dict):
+        if name not in results:
+            results[name] = {"refused": f"the machine's answer leaves out {name}, which the "
+                                        "grader asked for: the probe's answer was altered"}
+            continue
+        if not isinstance(result, dict) or ("status" not in result and set(result) != {"error"}):
+            results[name] = {"refused": f"the machine's answer gives {name} as something the "
+                                        "probe never answers: the probe's answer was altered"}
             continue
         if set(result) == {"error"}:
-            continue  # the part could not run in the machine: the check cannot decide
-        if op == "attested":
+            results[name] = {"unverified": f"in the machine, {name} could not run: "
+                                           f"{clean(result['error'])}"}
+        elif op == "attested":
             results[name] = _attested(result, program.get("nonce", ""))
         else:
             results[name] = _token(result, verifier)

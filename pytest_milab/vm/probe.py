@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable
 from importlib import resources
 
+from ..digests import received
 from ..errors import CouldNotDecide, SshError, Unverified
 from ..provenance import VM_REPORTED, note
 from ..text import clean
@@ -71,7 +72,7 @@ def _result(result: CommandResult, mark: str) -> dict:
         except ValueError:
             data = None
         if isinstance(data, dict) and not getattr(result, "truncated", False):
-            return data
+            return received(data)  # its text without control characters, digests hidden
         raise SshError("the probe's result line is not a JSON object", machine=True)
     if len(found) > 1:
         raise SshError("the probe's result line appeared more than once", machine=True)
@@ -124,7 +125,9 @@ class Vm:
         except SshError as exc:
             raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
         if not isinstance(result, dict) or set(result) == {"error"}:
-            raise CouldNotDecide(f"in the machine: {(result or {}).get('error', 'no result')}")
+            # What the machine answered (or left out): it did not let the grader see.
+            error = result.get("error") if isinstance(result, dict) else "no result"
+            raise Unverified(f"in the machine: {clean(error)}")
         return result
 
     def imds(self, path: str) -> dict:

@@ -39,22 +39,34 @@ class Machine:
         return cls(absent=reason)
 
 
-def _props(obj: dict) -> dict:
-    return obj.get("properties") or obj
+def _props(obj: Any) -> dict:
+    """A resource's or rule's properties (ARM nests them; some callers pass them flat). ARM's
+    JSON is data: anything not shaped as Azure shapes it reads as empty."""
+    if not isinstance(obj, dict):
+        return {}
+    props = obj.get("properties") or obj
+    return props if isinstance(props, dict) else {}
 
 
-def _covers_ssh(rule: dict) -> bool:
+def _texts(value: Any) -> list[str]:
+    """A field that holds one text or a list of them, as texts (anything else: none)."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list):
+        return [str(v) for v in value if isinstance(v, (str, int)) and not isinstance(v, bool)]
+    return []
+
+
+def _covers_ssh(rule: Any) -> bool:
     """An inbound rule that covers TCP 22."""
     props = _props(rule)
     if str(props.get("direction", "")).lower() != "inbound":
         return False
     if str(props.get("protocol", "*")).lower() not in ("*", "tcp", "any"):
         return False
-    ranges = list(props.get("destinationPortRanges") or [])
-    if props.get("destinationPortRange"):
-        ranges.append(props["destinationPortRange"])
+    ranges = _texts(props.get("destinationPortRanges")) + _texts(props.get("destinationPortRange"))
     for text in ranges:
-        low, _, high = str(text).strip().partition("-")
+        low, _, high = text.strip().partition("-")
         if low == "*":
             return True
         try:
@@ -65,25 +77,32 @@ def _covers_ssh(rule: dict) -> bool:
     return False
 
 
-def _priority(rule: dict) -> int:
+def _priority(rule: Any) -> int:
     try:
         return int(_props(rule).get("priority", 65000))
     except (TypeError, ValueError):
         return 65000
 
 
-def nsg_blocking_ssh(nsgs: Sequence[dict]) -> str | None:
+def _well_formed(rules: Any) -> bool:
+    return isinstance(rules, list) and all(
+        isinstance(r, dict) and isinstance(r.get("properties") or {}, dict) for r in rules)
+
+
+def nsg_blocking_ssh(nsgs: Any) -> str | None:
     """Why the NSGs keep SSH out, or None when they let it in (or may: an allow rule for some
-    sources only may well include the grader)."""
-    for nsg in nsgs or ():
-        rules = sorted((r for r in _props(nsg).get("securityRules") or [] if _covers_ssh(r)),
-                       key=_priority)
+    sources only may well include the grader). An NSG whose JSON is not shaped as Azure's
+    explains nothing (None for it): a refusal it cannot explain is never the student's."""
+    for nsg in nsgs if isinstance(nsgs, (list, tuple)) else ():
+        rules = _props(nsg).get("securityRules") or []
+        if not _well_formed([nsg]) or not _well_formed(rules):
+            continue  # a rule that cannot be read might be the one letting SSH in
+        rules = sorted((r for r in rules if _covers_ssh(r)), key=_priority)
         verdict = None
         for rule in rules:
             props = _props(rule)
-            sources = [str(s).strip().lower() for s in
-                       [props.get("sourceAddressPrefix"), *(props.get("sourceAddressPrefixes")
-                                                            or [])] if s]
+            sources = [s.strip().lower() for s in _texts(props.get("sourceAddressPrefix"))
+                       + _texts(props.get("sourceAddressPrefixes")) if s]
             if str(props.get("access", "")).lower() == "allow":
                 verdict = "allowed"
                 break
@@ -99,8 +118,9 @@ def nsg_blocking_ssh(nsgs: Sequence[dict]) -> str | None:
 
 def power_state(view: Any) -> str | None:
     """`running`, `deallocated`, ... from a VM's instance view."""
-    for status in (view or {}).get("statuses") or [] if isinstance(view, dict) else []:
-        code = str(status.get("code", ""))
+    statuses = view.get("statuses") if isinstance(view, dict) else None
+    for status in statuses if isinstance(statuses, list) else []:
+        code = str(status.get("code", "")) if isinstance(status, dict) else ""
         if code.startswith("PowerState/"):
             return code.split("/", 1)[1]
     return None

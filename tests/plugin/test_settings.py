@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_milab.errors import ConfigError, RosterError
-from pytest_milab.settings import parse_roster, resolve
+from pytest_milab.settings import parse_roster, resolve, valid_group
 
 
 def test_command_line_wins_over_environment_and_ini():
@@ -141,3 +141,24 @@ def test_roster_lines_that_are_not_text_are_bad_lines_and_the_rest_is_kept(tmp_p
         (6, None)]
     assert targets[0].ssh_key == str(key)
     assert targets[4].student == "[2Aeve"  # no escape sequence reaches a terminal
+
+
+@pytest.mark.parametrize("name", ["lab.", "lab\n", "lab\nx", "a" * 91, "lab name",
+                                  "lab;rm", "lab/x", "."])
+def test_a_group_name_azure_refuses_is_refused(name, tmp_path):
+    """The whole name is matched (no newline after it) and it may not end in a period."""
+    assert not valid_group(name)
+    if name.strip() == name:  # (options are stripped of the space around them)
+        with pytest.raises(ConfigError, match="not a valid resource group name"):
+            resolve({"group": [name]}, {}, {})
+    if "\n" not in name:
+        roster = tmp_path / "r.csv"
+        roster.write_text(f"group\n{name}\n")
+        targets = parse_roster(roster)
+        assert len(targets) == 1 and "not a valid resource group name" in targets[0].problem
+
+
+@pytest.mark.parametrize("name", ["lab", "a" * 90, "my.lab_(1)-x", "Übung-1", "lab.x"])
+def test_group_names_azure_accepts(name):
+    assert valid_group(name)
+    assert resolve({"group": [name]}, {}, {}).targets[0].group == name

@@ -37,3 +37,34 @@ def test_values_and_actions_of_a_probed_answer():
     assert shapes.actions(answer) == ["a/read", "b/write"]
     assert shapes.values({"status": 403, "json": {"error": {}}}) == []
     assert shapes.values({"status": None}) == []
+
+
+def test_scopes_cover_what_is_under_them():
+    group = "/subscriptions/S/resourceGroups/G"
+    assert shapes.covers(group, group.lower()) and shapes.covers("/subscriptions/s", group)
+    assert shapes.covers("/", group) and shapes.covers("", group)
+    assert not shapes.covers(group + "/providers/x/y/z", group)
+    assert not shapes.covers("/subscriptions/S/resourceGroups/G2", group)  # a prefix, not a parent
+
+
+def test_secret_names_and_who_may_get_them():
+    assert shapes.secret_names([{"name": "Portal-Phrase"}, "junk", {"id": "x"}]) == {
+        "portal-phrase"}
+    assert shapes.secret_names(None) == set()
+    vault = {"id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/v",
+             "properties": {"accessPolicies": [
+                 {"objectId": "a", "permissions": {"secrets": ["Get"]}},
+                 {"objectId": "l", "permissions": {"secrets": ["list"]}}]}}
+    assert shapes.may_get_secrets(vault, [], "A")
+    assert not shapes.may_get_secrets(vault, [], "l")  # list shows names, not values
+    assert not shapes.may_get_secrets(vault, [], "nobody")
+    assert not shapes.may_get_secrets(None, [], "a")
+    # The RBAC model: access policies are ignored; a secrets-reading role above the vault counts.
+    rbac = {**vault, "properties": {**vault["properties"], "enableRbacAuthorization": True}}
+    user = [{"principalId": "r", "scope": "/subscriptions/s/resourceGroups/g",
+             "roleName": "Key Vault Secrets User"}]
+    assert not shapes.may_get_secrets(rbac, [], "a")
+    assert shapes.may_get_secrets(rbac, user, "r")
+    assert not shapes.may_get_secrets(rbac, [{**user[0], "roleName": "Reader"}], "r")
+    assert not shapes.may_get_secrets(rbac, [{**user[0], "scope": "/subscriptions/s/resourceGroups/h"}],
+                                      "r")

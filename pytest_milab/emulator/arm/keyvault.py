@@ -255,6 +255,87 @@ class AccessPolicies(Kind):
                               "properties": {"accessPolicies": [_policy(p) for p in change]}})
 
 
+class VaultSecrets(Kind):
+    """`GET …/vaults/{name}/secrets[/{secret}]` ("Secrets - List" and "Secrets - Get" of the
+    Key Vault management REST API): the vault's secrets as ARM resources, with their attributes
+    and URIs and never their values. An ARM read (`Microsoft.KeyVault/vaults/secrets/read`,
+    which Reader's `*/read` grants), not a data-plane one: no access policy is needed. Deleted
+    secrets are not listed; `$top` (at most 25) pages the list."""
+
+    ns, types = NS, ("vaults", "secrets")
+
+    def _vault(self, ctx: Ctx) -> dict:
+        vctx = ctx.at_depth(1)
+        vault = VAULTS.load(vctx)
+        if vault is None:
+            raise resource_not_found(vctx)
+        return vault
+
+    @staticmethod
+    def _resource(vault: dict, secret) -> dict:
+        latest = secret.latest
+        attributes: dict = {"enabled": latest.enabled}
+        if latest.nbf is not None:
+            attributes["nbf"] = latest.nbf
+        if latest.exp is not None:
+            attributes["exp"] = latest.exp
+        attributes.update({"created": latest.created, "updated": latest.updated})
+        uri = f"{vault['properties']['vaultUri'].rstrip('/')}/secrets/{secret.name}"
+        props: dict = {"attributes": attributes, "secretUri": uri,
+                       "secretUriWithVersion": f"{uri}/{latest.version}"}
+        if latest.content_type is not None:
+            props["contentType"] = latest.content_type
+        out = {"id": f"{vault['id']}/secrets/{secret.name}", "name": secret.name,
+               "type": f"{VAULT_TYPE}/secrets", "location": vault["location"]}
+        if latest.tags:
+            out["tags"] = dict(latest.tags)
+        out["properties"] = props
+        return out
+
+    def _secrets(self, ctx: Ctx, vault: dict) -> list:
+        store = ctx.cloud.vault_data.get(vault["name"].lower())
+        if store is None:
+            return []
+        store.expire(ctx.cloud.now())
+        return sorted(store.secrets.values(), key=lambda s: s.name.lower())
+
+    def get(self, ctx: Ctx) -> Response:
+        with ctx.cloud.lock:
+            vault = self._vault(ctx)
+            found = next((s for s in self._secrets(ctx, vault)
+                          if s.name.lower() == ctx.names[-1].lower()), None)
+            if found is None:
+                raise resource_not_found(ctx)
+            return json_response(self._resource(vault, found))
+
+    def list(self, ctx: Ctx) -> Response:
+        top_text = ctx.q("$top")
+        try:
+            top = int(top_text) if top_text is not None else 25
+        except ValueError:
+            top = 0
+        if not 1 <= top <= 25:
+            # Code and text UNCONFIRMED: ARM's answer for a parameter out of its range.
+            raise ArmError(400, "BadRequest", f"The value '{top_text}' of the query parameter "
+                           "'$top' is invalid: it must be between 1 and 25.")
+        try:
+            skip = int(ctx.q("$skiptoken") or 0)
+        except ValueError:
+            skip = 0
+        with ctx.cloud.lock:
+            vault = self._vault(ctx)
+            secrets = self._secrets(ctx, vault)
+            items = [self._resource(vault, s) for s in secrets[skip:skip + top]]
+        out: dict = {"value": items}
+        if skip + top < len(secrets):
+            from urllib.parse import urlencode
+
+            params = [(k, v) for k, v in ctx.query_items if k.lower() != "$skiptoken"]
+            params.append(("$skiptoken", str(skip + top)))
+            out["nextLink"] = f"https://{ctx.host}{ctx.path}?{urlencode(params)}"
+        return json_response(out)
+
+
 class DeletedVaults(Kind):
     """`/subscriptions/{sub}/providers/Microsoft.KeyVault/deletedVaults` (list only)."""
 
@@ -319,7 +400,8 @@ class CheckNameAvailability(Kind):
         return json_response({"nameAvailable": True})
 
 
-KINDS = (VAULTS, AccessPolicies(), DeletedVaults(), DeletedVaultAt(), CheckNameAvailability())
+KINDS = (VAULTS, AccessPolicies(), VaultSecrets(), DeletedVaults(), DeletedVaultAt(),
+         CheckNameAvailability())
 
 
 def register(registry: Registry) -> None:
