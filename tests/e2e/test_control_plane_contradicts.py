@@ -16,6 +16,7 @@ import pytest
 from e2ekit import ARC_SUITE, grade, outcomes, suite_defects, suite_spec, suite_stages
 
 from pytest_milab import Stage
+from pytest_milab.emulator.machines import namespace
 from pytest_milab.provision import build_in_local_azure
 
 # Runs the real probe and rewrites its one result line with the student's values; a value
@@ -48,21 +49,39 @@ PERMISSIONS_GROUP = {"status": 200, "json": {"value": [{"actions": ["*/read"],
                                                          "notActions": []}]}}
 
 
+# The VM's python3 as its root replaces it: the real probe runs on the program it reads from
+# stdin, and FORGER rewrites its answer with that program (for the run's digest key).
+WRAPPER = """#!/bin/sh
+IFS= read -r prog
+printf '%s\\n' "$prog" | /usr/bin/python3.real "$@" | \\
+  /usr/bin/python3.real /usr/local/lib/forge.py "$(cat /usr/local/lib/forge.json)" "$prog"
+"""
+
+
 def forging_python(forged):
-    """A stage: python3 becomes a wrapper passing the real probe's output (and the program it
-    was given, its last argument) through FORGER."""
+    """A stage: the VM's /usr/bin/python3 (which the probe runs) becomes a wrapper passing the
+    real probe's output, and the program it was given on stdin, through FORGER. Only where each
+    VM has its own /usr (the local Azure runs as root); elsewhere nothing is forged and the
+    tests skip."""
     def stage(ctx):
+        if not namespace.wanted():
+            return
         values = forged(ctx) if callable(forged) else forged
-        payload = json.dumps(values).replace("'", "'\\''")
-        script = (
-            'p=$(command -v python3) && cp "$p" "$p.real" && '
-            f"cat > \"$HOME/.forge.py\" <<'EOF'\n{FORGER}\nEOF\n"
-            'printf \'#!/bin/sh\\nfor a; do last="$a"; done\\n"%s.real" "$@" | "%s.real" "%s" '
-            '\'"\'"\'%s\'"\'"\' "$last"\\n\' '
-            f'"$p" "$p" "$HOME/.forge.py" \'{payload}\' > "$p" && chmod +x "$p"')
+        script = ("set -e\nsudo cp /usr/bin/python3 /usr/bin/python3.real\n"
+                  "sudo rm -f /usr/bin/python3\nsudo mkdir -p /usr/local/lib\n"
+                  f"sudo tee /usr/local/lib/forge.py >/dev/null <<'EOF1'\n{FORGER}\nEOF1\n"
+                  f"sudo tee /usr/local/lib/forge.json >/dev/null <<'EOF2'\n"
+                  f"{json.dumps(values)}\nEOF2\n"
+                  f"sudo tee /usr/bin/python3 >/dev/null <<'EOF3'\n{WRAPPER}EOF3\n"
+                  "sudo chmod 755 /usr/bin/python3\n")
         result = ctx.run_in_vm(script)
         assert result.ok, result.stderr
     return stage
+
+
+needs_own_usr = pytest.mark.skipif(
+    not namespace.wanted(), reason="a VM's root has its own /usr only when the local Azure runs "
+                                   "as root")
 
 
 def listing(*ids: str) -> dict:
@@ -125,6 +144,7 @@ FORGED = ("secret-read", "reader-allowed", "reader-denied-before")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["managed_identity", "arc_managed_identity"])
+@needs_own_usr
 def test_the_control_plane_fails_what_the_machine_forged(graded, suite):
     run = graded[0] if suite == "managed_identity" else graded[1]
     group = "forged-no-grants" if suite == "managed_identity" else "forged-arc"
@@ -142,6 +162,7 @@ def test_the_control_plane_fails_what_the_machine_forged(graded, suite):
 
 
 @pytest.mark.slow
+@needs_own_usr
 def test_a_forged_refusal_fails_when_arm_shows_the_grant(graded):
     got = outcomes(graded[0].report, "forged-list-403")
     assert got["vault-denied-before"][0] == "failed", got["vault-denied-before"]

@@ -179,6 +179,7 @@ def test_forging_the_identity_s_tokens_fails_with_verification(local_azure, labs
 
 
 @pytest.mark.slow
+@needs_own_usr
 def test_leaving_the_signed_tokens_out_of_the_answer_fails_with_verification(local_azure,
                                                                              evidence_app,
                                                                              tmp_path):
