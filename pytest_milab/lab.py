@@ -164,7 +164,12 @@ class Lab:
         result = dict.get(ev.probe, name)
         if not isinstance(result, dict):
             raise Unverified(f"the machine's probe answer has no result for {name}")
-        if set(result) == {"error"}:
+        if set(result) == {"error", "trouble"} and result["trouble"] == "azure":
+            # Throttling, 5xx or silence from Azure's side (IMDS, ARM, Key Vault, Entra), as
+            # the machine tells it: the grader cannot decide; grading again asks again.
+            raise CouldNotDecide(f"in the machine, {name}: {text.clean(result['error'])} "
+                                 "(Azure's trouble, as the machine reports it)")
+        if set(result) == {"error"} or set(result) == {"error", "trouble"}:
             raise Unverified(f"in the machine, {name} could not run: "
                              f"{text.clean(result['error'])}")
         return result

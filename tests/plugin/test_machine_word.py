@@ -10,7 +10,7 @@ import json
 import pytest
 
 from pytest_milab import provenance
-from pytest_milab.errors import Unverified
+from pytest_milab.errors import CouldNotDecide, Unverified
 from pytest_milab.evidence import LabEvidence, SshOutcome
 from pytest_milab.lab import Lab
 
@@ -27,6 +27,29 @@ def test_a_part_the_machine_says_failed_is_unverified():
     assert "\x1b" not in str(info.value)
     with pytest.raises(Unverified):
         lab.refute_with("jq")
+
+
+def test_azure_s_trouble_told_by_the_machine_is_undecided_anything_else_unverified():
+    trouble = {"error": "GET http://169.254.169.254/metadata/instance: answered 503 3 times",
+               "trouble": "azure"}
+    with pytest.raises(CouldNotDecide, match="answered 503 3 times .*as the machine reports"):
+        lab_with({"imds": trouble}).probe("imds")
+    with pytest.raises(Unverified, match="imds could not run"):
+        lab_with({"imds": {**trouble, "trouble": "mine"}}).probe("imds")
+    # The kit says Azure's trouble apart only for throttling, 5xx and silence.
+    from pytest_milab.vm import probe_kit
+
+    results, events = {}, {"imds": __import__("threading").Event()}
+
+    def refused(part):
+        raise ConnectionRefusedError("refused")
+
+    probe_kit.OPS["milab-test-refused"] = refused
+    try:
+        probe_kit.run_part(results, events, {"name": "imds", "op": "milab-test-refused"})
+    finally:
+        del probe_kit.OPS["milab-test-refused"]
+    assert "trouble" not in results["imds"]
 
 
 def test_a_part_the_machine_left_out_is_unverified():
