@@ -93,6 +93,10 @@ def pytest_configure(config: pytest.Config) -> None:
                   "stages...", file=sys.stderr, flush=True)
         try:
             run.start()
+            if getattr(config.option, "numprocesses", None) and not _is_worker(config):
+                # An xdist controller collects nothing: bad credentials are said now, before
+                # any worker starts. (Elsewhere the sign-in goes on while pytest collects.)
+                run.signed_in()
         except MilabError as exc:
             run.stop()
             raise pytest.UsageError(f"milab: {exc}") from None
@@ -213,6 +217,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = _run(session.config)
     if run.store is None:
         return
+    try:
+        run.signed_in()  # before any lab is gathered: a failed sign-in is one line
+    except MilabError as exc:
+        raise pytest.UsageError(f"milab: {exc}") from None
     # Scopes as the xdist scheduler sees them (from the test ids, in collection order), each
     # with the labs its checks grade: worker and scheduler then count the same way.
     scopes: dict[str, list[str]] = {}
