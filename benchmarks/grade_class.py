@@ -38,7 +38,8 @@ What it does:
    `seconds / floor`.
    Counts come from the emulator process: SIGUSR1 makes it print one `stats` line (requests per
    service, ARM requests per caller, 429s, SSH connections accepted by the VMs).
-   With `--defect missing`, each N is graded again with a roster of N labs never started
+   With `--repeat K`, each is graded K times and the fastest run is kept (on a machine shared
+   with other work, the least disturbed one). With `--defect missing`, each N is graded again with a roster of N labs never started
    (no resource group: every step fails), and `grader_cpu_vs_complete` compares its grader
    CPU with the complete labs' run of the same N. At the end, every run is one row of a
    Markdown table (the README's).
@@ -428,6 +429,9 @@ def main() -> None:
                         "(no resource group: every step fails)")
     parser.add_argument("--latency", type=_latency, action="append", default=[],
                         metavar="SERVICE=SECONDS", help="override one service's latency")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="grade each N this many times and keep the fastest run (the "
+                        "least disturbed on a shared machine)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="--milab-concurrency (default: the plugin's)")
     parser.add_argument("--pytest-args", default="", help="more arguments for the grading "
@@ -457,12 +461,17 @@ def main() -> None:
         runs = [(d, n, w) for d in ["", *(args.defect or [])] for n in ns
                 for w in (args.workers or [0])]
         for defect, n, workers in runs:
-            if args.throttle:
-                time.sleep(READ_BUCKET / READ_REFILL)  # the grader's bucket full again
-            before, cpu_before = emulator.stats(), emulator.cpu_seconds()
-            run = grade(emulator.env, (missing if defect else groups)[:n], key, workdir, args,
-                        workers, defect)
-            after, cpu_after = emulator.stats(), emulator.cpu_seconds()
+            best = None  # of --repeat runs, the fastest (the least disturbed by the machine)
+            for _ in range(args.repeat):
+                if args.throttle:
+                    time.sleep(READ_BUCKET / READ_REFILL)  # the grader's bucket full again
+                before, cpu_before = emulator.stats(), emulator.cpu_seconds()
+                run = grade(emulator.env, (missing if defect else groups)[:n], key, workdir,
+                            args, workers, defect)
+                after, cpu_after = emulator.stats(), emulator.cpu_seconds()
+                if best is None or run["seconds"] < best[2]["seconds"]:
+                    best = (before, cpu_before, run, after, cpu_after)
+            before, cpu_before, run, after, cpu_after = best
             arm = after["arm_requests"] - before["arm_requests"]
             arm_grader = (after["arm_by_caller"].get(grader_oid, 0)
                           - before["arm_by_caller"].get(grader_oid, 0))
@@ -492,7 +501,7 @@ def main() -> None:
                     # All the CPU the run took (grader, local Azure, the VMs' commands) spread
                     # over every core: no schedule on this machine finishes sooner.
                     "cpu_floor_seconds": round((run["cpu"] + emulator_cpu) / cores, 1),
-                    "workers": workers, "throttle": args.throttle,
+                    "workers": workers, "throttle": args.throttle, "repeat": args.repeat,
                     "arm_429": after["arm_throttled"] - before["arm_throttled"],
                     "labs_reported": run["labs_reported"], "outcomes": run["outcomes"],
                     "returncode": run["returncode"]}
