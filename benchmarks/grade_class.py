@@ -53,7 +53,7 @@ With `--throttle`, each graded run waits first for the grader's bucket to refill
 
 Grader, local Azure and every VM's commands share the machine's cores here, so compare
 `seconds` with `cpu_floor_seconds`: on the 2-core development machine the local Azure and its
-VMs take about two thirds of all the CPU of a run (0.26 CPU-s per lab, the grader 0.09).
+VMs take about two thirds of all the CPU of a run (0.14 CPU-s per lab, the grader 0.05).
 """
 
 from __future__ import annotations
