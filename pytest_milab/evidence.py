@@ -121,13 +121,6 @@ def _close_quietly(conns: list[VmConnection]) -> None:
             pass
 
 
-def _import_ssh() -> None:
-    try:
-        import fabric  # noqa: F401
-    except ImportError:  # said when a machine is reached
-        pass
-
-
 class Gatherer:
     """Gathers `LabEvidence` for many labs with a bounded pool of threads."""
 
@@ -188,10 +181,6 @@ class Gatherer:
                                          thread_name_prefix="milab-read")
         self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
         self.clients.warm()
-        if self.suite.machine is not None and targets:
-            # Fabric and paramiko are imported while the first labs' ARM reads are in flight,
-            # not after them, when the first SSH connection would import them.
-            threading.Thread(target=_import_ssh, name="milab-import", daemon=True).start()
         futures = {t.label: self._labs.submit(self._gather_in_turn, i, t)
                    for i, t in enumerate(targets)}
         left, lock = [len(futures)], threading.Lock()
