@@ -2,7 +2,7 @@
 against a grader doing the same checks by hand.
 
     python benchmarks/grade_class.py --n 1 --n 10 --n 50 --n 200 [--workers 0 --workers 2]
-           [--throttle]
+           [--defect missing] [--throttle]
            [--latency arm=0.08 ...] [--concurrency 48] [--baseline-n 50 | --no-baseline]
            [--pytest-args '-p some_plugin']
 
@@ -28,11 +28,21 @@ What it does:
    per lab for both programs, the grader's floor as if the local Azure ran elsewhere
    (`grader_floor_seconds`: the largest of the critical path of dependent round trips at the
    configured latency, the grader's CPU over the cores, the throttle floor) and
-   `seconds_over_grader_floor`, the outcomes, and with `--throttle` the floor
+   `seconds_over_grader_floor`; `machine_floor_seconds`, the larger of the grader's floor
+   and `cpu_floor_seconds` (here the local Azure and its VMs share the grader's cores), and
+   `seconds_over_machine_floor`; `startup_to_first_arm_read_seconds`, from starting the
+   grading process to its first ARM request going out (`first_arm_read.py`, a plugin of this
+   folder, notes the moment); `grader_cpu_per_extra_lab`, the grader's CPU past the one-lab
+   run's, per lab; the outcomes, and with `--throttle` the floor
    the grader's read bucket imposes, `(reads - 429s - 250) / 25` seconds, and
    `seconds / floor`.
    Counts come from the emulator process: SIGUSR1 makes it print one `stats` line (requests per
    service, ARM requests per caller, 429s, SSH connections accepted by the VMs).
+   With `--repeat K`, each is graded K times and the fastest run is kept (on a machine shared
+   with other work, the least disturbed one). With `--defect missing`, each N is graded again with a roster of N labs never started
+   (no resource group: every step fails), and `grader_cpu_vs_complete` compares its grader
+   CPU with the complete labs' run of the same N. At the end, every run is one row of a
+   Markdown table (the README's).
 4. Times a baseline over the first `--baseline-n` labs (default: 50, or the largest N if
    smaller): a plain sequential script doing what a grader does by hand, per lab ten ARM GETs
    with `requests` and a token, and per VM the lab's six curl commands, each over a new SSH
@@ -43,7 +53,7 @@ With `--throttle`, each graded run waits first for the grader's bucket to refill
 
 Grader, local Azure and every VM's commands share the machine's cores here, so compare
 `seconds` with `cpu_floor_seconds`: on the 2-core development machine the local Azure and its
-VMs take about two thirds of all the CPU of a run (0.26 CPU-s per lab, the grader 0.09).
+VMs take about two thirds of all the CPU of a run (0.14 CPU-s per lab, the grader 0.05).
 """
 
 from __future__ import annotations
@@ -198,8 +208,8 @@ def build_class(env: dict[str, str], groups: list[str], workdir: Path, parallel:
 
 # -- grading ------------------------------------------------------------------------------------
 def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args,
-          workers: int = 0) -> dict:
-    run = workdir / f"grade-{len(groups)}-{workers}"
+          workers: int = 0, defect: str = "") -> dict:
+    run = workdir / f"grade-{len(groups)}-{workers}{'-' + defect if defect else ''}"
     run.mkdir(exist_ok=True)
     roster = run / "roster.csv"
     with roster.open("w", newline="") as f:
@@ -213,18 +223,25 @@ def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args
     child_env.pop("PYTHONDONTWRITEBYTECODE", None)
     child_env.update(AZURE_CLIENT_ID=env["MILAB_GRADER_CLIENT_ID"],
                      AZURE_CLIENT_SECRET=env["MILAB_GRADER_CLIENT_SECRET"])
+    # When the grader sends its first ARM request (benchmarks/first_arm_read.py).
+    first_arm = run / "first-arm-read"
+    first_arm.unlink(missing_ok=True)
+    child_env["MILAB_BENCH_FIRST_ARM"] = str(first_arm)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent)]
+        + ([child_env["PYTHONPATH"]] if child_env.get("PYTHONPATH") else []))
     report = run / "grades.json"
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q",
            "--rootdir", str(run), "-c", os.devnull, "--milab-roster", str(roster),
            "--milab-report", str(report), "--milab-ssh-key", str(key),
-           "--milab-ssh-port", env.get("MILAB_SSH_PORT", "22")]
+           "--milab-ssh-port", env.get("MILAB_SSH_PORT", "22"), "-p", "first_arm_read"]
     if workers:
         cmd += ["-n", str(workers)]
     if args.concurrency:
         cmd += ["--milab-concurrency", str(args.concurrency)]
     cmd += shlex.split(args.pytest_args)
     with (run / "output.txt").open("w") as out:
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         proc = subprocess.Popen(cmd, env=child_env, cwd=run, stdout=out, stderr=subprocess.STDOUT)
         peaks: dict[int, int] = {}
         watcher = threading.Thread(target=_watch_rss, args=(proc, peaks), daemon=True)
@@ -240,7 +257,12 @@ def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args
             labs += 1
             for step in lab["steps"]:
                 outcomes[step["outcome"]] = outcomes.get(step["outcome"], 0) + 1
-    return {"seconds": seconds, "returncode": proc.returncode, "labs_reported": labs,
+    try:
+        startup = float(first_arm.read_text()) - wall0
+    except (OSError, ValueError):
+        startup = None  # no ARM read (every lab's group missing is still read: a failure)
+    return {"seconds": seconds, "startup": startup, "returncode": proc.returncode,
+            "labs_reported": labs,
             "outcomes": outcomes, "peak_rss_mb": max(peaks.values(), default=0) / 1024,
             "cpu": usage.ru_utime + usage.ru_stime, "output": str(run)}
 
@@ -362,6 +384,35 @@ def critical_path(latency: dict[str, float]) -> float:
             + entra)
 
 
+TABLE = (("labs", lambda x: f"{x['n']}" + (" not started" if x["defect"] else "")),
+         ("-n", lambda x: str(x["workers"] or "serial")),
+         ("wall s", lambda x: f"{x['seconds']:.2f}"),
+         ("to 1st ARM read s", lambda x: _fmt(x["startup_to_first_arm_read_seconds"])),
+         ("grader CPU s", lambda x: f"{x['_cpu']:.2f}"),
+         ("per extra lab", lambda x: _fmt(x.get("grader_cpu_per_extra_lab"), 3)),
+         ("local Azure CPU s (requests + VM cmds)",
+          lambda x: f"{x['emulator_cpu_requests']} + {x['emulator_cpu_vm_commands']}"),
+         ("grader floor s", lambda x: f"{x['grader_floor_seconds']:.2f}"),
+         ("wall / grader floor", lambda x: f"{x['seconds_over_grader_floor']:.2f}"),
+         ("machine floor s", lambda x: f"{x['machine_floor_seconds']:.2f}"),
+         ("wall / machine floor", lambda x: f"{x['seconds_over_machine_floor']:.2f}"),
+         ("ARM reads / lab", lambda x: f"{x['arm_requests_grader_per_lab']:g}"),
+         ("SSH / lab", lambda x: f"{x['ssh_connections_per_lab']:g}"),
+         ("peak RSS MB", lambda x: f"{x['peak_rss_mb']:.0f}"))
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(lines: list[dict]) -> None:
+    """Every run as one row of a Markdown table (the README's)."""
+    print("| " + " | ".join(name for name, _ in TABLE) + " |")
+    print("|" + "---|" * len(TABLE))
+    for line in lines:
+        print("| " + " | ".join(cell(line) for _, cell in TABLE) + " |", flush=True)
+
+
 def _latency(text: str) -> tuple[str, float]:
     service, _, seconds = text.partition("=")
     return service, float(seconds)
@@ -373,8 +424,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, action="append",
                         help="pytest-xdist -n (repeatable: each N graded with each; 0 = serial)")
     parser.add_argument("--throttle", action="store_true", help="ARM throttling on")
+    parser.add_argument("--defect", action="append", choices=["missing"],
+                        help="also grade N labs with this defect: missing = never started "
+                        "(no resource group: every step fails)")
     parser.add_argument("--latency", type=_latency, action="append", default=[],
                         metavar="SERVICE=SECONDS", help="override one service's latency")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="grade each N this many times and keep the fastest run (the "
+                        "least disturbed on a shared machine)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="--milab-concurrency (default: the plugin's)")
     parser.add_argument("--pytest-args", default="", help="more arguments for the grading "
@@ -399,12 +456,22 @@ def main() -> None:
         emulator.knobs(on=True)
         grade(emulator.env, groups[:1], key, workdir, args)  # warm-up: bytecode written
         results = {}
-        for n, workers in [(n, w) for n in ns for w in (args.workers or [0])]:
-            if args.throttle:
-                time.sleep(READ_BUCKET / READ_REFILL)  # the grader's bucket full again
-            before, cpu_before = emulator.stats(), emulator.cpu_seconds()
-            run = grade(emulator.env, groups[:n], key, workdir, args, workers)
-            after, cpu_after = emulator.stats(), emulator.cpu_seconds()
+        lines: list[dict] = []
+        missing = [f"never-started-{i:03d}" for i in range(1, max(ns) + 1)]
+        runs = [(d, n, w) for d in ["", *(args.defect or [])] for n in ns
+                for w in (args.workers or [0])]
+        for defect, n, workers in runs:
+            best = None  # of --repeat runs, the fastest (the least disturbed by the machine)
+            for _ in range(args.repeat):
+                if args.throttle:
+                    time.sleep(READ_BUCKET / READ_REFILL)  # the grader's bucket full again
+                before, cpu_before = emulator.stats(), emulator.cpu_seconds()
+                run = grade(emulator.env, (missing if defect else groups)[:n], key, workdir,
+                            args, workers, defect)
+                after, cpu_after = emulator.stats(), emulator.cpu_seconds()
+                if best is None or run["seconds"] < best[2]["seconds"]:
+                    best = (before, cpu_before, run, after, cpu_after)
+            before, cpu_before, run, after, cpu_after = best
             arm = after["arm_requests"] - before["arm_requests"]
             arm_grader = (after["arm_by_caller"].get(grader_oid, 0)
                           - before["arm_by_caller"].get(grader_oid, 0))
@@ -413,7 +480,10 @@ def main() -> None:
                              if cpu_before is not None and cpu_after is not None else (0.0, 0.0))
             emulator_cpu = own + commands
             cores = os.cpu_count() or 1
-            line = {"n": n, "seconds": round(run["seconds"], 2), "arm_requests": arm,
+            line = {"n": n, "defect": defect or None, "seconds": round(run["seconds"], 2),
+                    "startup_to_first_arm_read_seconds": (round(run["startup"], 2)
+                                                          if run["startup"] else None),
+                    "arm_requests": arm,
                     "arm_requests_grader": arm_grader, "ssh_connections": ssh,
                     "peak_rss_mb": round(run["peak_rss_mb"], 1),
                     "arm_requests_per_lab": round(arm / n, 2),
@@ -431,7 +501,7 @@ def main() -> None:
                     # All the CPU the run took (grader, local Azure, the VMs' commands) spread
                     # over every core: no schedule on this machine finishes sooner.
                     "cpu_floor_seconds": round((run["cpu"] + emulator_cpu) / cores, 1),
-                    "workers": workers, "throttle": args.throttle,
+                    "workers": workers, "throttle": args.throttle, "repeat": args.repeat,
                     "arm_429": after["arm_throttled"] - before["arm_throttled"],
                     "labs_reported": run["labs_reported"], "outcomes": run["outcomes"],
                     "returncode": run["returncode"]}
@@ -449,8 +519,28 @@ def main() -> None:
             line.update(critical_path_seconds=round(path, 2),
                         grader_floor_seconds=round(grader_floor, 2),
                         seconds_over_grader_floor=round(run["seconds"] / grader_floor, 2))
-            results.setdefault(n, line)
+            # On this machine the local Azure and its VMs' commands share the cores too: no
+            # run finishes before the larger of the grader's floor and all the CPU spread over
+            # the cores.
+            machine_floor = max(grader_floor, (run["cpu"] + emulator_cpu) / cores)
+            line.update(machine_floor_seconds=round(machine_floor, 2),
+                        seconds_over_machine_floor=round(run["seconds"] / machine_floor, 2))
+            # The grader's CPU for each lab past the first (against one lab, same workers).
+            one = next((x for x in lines if x["n"] == 1 and x["workers"] == workers
+                        and x["defect"] == line["defect"]), None)
+            if one is not None and n > 1:
+                line["grader_cpu_per_extra_lab"] = round(
+                    (run["cpu"] - one["_cpu"]) / (n - 1), 3)
+            if defect:
+                complete = next((x for x in lines if x["n"] == n and x["workers"] == workers
+                                 and not x["defect"]), None)
+                if complete is not None:
+                    line["grader_cpu_vs_complete"] = round(run["cpu"] / complete["_cpu"], 2)
+            if not defect:
+                results.setdefault(n, line)
             print(json.dumps(line), flush=True)
+            lines.append(dict(line, _cpu=run["cpu"]))
+        print_table(lines)
         if not args.no_baseline:
             bn = args.baseline_n or min(50, max(ns))
             if args.throttle:

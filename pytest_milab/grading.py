@@ -82,14 +82,15 @@ class LabResult:
 
 def combine(results: Iterable[CheckResult]) -> tuple[str, str]:
     """One step's outcome from its checks: it passes when all its checks pass."""
-    results = list(results)
-    if not results:
+    first: dict[str, str] = {}  # outcome -> the reason of its first check
+    for r in results:
+        first.setdefault(r.outcome, r.reason)
+    if not first:
         return SKIPPED, "no check ran"
     for outcome in _PRECEDENCE:
-        matching = [r for r in results if r.outcome == outcome]
-        if matching:
-            return outcome, matching[0].reason
-    return ERROR, f"unknown outcome {results[0].outcome!r}"
+        if outcome in first:
+            return outcome, first[outcome]
+    return ERROR, f"unknown outcome {next(iter(first))!r}"
 
 
 def prerequisite_outcome(step: StepInfo, outcomes: dict[str, tuple[str, str]]) -> tuple[str, str] | None:

@@ -93,6 +93,10 @@ def pytest_configure(config: pytest.Config) -> None:
                   "stages...", file=sys.stderr, flush=True)
         try:
             run.start()
+            if getattr(config.option, "numprocesses", None) and not _is_worker(config):
+                # An xdist controller collects nothing: bad credentials are said now, before
+                # any worker starts. (Elsewhere the sign-in goes on while pytest collects.)
+                run.signed_in()
         except MilabError as exc:
             run.stop()
             raise pytest.UsageError(f"milab: {exc}") from None
@@ -114,6 +118,36 @@ def docs_wanted(config: pytest.Config, settings) -> bool:
                                 "-n (pytest-xdist) for lab documents")
     config.pluginmanager.register(DocsPlugin(config, settings, found), "milab-docs")
     return True
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _run(session.config).settings.active:
+        _index_teardown_reports(session.config)
+
+
+def _index_teardown_reports(config: pytest.Config) -> None:
+    """pytest's terminal summary finds each failure's teardown report by scanning every passed
+    report again (`TerminalReporter._get_teardown_reports`): quadratic in the checks, 20 CPU-s
+    and more for the 4,800 failing checks of 200 labs not started. The same lookup from an
+    index built once, when the summary first asks (every report is in by then)."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or not callable(getattr(tr, "_get_teardown_reports", None)):
+        return  # another pytest: left as it is
+    index: dict | None = None
+
+    def teardown_reports(node_id) -> list:
+        nonlocal index
+        if index is None:
+            index = {}
+            for report in tr.getreports(""):
+                if report.when == "teardown":
+                    # pytest 9 looks them up by `id`, pytest 8 by `nodeid`.
+                    for key in {getattr(report, "id", report.nodeid), report.nodeid}:
+                        index.setdefault(key, []).append(report)
+        return list(index.get(node_id, ()))
+
+    tr._get_teardown_reports = teardown_reports
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -213,6 +247,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = _run(session.config)
     if run.store is None:
         return
+    try:
+        run.signed_in()  # before any lab is gathered: a failed sign-in is one line
+    except MilabError as exc:
+        raise pytest.UsageError(f"milab: {exc}") from None
     # Scopes as the xdist scheduler sees them (from the test ids, in collection order), each
     # with the labs its checks grade: worker and scheduler then count the same way.
     scopes: dict[str, list[str]] = {}

@@ -61,6 +61,8 @@ class Results:
 
     def prerequisite(self, label: str, info: StepInfo) -> tuple[str, str] | None:
         """What this process already knows of the step's prerequisites for this lab."""
+        if not info.needs:
+            return None
         known = {need: grading.combine(self._local[(label, need)])
                  for need in info.needs if (label, need) in self._local}
         return grading.prerequisite_outcome(info, known)

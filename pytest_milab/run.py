@@ -8,7 +8,9 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +49,20 @@ def process_started() -> float:
         return time.monotonic() - max(0.0, age)
     except (OSError, ValueError, IndexError):
         return time.monotonic()
+
+
+def in_background(fn, name: str) -> Future:
+    """Run `fn` in a daemon thread of its own: its result (or exception) as a Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def check_environment(settings: Settings) -> None:
@@ -117,6 +133,7 @@ class Run:
         self.run_id = ""
         self.started = process_started()
         self._saved_env: dict[str, str | None] = {}
+        self._sign_in: Future | None = None
 
     @property
     def provisioning(self) -> bool:
@@ -150,13 +167,21 @@ class Run:
                                         targets=(LabTarget(group=group, label=group),))
         if worker is None:
             check_environment(self.settings)
-        credential = make_credential()
-        if worker is None:
-            with quiet_sdk_logs(self.config.get_verbosity() > 0):
-                check_credential(credential)
-        pool = ClientPool(credential, self.settings.timeout, self.settings.concurrency * 2)
+        verbose = self.config.get_verbosity() > 0
+
+        def sign_in():
+            credential = make_credential()
+            if worker is None:
+                with quiet_sdk_logs(verbose):
+                    check_credential(credential)
+            return credential
+
+        # Signing in (importing azure-identity, a round trip or two to Entra) goes on while
+        # pytest collects the suite; `signed_in()` waits for it before any lab is gathered.
+        self._sign_in = in_background(sign_in, "milab-sign-in")
+        pool = ClientPool(self._sign_in, self.settings.timeout, self.settings.concurrency * 2)
         gatherer = Gatherer(self.settings, self.suite, pool, self.connections,
-                            lambda: default_subscription(credential, self.settings.timeout))
+                            lambda: default_subscription(pool.credential, self.settings.timeout))
         local = self.settings.emulator or os.environ.get("MILAB_LOCAL_AZURE") == "1"
         if self.azure is not None:
             gatherer.egress = self.azure.egress_for
@@ -164,13 +189,20 @@ class Run:
             gatherer.cli_unavailable = ("the local Azure has no Azure CLI configured "
                                         "(set MILAB_AZ_CLI to an `az` to check this step)")
         if self.settings.evidence_audience:
-            gatherer.token_verifier = self._token_verifier(credential)
+            gatherer.token_verifier = self._token_verifier()
         if self.provisioning:
-            self._prepare_builds(credential, gatherer)
+            self._prepare_builds(self.signed_in(), gatherer)
         self.store = EvidenceStore(self.settings, gatherer, self.connections,
                                    provisioning=self.provisioning)
 
-    def _token_verifier(self, credential):
+    def signed_in(self):
+        """The grader's credential, once the sign-in begun by `start` is done; its failure
+        (no credentials, Entra unreachable) as a `MilabError`."""
+        if self._sign_in is None:
+            raise MilabError("the run has not started")
+        return self._sign_in.result()
+
+    def _token_verifier(self):
         """Checks tokens for the evidence audience against the labs' tenant: the grader's own
         (AZURE_TENANT_ID, else its credential's token's)."""
         from .azure.signed import TokenVerifier
@@ -180,7 +212,7 @@ class Run:
                 return os.environ["AZURE_TENANT_ID"]
             from .provision import principal_claims
 
-            return principal_claims(credential)["tid"]
+            return principal_claims(self.signed_in())["tid"]
 
         return TokenVerifier(self.settings.evidence_audience, tenant, self.settings.timeout)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from functools import cached_property
 from urllib.parse import quote
 
@@ -304,16 +305,25 @@ class SubscriptionClients:
 
 
 class ClientPool:
-    """One `SubscriptionClients` per subscription for the whole session."""
+    """One `SubscriptionClients` per subscription for the whole session.
+
+    `credential` may be a `concurrent.futures.Future` of one (a sign-in still under way,
+    see `run.SignIn`): it is waited for when a client first needs it."""
 
     def __init__(self, credential, timeout: float = 60.0, pool_size: int = 16) -> None:
-        self.credential = credential
+        self._credential = credential
         self.timeout = timeout
         self.pool_size = max(10, pool_size)  # HTTP connections kept, and so reads at once
         self._transport = None
         self._arm: ArmReader | None = None
         self._clients: dict[str, SubscriptionClients] = {}
         self._lock = threading.Lock()
+
+    @property
+    def credential(self):
+        if isinstance(self._credential, Future):
+            self._credential = self._credential.result()
+        return self._credential
 
     @property
     def arm(self) -> ArmReader:

@@ -83,6 +83,28 @@ def test_not_propagated_is_its_own_word(suite):
     result.stdout.fnmatch_lines(["*test_flaky?slow? NOT-PROPAGATED*", "*1 not-propagated*"])
 
 
+def test_each_failure_keeps_its_own_teardown_output(suite):
+    """pytest prints a failing check's teardown output under it; the plugin indexes that
+    lookup (pytest's own scans every report per failure): each failure still gets its own."""
+    suite.makeconftest(CONFTEST.replace(
+        "    return LabEvidence(", "    yield LabEvidence(") + """
+    print(f"closing {_milab_target.label}")
+""")
+    suite.makepyfile(test_suite=SUITE.replace('lab.group_name != "broken"',
+                                              'not lab.group_name.startswith("broken")'))
+    result = suite.runpytest("--milab-group", "good", "--milab-group", "broken",
+                             "--milab-group", "broken-too")
+    text = result.stdout.str()
+    failures = text[text.index("= FAILURES ="):text.index("short test summary info")]
+    result.stdout.fnmatch_lines(["*_ test_second?broken? _*", "*needs first*",
+                                 "*Captured stdout teardown*", "closing broken"])
+    # test_first and test_second fail in each broken lab; nothing of the lab that passed.
+    assert failures.count("closing broken\n") == 2, failures
+    assert failures.count("closing broken-too\n") == 2, failures
+    assert "closing good" not in failures
+    assert result.ret == 10
+
+
 def test_same_reports_under_xdist(suite):
     result = suite.runpytest("-n", "2", "--milab-group", "good", "--milab-group", "broken",
                              "--milab-report", "x.json")
