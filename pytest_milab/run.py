@@ -51,8 +51,9 @@ def process_started() -> float:
         return time.monotonic()
 
 
-def in_background(fn, name: str) -> Future:
-    """Run `fn` in a daemon thread of its own: its result (or exception) as a Future."""
+def in_background(fn, name: str, *, inline: bool = False) -> Future:
+    """Run `fn` in a daemon thread of its own (in this one if `inline`): its result (or
+    exception) as a Future."""
     future: Future = Future()
 
     def run() -> None:
@@ -61,7 +62,10 @@ def in_background(fn, name: str) -> Future:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
             future.set_exception(exc)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    if inline:
+        run()
+    else:
+        threading.Thread(target=run, name=name, daemon=True).start()
     return future
 
 
@@ -178,7 +182,10 @@ class Run:
 
         # Signing in (importing azure-identity, a round trip or two to Entra) goes on while
         # pytest collects the suite; `signed_in()` waits for it before any lab is gathered.
-        self._sign_in = in_background(sign_in, "milab-sign-in")
+        # Under --debug pytest traces every import to its debug file from whichever thread
+        # imports, and that file is not written safely from two threads: sign in here then.
+        self._sign_in = in_background(sign_in, "milab-sign-in",
+                                      inline=bool(getattr(self.config.option, "debug", None)))
         pool = ClientPool(self._sign_in, self.settings.timeout, self.settings.concurrency * 2)
         gatherer = Gatherer(self.settings, self.suite, pool, self.connections,
                             lambda: default_subscription(pool.credential, self.settings.timeout))
