@@ -67,10 +67,12 @@ def _link(bin_dir: Path, name: str, target: str) -> None:
     link.symlink_to(target)
 
 
-def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None) -> None:
+def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None,
+              python3: str | None = None) -> None:
     """Fill a VM's bin folder: the base system and the shims. What is there already is kept,
     as a real disk keeps it across restarts: installed tools, and whatever the VM's root put in
-    place of a base tool."""
+    place of a base tool. `python3`: the text of the VM's python3 instead of the plain shim
+    (the warm interpreter's client, warmpython.py)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name in BASE_TOOLS:
         target = host_tool(name)
@@ -83,6 +85,8 @@ def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None) -> None
                    f"azure-identity is importable.\nexec {shlex.quote(sys.executable)} \"$@\"\n",
         "sudo": _sudo_script(bash), "apt": apt, "apt-get": apt,
     }
+    if python3 is not None:  # warm interpreter (warmpython.py)
+        shims["python3"] = python3
     for name, text in shims.items():
         if not (bin_dir / name).exists():
             _write_script(bin_dir / name, text)

@@ -40,7 +40,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import topology, userland
+from . import topology, userland, warmpython
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,10 @@ class LiveVm:
         vm = self.arm() or {}
         computer = (topology.props(vm).get("osProfile") or {}).get("computerName") or vm.get("name")
         self.home.mkdir(parents=True, exist_ok=True)
+        warm = self.fleet.warm  # warm interpreter (warmpython.py): the VM's python3 is its client
         userland.provision(self.bin, computer_name=str(computer or "vm"),
-                           az_cli=self.fleet.az_cli)
+                           az_cli=self.fleet.az_cli,
+                           python3=warm.client_script(self.root.name) if warm else None)
         self._write_authorized_keys()
         self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
         if self.proxy is None:
@@ -159,6 +161,8 @@ class LiveVm:
             conn.close()
         for proc in list(self._processes):
             _kill(proc)
+        if self.fleet.warm is not None:  # warm interpreter (warmpython.py)
+            self.fleet.warm.stop_vm(self.root.name)
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None
@@ -406,6 +410,9 @@ class VmFleet:
         self.ssh_connections = 0  # SSH connections accepted by any VM (benchmarks count them)
         # Connections let through a VM used as a jump host: (its address, destination, port).
         self.forwarded: list[tuple[str | None, str, int]] = []
+        # Warm interpreter (warmpython.py): one fork server for the VMs' `python3 -I -S`.
+        warm = warmpython.WarmPython(workdir / "warm") if warmpython.enabled() else None
+        self.warm = warm if warm is not None and warm.usable() else None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -416,6 +423,8 @@ class VmFleet:
                 self.cloud.next_public_ip = secrets.randbelow(200) * 250
             self.cloud.address_taken = lambda address: not can_bind(self.ssh_port, address)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.warm is not None:  # warm interpreter (warmpython.py)
+            self.warm.start()
         self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
         await self._listener.start()
         self.imds_port = self._listener.port
@@ -434,6 +443,8 @@ class VmFleet:
             with contextlib.suppress(Exception):
                 await live.power_off()
         self._live.clear()
+        if self.warm is not None:  # warm interpreter (warmpython.py)
+            self.warm.stop()
         if self._listener is not None:
             await self._listener.stop()
 
