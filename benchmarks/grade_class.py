@@ -439,6 +439,7 @@ def main() -> None:
                     # both run on other machines, not the grader's).
                     "emulator_cpu_requests": round(own, 1),
                     "emulator_cpu_vm_commands": round(commands, 1),
+                    "emulator_cpu_vm_commands_per_lab": round(commands / n, 3),
                     "emulator_cpu_per_lab": round(emulator_cpu / n, 3),
                     "grader_cpu_per_lab": round(run["cpu"] / n, 3),
                     # All the CPU the run took (grader, local Azure, the VMs' commands) spread

@@ -53,9 +53,12 @@ def host_tool(name: str) -> str | None:
     return shutil.which(name, path=HOST_PATH)
 
 
-def _write_script(path: Path, text: str) -> None:
+def _write_script(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    if isinstance(text, bytes):  # a native program (the warm interpreter's client)
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
     tmp.chmod(0o755)
     os.replace(tmp, path)
 
@@ -68,7 +71,7 @@ def _link(bin_dir: Path, name: str, target: str) -> None:
 
 
 def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None,
-              python3: str | None = None) -> None:
+              python3: str | bytes | None = None) -> None:
     """Fill a VM's bin folder: the base system and the shims. What is there already is kept,
     as a real disk keeps it across restarts: installed tools, and whatever the VM's root put in
     place of a base tool. `python3`: the text of the VM's python3 instead of the plain shim

@@ -127,7 +127,7 @@ class LiveVm:
         warm = self.fleet.warm  # warm interpreter (warmpython.py): the VM's python3 is its client
         userland.provision(self.bin, computer_name=str(computer or "vm"),
                            az_cli=self.fleet.az_cli,
-                           python3=warm.client_script(self.root.name) if warm else None)
+                           python3=warm.client(self.root.name) if warm else None)
         self._write_authorized_keys()
         self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
         if self.proxy is None:
