@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import threading
 import time
 
@@ -209,22 +210,94 @@ def test_locales_other_than_the_servers_fall_back():
     assert not warmpython_server.locale_ok([b"LC_ALL=C", b"LANG=C.UTF-8"])
 
 
+@pytest.fixture(scope="module")
+def warm_alone(tmp_path_factory):
+    """A warm interpreter without a local Azure, and its two clients."""
+    tmp = tmp_path_factory.mktemp("warm")
+    warm = WarmPython(tmp / "run")
+    warm.start()
+    assert warm.ready()
+    clients = {"python": tmp / "python3-script"}
+    clients["python"].write_text(warm.client_script("vm-alone"))
+    if warm.native is not None:
+        clients["native"] = tmp / "python3-native"
+        clients["native"].write_bytes(warm.client("vm-alone"))
+    for path in clients.values():
+        path.chmod(0o755)
+    yield warm, clients
+    warm.stop()
+
+
+@pytest.fixture(params=["python", "native"])
+def client(request, warm_alone):
+    warm, clients = warm_alone
+    if request.param not in clients:
+        pytest.skip("no C compiler here: only the Python client")
+    return warm, str(clients[request.param])
+
+
+def test_each_client_hands_over_argv_stdin_exit_codes_and_signals(client, tmp_path):
+    warm, python3 = client
+    env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "GREETING": "hi"}
+    done = subprocess.run(
+        [python3, "-I", "-S", "-c", "import os, sys; print(os.getppid(), sys.argv, "
+         "os.environ['GREETING'], os.getcwd(), sys.stdin.read()); sys.exit(4)", "a b", ""],
+        input="from stdin", capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == f"{warm.proc.pid} ['-c', 'a b', ''] hi {tmp_path} from stdin\n"
+    killed = subprocess.run([python3, "-I", "-S", "-c", "import os; os.kill(os.getpid(), 9)"],
+                            env=env, timeout=30)
+    assert killed.returncode == -9  # the client ends by the same signal, as a shell sees it
+    with open(tmp_path / "extra", "w") as extra:  # a descriptor beyond 0-2 is handed over too
+        fd = extra.fileno()
+        done = subprocess.run([python3, "-I", "-S", "-c", f"import os; os.write({fd}, b'on fd')"],
+                              env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL, timeout=30)
+    assert done.returncode == 0
+    assert (tmp_path / "extra").read_text() == "on fd"
+
+
+def test_each_client_passes_a_signal_on_and_takes_its_program_down(client, tmp_path):
+    warm, python3 = client
+    env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
+    pid_file = tmp_path / "pid"
+    program = (f"import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: "
+               f"sys.exit(7)); open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+               "time.sleep(60)")
+    proc = subprocess.Popen([python3, "-I", "-S", "-c", program], env=env)
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=10)
+    proc.send_signal(15)  # handled by the program: its own exit code
+    assert proc.wait(10) == 7
+    pid_file.unlink()
+    proc = subprocess.Popen([python3, "-I", "-S", "-c", program], env=env)
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=10)
+    child = int(pid_file.read_text())
+    proc.kill()  # the client dies at once: its program must not run on
+    proc.wait(10)
+    assert wait_until(lambda: not alive(child), timeout=10)
+
+
 def test_without_a_server_the_client_runs_the_real_interpreter(tmp_path):
     warm = WarmPython(tmp_path / "run")  # never started: nothing listens
-    client = tmp_path / "python3"
-    client.write_text(warm.client_script("vm-x"))
-    client.chmod(0o755)
-    import subprocess
-    done = subprocess.run([str(client), "-I", "-S", "-c", "import sys; sys.exit(5)"],
-                          capture_output=True, timeout=30)
-    assert done.returncode == 5
+    clients = [tmp_path / "python3"]
+    clients[0].write_text(warm.client_script("vm-x"))
+    native = warm._compile() if (tmp_path / "run").mkdir() is None else None
+    if native is not None:
+        warm.native = native
+        clients.append(tmp_path / "python3-native")
+        clients[1].write_bytes(warm.client("vm-x"))
+    for path in clients:
+        path.chmod(0o755)
+        done = subprocess.run([str(path), "-I", "-S", "-c", "import sys; sys.exit(5)"],
+                              capture_output=True, timeout=30)
+        assert done.returncode == 5, done.stderr
     started = time.monotonic()
     warm.start()
     try:
         assert warm.ready()
-        done = subprocess.run([str(client), "-I", "-S", "-c", "import os; print(os.getppid())"],
-                              capture_output=True, text=True, timeout=30)
-        assert done.stdout.strip() == str(warm.proc.pid), done.stderr
+        for path in clients:
+            done = subprocess.run([str(path), "-I", "-S", "-c", "import os; print(os.getppid())"],
+                                  capture_output=True, text=True, timeout=30)
+            assert done.stdout.strip() == str(warm.proc.pid), done.stderr
     finally:
         warm.stop()
     assert time.monotonic() - started < 30

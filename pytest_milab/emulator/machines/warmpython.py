@@ -17,7 +17,8 @@ One server for all VMs of a local Azure: its children inherit nothing but the se
 state (the VMs already run as one host user). Stopping a VM kills the children its clients
 started (`stop_vm`); stopping the local Azure stops the server and every child.
 
-`MILAB_WARM_PYTHON=0` turns it off (the VM's python3 is then the plain shim).
+`MILAB_WARM_PYTHON=0` turns it off (the VM's python3 is then the plain shim);
+`MILAB_WARM_PYTHON=python` keeps the Python client even where the native one could be built.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class WarmPython:
 
     def usable(self) -> bool:
         """Whether a VM's python3 can be this client: a first line `#!INTERPRETER -IS`."""
-        line = f"#!{self.interpreter} -IS"
-        return (len(line) <= SHEBANG_MAX and not re.search(r"\s", self.interpreter)
+        line = f"#!{os.path.realpath(self.interpreter)} -IS"
+        return (len(line) <= SHEBANG_MAX and not re.search(r"\s", line[2:-4])
                 and len(str(self.socket_path)) < 100)  # sun_path holds 108 bytes
 
     def start(self) -> None:
@@ -118,7 +119,9 @@ class WarmPython:
     def client_script(self, tag: str) -> str:
         """The VM's `python3`: the client with this server, this interpreter and the VM's tag."""
         text = CLIENT.read_text()
-        text = text.replace("#!/usr/bin/python3 -IS", f"#!{self.interpreter} -IS", 1)
+        # The interpreter's real path: the VM may see this client as /usr/bin/python3.
+        text = text.replace("#!/usr/bin/python3 -IS",
+                            f"#!{os.path.realpath(self.interpreter)} -IS", 1)
         text = re.sub(r'^REAL = .*$', f"REAL = {str(self.interpreter)!r}", text, count=1,
                       flags=re.M)
         text = re.sub(r'^SOCKET = .*$', f"SOCKET = {str(self.socket_path)!r}", text, count=1,

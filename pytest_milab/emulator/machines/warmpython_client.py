@@ -69,7 +69,10 @@ def main():
         os._exit(int(number))
     if word == b"signal":
         signum = int(number)
-        _signal.signal(signum, _signal.SIG_DFL)
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL, SIGSTOP: always their default
         os.kill(os.getpid(), signum)  # ends this process as the program ended, as a shell sees
         os._exit(128 + signum)
     os.write(2, b"python3: the local Azure's interpreter stopped\n")

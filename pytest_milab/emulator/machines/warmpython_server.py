@@ -49,6 +49,7 @@ FLAGS = set("ISEs")  # interpreter options the server was started with, or impli
 # coercing the C locale adds.)
 SAME_LOCALE = {b"C.UTF-8", b"C.utf8", b"C.utf-8"}
 MAX_FDS = 64
+MAX_REQUEST = 1 << 18  # a unix socket's default send buffer is smaller: larger ones fail there
 
 
 def parse_argv(args):
@@ -153,12 +154,15 @@ class Server:
         except OSError:
             return None
         try:
-            message, fds, _, _ = socket.recv_fds(conn, 1 << 21, MAX_FDS + 1)
+            conn.settimeout(2)  # a client that connects and says nothing must not stall the rest
+            message, fds, flags, _ = socket.recv_fds(conn, MAX_REQUEST, MAX_FDS + 1)
+            conn.settimeout(None)
         except OSError:
             conn.close()
             return None
         try:
-            job = self.request(message, fds)
+            cut = flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+            job = None if cut else self.request(message, fds)
         except Exception as exc:  # a malformed request: the real interpreter
             sys.stderr.write(f"warm python: bad request: {exc!r}\n")
             job = None
