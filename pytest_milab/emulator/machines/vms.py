@@ -124,7 +124,9 @@ class LiveVm:
         vm = self.arm() or {}
         computer = (topology.props(vm).get("osProfile") or {}).get("computerName") or vm.get("name")
         self.home.mkdir(parents=True, exist_ok=True)
-        warm = self.fleet.warm  # warm interpreter (warmpython.py): the VM's python3 is its client
+        # Warm interpreter (warmpython.py): the VM's python3 is its client (not on-premises
+        # machines: their commands run as another user).
+        warm = getattr(self.fleet, "warm", None)
         userland.provision(self.bin, computer_name=str(computer or "vm"),
                            az_cli=self.fleet.az_cli,
                            python3=warm.client(self.root.name) if warm else None)
@@ -161,7 +163,7 @@ class LiveVm:
             conn.close()
         for proc in list(self._processes):
             _kill(proc)
-        if self.fleet.warm is not None:  # warm interpreter (warmpython.py)
+        if getattr(self.fleet, "warm", None) is not None:  # warm interpreter (warmpython.py)
             self.fleet.warm.stop_vm(self.root.name)
         if self.proxy is not None:
             await self.proxy.stop()
