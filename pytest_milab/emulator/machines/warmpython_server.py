@@ -23,10 +23,10 @@ Protocol (SOCK_SEQPACKET): request `warm1 \\0 TAG \\0 UMASK \\0 FD,FD,... \\0 AR
 import os
 import sys
 
-# What the probe (and programs like it) import: loaded once here, inherited by every child.
+# What the grader's probe (pytest_milab/vm/probe_kit.py and its loader) imports: loaded once
+# here, inherited by every child.
 PRELOAD = ("ssl", "http.client", "json", "hashlib", "hmac", "threading", "urllib.parse",
-           "shutil", "time", "base64", "zlib", "subprocess", "tempfile", "re", "socket",
-           "urllib.request", "secrets", "datetime", "email.utils")
+           "shutil", "time", "base64", "zlib", "subprocess", "tempfile", "re", "socket")
 for _name in PRELOAD:
     __import__(_name)
 import ssl as _ssl  # noqa: E402
