@@ -55,7 +55,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import namespace, reaper, topology, userland
+from . import namespace, reaper, topology, userland, warmpython
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,12 @@ class LiveVm:
         os.chmod(self.root, 0o700)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
+        # Warm interpreter (warmpython.py): the VM's python3 is its client (not on-premises
+        # machines: their commands run as another user).
+        warm = getattr(self.fleet, "warm", None)
         userland.provision(self.bin, computer_name=str(computer or "vm"),
-                           az_cli=self.fleet.az_cli)
+                           az_cli=self.fleet.az_cli,
+                           python3=warm.client(self.root.name) if warm else None)
         self._write_authorized_keys()
         self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
         if self.namespace is None and namespace.wanted():
@@ -203,6 +207,8 @@ class LiveVm:
             conn.close()
         for proc in list(self._processes):
             _kill(proc)
+        if getattr(self.fleet, "warm", None) is not None:  # warm interpreter (warmpython.py)
+            self.fleet.warm.stop_vm(self.root.name)
         self.end_processes()
         if self.namespace is not None:
             self.namespace.stop()
@@ -487,6 +493,9 @@ class VmFleet:
         self.ssh_connections = 0  # SSH connections accepted by any VM (benchmarks count them)
         # Connections let through a VM used as a jump host: (its address, destination, port).
         self.forwarded: list[tuple[str | None, str, int]] = []
+        # Warm interpreter (warmpython.py): one fork server for the VMs' `python3 -I -S`.
+        warm = warmpython.WarmPython(workdir / "warm") if warmpython.enabled() else None
+        self.warm = warm if warm is not None and warm.usable() else None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -500,6 +509,8 @@ class VmFleet:
         os.chmod(self.workdir, 0o700)
         # Orphans of the VMs' commands come back to this process, where they can be ended.
         reaper.become_subreaper()
+        if self.warm is not None:  # warm interpreter (warmpython.py)
+            self.warm.start()
         self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
         await self._listener.start()
         self.imds_port = self._listener.port
@@ -518,6 +529,8 @@ class VmFleet:
             with contextlib.suppress(Exception):
                 await live.power_off()
         self._live.clear()
+        if self.warm is not None:  # warm interpreter (warmpython.py)
+            self.warm.stop()
         if self._listener is not None:
             await self._listener.stop()
 
