@@ -2,6 +2,8 @@
 real SSH, behaves as a fresh interpreter (argv, environment, working directory, stdin, exit
 codes, tracebacks, signals, child processes) while it is a child of the fork server; what the
 fast path cannot honour runs the real interpreter; a client that goes takes its program along.
+Where VMs have their own /usr (root), their /usr/bin/python3 (the probe's) is a client too, and
+every warm run sees the VM's own /usr and /tmp.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import pytest
 from vmkit import make_vm, wait_until
 
-from pytest_milab.emulator.machines import warmpython_server
+from pytest_milab.emulator.machines import namespace, warmpython, warmpython_server
 from pytest_milab.emulator.machines.warmpython import WarmPython
 
 REPORT = ("import json, os, sys; print(json.dumps({'argv': sys.argv, 'cwd': os.getcwd(), "
@@ -34,6 +36,10 @@ def ubuntu(local_azure):
     made = make_vm(local_azure, name="warm")
     yield made
     made.delete()
+
+
+# How the grader's probe starts in a VM (pytest_milab/vm/probe.py).
+PROBE_PYTHON3 = "/usr/bin/env -i PATH=/usr/bin:/bin LANG=C.UTF-8 /usr/bin/python3"
 
 
 def server_pid(local_azure) -> int:
@@ -152,13 +158,16 @@ def test_a_client_that_goes_takes_its_program_along(local_azure, ubuntu):
     assert wait_until(lambda: not alive(pid), timeout=10), "the warm child outlived its client"
 
 
-def test_stopping_the_vm_ends_what_its_python_runs(local_azure):
+@pytest.mark.parametrize("python3", ["python3", PROBE_PYTHON3])
+def test_stopping_the_vm_ends_what_its_python_runs(local_azure, python3):
+    if python3 == PROBE_PYTHON3 and local_azure.vms.warm_usr is None:
+        pytest.skip("VMs have no /usr of their own here (not root)")
     vm = make_vm(local_azure, name="warmstop")
     try:
         started = []
 
         def run():
-            started.append(vm.run("python3 -I -S -c 'import os, time; "
+            started.append(vm.run(f"{python3} -I -S -c 'import os, time; "
                                   "open(\"pid\", \"w\").write(str(os.getpid())); time.sleep(60)'"))
 
         thread = threading.Thread(target=run, daemon=True)
@@ -172,6 +181,81 @@ def test_stopping_the_vm_ends_what_its_python_runs(local_azure):
         thread.join(10)
     finally:
         vm.delete()
+
+
+# -- VMs with their own /usr, /etc and /tmp (namespace.py, as root) ------------------------------
+needs_namespaces = pytest.mark.skipif(
+    not namespace.wanted(), reason="VMs get a private /usr, /etc and /tmp only as root")
+
+
+@needs_namespaces
+def test_the_probe_s_python3_is_warm_and_sees_the_vm_s_usr_and_tmp(local_azure, ubuntu):
+    live = local_azure.vms.live(ubuntu.id)
+    warm_usr = local_azure.vms.warm_usr
+    assert live.namespace is not None and warm_usr is not None and warm_usr.ready()
+    word = os.urandom(6).hex()
+    here, usr_file = f"/tmp/milab-only-here-{word}", f"/usr/share/milab-only-here-{word}"
+    planted = ubuntu.run(f"echo {word} > {here} && echo usr-{word} | sudo tee {usr_file} >/dev/null")
+    assert planted.exited == 0, planted.stderr
+    assert not os.path.exists(here) and not os.path.exists(usr_file)  # not the host's
+    program = (f"import os, sys; print(os.getppid(), open({here!r}).read().strip(), "
+               f"open({usr_file!r}).read().strip(), os.getcwd(), sys.executable, "
+               "'ssl' in sys.modules)")
+    try:
+        probe = ubuntu.run(f"{PROBE_PYTHON3} -I -S -c {shlex.quote(program)}")
+        assert probe.exited == 0, probe.stderr
+        assert probe.stdout.split() == [str(warm_usr.proc.pid), word, f"usr-{word}",
+                                        str(live.home), "/usr/bin/python3", "True"]
+        # The program on stdin, as the probe sends it.
+        piped = ubuntu.run(f"echo {shlex.quote(program)} | {PROBE_PYTHON3} -I -S "
+                           "-c 'import sys; exec(sys.stdin.read())'")
+        assert piped.stdout.split()[:3] == [str(warm_usr.proc.pid), word, f"usr-{word}"]
+        # The PATH's python3 (the other server's client) sees the VM's files as well.
+        path_run = ubuntu.run(f"python3 -I -S -c {shlex.quote(program)}")
+        assert path_run.stdout.split()[:3] == [str(server_pid(local_azure)), word, f"usr-{word}"]
+        # A script given by its absolute path, found in the VM's /tmp.
+        script = ubuntu.run(f"echo {shlex.quote(program)} > {here}.py && "
+                            f"{PROBE_PYTHON3} -I -S {here}.py")
+        assert script.stdout.split()[:2] == [str(warm_usr.proc.pid), word], script.stderr
+        # What the VM's /usr/bin/python3 falls back to: the real versioned binary.
+        real = ubuntu.run(f"{PROBE_PYTHON3} -c 'import os, sys; print(os.getppid(), sys.flags.no_site)'")
+        assert real.exited == 0 and real.stdout.split()[1] == "0"
+        assert real.stdout.split()[0] != str(warm_usr.proc.pid)
+    finally:
+        ubuntu.run(f"rm -f {here} {here}.py; sudo rm -f {usr_file}")
+
+
+@needs_namespaces
+def test_a_vm_s_root_replaces_its_usr_bin_python3_and_it_stays_replaced(local_azure):
+    vm = make_vm(local_azure, name="warmforged")
+    try:
+        fake = "#!/bin/sh\necho forged \"$@\"\n"
+        done = vm.run(f"printf {shlex.quote(fake)} | sudo tee /usr/bin/python3 >/dev/null && "
+                      f"{PROBE_PYTHON3} -I -S -c pass")
+        assert (done.exited, done.stdout) == (0, "forged -I -S -c pass\n"), done.stderr
+        vm.set_power("deallocated")
+        vm.set_power("running")  # the client is not written over what the VM's root put there
+        assert wait_until(lambda: vm.run(f"{PROBE_PYTHON3} -c 1").stdout == "forged -c 1\n",
+                          timeout=10)
+    finally:
+        vm.delete()
+
+
+def test_the_client_goes_into_an_upper_layer_over_nothing_but_its_own(tmp_path):
+    layers = tmp_path / "layers"
+    target = layers / "usr" / "upper" / "bin" / "python3"
+    assert warmpython.install_in_usr(layers, "#!/bin/sh\necho one\n")
+    assert target.read_text() == "#!/bin/sh\necho one\n" and os.access(target, os.X_OK)
+    assert (layers / "usr" / "upper").stat().st_mode & 0o777 == 0o755
+    assert warmpython.install_in_usr(layers, b"\x7fELF two")  # its own: replaced (restart)
+    assert target.read_bytes() == b"\x7fELF two"
+    target.write_text("#!/bin/sh\necho forged\n")  # the VM's root replaced it
+    assert not warmpython.install_in_usr(layers, "#!/bin/sh\necho three\n")
+    assert target.read_text() == "#!/bin/sh\necho forged\n"
+    target.unlink()
+    target.symlink_to("python3.11")  # ... or made it a link again
+    assert not warmpython.install_in_usr(layers, "#!/bin/sh\necho three\n")
+    assert target.is_symlink()
 
 
 def alive(pid: int) -> bool:

@@ -167,6 +167,9 @@ class LiveVm:
         self._write_authorized_keys()
         self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
         if self.namespace is None and namespace.wanted():
+            warm_usr = getattr(self.fleet, "warm_usr", None)
+            if warm_usr is not None:  # the probe's /usr/bin/python3: the warm client
+                warmpython.install_in_usr(self.root / "layers", warm_usr.client(self.root.name))
             held = namespace.VmNamespace(self.root / "layers", namespace.kept_paths(
                 self.fleet.workdir, self.fleet.ca_path, self.fleet.az_cli))
             if await asyncio.get_running_loop().run_in_executor(None, held.start):
@@ -207,8 +210,9 @@ class LiveVm:
             conn.close()
         for proc in list(self._processes):
             _kill(proc)
-        if getattr(self.fleet, "warm", None) is not None:  # warm interpreter (warmpython.py)
-            self.fleet.warm.stop_vm(self.root.name)
+        for warm in (getattr(self.fleet, "warm", None), getattr(self.fleet, "warm_usr", None)):
+            if warm is not None:  # warm interpreter (warmpython.py)
+                warm.stop_vm(self.root.name)
         self.end_processes()
         if self.namespace is not None:
             self.namespace.stop()
@@ -496,6 +500,10 @@ class VmFleet:
         # Warm interpreter (warmpython.py): one fork server for the VMs' `python3 -I -S`.
         warm = warmpython.WarmPython(workdir / "warm") if warmpython.enabled() else None
         self.warm = warm if warm is not None and warm.usable() else None
+        # Where each VM has its own /usr: a second one, the host's /usr/bin/python3, whose
+        # client is the VMs' /usr/bin/python3 (the probe's).
+        self.warm_usr = (warmpython.for_private_usr(workdir / "warm-usr")
+                         if self.warm is not None and namespace.wanted() else None)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -511,6 +519,9 @@ class VmFleet:
         reaper.become_subreaper()
         if self.warm is not None:  # warm interpreter (warmpython.py)
             self.warm.start()
+            if self.warm_usr is not None:
+                self.warm_usr.native = self.warm.native  # the same program, compiled once
+                self.warm_usr.start()
         self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
         await self._listener.start()
         self.imds_port = self._listener.port
@@ -529,8 +540,9 @@ class VmFleet:
             with contextlib.suppress(Exception):
                 await live.power_off()
         self._live.clear()
-        if self.warm is not None:  # warm interpreter (warmpython.py)
-            self.warm.stop()
+        for warm in (self.warm, self.warm_usr):
+            if warm is not None:  # warm interpreter (warmpython.py)
+                warm.stop()
         if self._listener is not None:
             await self._listener.stop()
 

@@ -1,7 +1,8 @@
 #!/usr/bin/python3 -IS
 # The VM's python3, a client of the local Azure's warm interpreter (warmpython_server.py).
 # warmpython.py writes this file into a VM's bin folder with the first lines filled in. It hands
-# the server its argv, environment, working directory, umask and open file descriptors, passes
+# the server its argv, environment, mount namespace, working directory, umask and open file
+# descriptors, passes
 # on the signals it receives, and ends as the program did; anything the server cannot run
 # exactly, or no server, and it execs the real interpreter instead. Only modules built into the
 # interpreter (or _socket), so that starting it costs little more than a bare interpreter.
@@ -35,13 +36,14 @@ def main():
         import _socket
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         sock.connect(SOCKET)
+        namespace = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         mask = os.umask(0)
         os.umask(mask)
-        message = b"\0".join([b"warm1", TAG, b"%d" % mask, b",".join(b"%d" % fd for fd in fds),
+        message = b"\0".join([b"warm2", TAG, b"%d" % mask, b",".join(b"%d" % fd for fd in fds),
                               b"%d" % len(args)] + [os.fsencode(a) for a in args]
                              + [k + b"=" + v for k, v in os.environb.items()])
-        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds + [cwd])
+        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds + [namespace, cwd])
         sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         answer = sock.recv(64)
     except OSError:

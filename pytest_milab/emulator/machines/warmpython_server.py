@@ -4,8 +4,11 @@ Started by warmpython.py as `python3 -I -S warmpython_server.py SOCKET`, never a
 emulator, so nothing of the emulator is in it. It imports what the in-VM probe uses (ssl,
 http.client, json, hashlib, hmac, threading, ...) once, then for each request of a VM's
 `python3` client (warmpython_client.py) forks a child that becomes that interpreter: the
-client's argv, environment, working directory (an fd), umask and open file descriptors
-(SCM_RIGHTS). The child runs the program as a fresh `python3 -I -S` would run it; the server
+client's argv, environment, mount namespace and working directory (fds), umask and open
+file descriptors (SCM_RIGHTS). A client in another mount namespace than the server's (a VM's
+private /usr, /etc and /tmp, namespace.py) gets a child that joins it (setns(2), so the server
+runs as root there) and then goes to the client's working directory: the program sees the VM's
+files, as the real interpreter run in the VM would; the modules imported here are the host's. The child runs the program as a fresh `python3 -I -S` would run it; the server
 sends its exit status to the client. A request the fast path cannot honour exactly is answered
 "fallback": the client then execs the real interpreter.
 
@@ -15,8 +18,8 @@ client receives is passed on to the child. Lines on this server's stdin (the emu
 are orders: `stop TAG` kills the children of the VM whose client sent that tag; end of input
 stops the server and all its children.
 
-Protocol (SOCK_SEQPACKET): request `warm1 \\0 TAG \\0 UMASK \\0 FD,FD,... \\0 ARGC \\0 ARG...
-\\0 ENV...` with the fds (the last one: the working directory); answers `fallback`, `run`, then
+Protocol (SOCK_SEQPACKET): request `warm2 \\0 TAG \\0 UMASK \\0 FD,FD,... \\0 ARGC \\0 ARG...
+\\0 ENV...` with the fds, then the client's /proc/self/ns/mnt and its working directory; answers `fallback`, `run`, then
 `exit N` or `signal N`; the client may send `kill N` (a signal for the child).
 """
 
@@ -42,7 +45,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 
-MAGIC = b"warm1"
+MAGIC = b"warm2"
 FLAGS = set("ISEs")  # interpreter options the server was started with, or implied by -I
 # The locales whose stdio a fresh `python3 -I -S` sets up as this server's (C.UTF-8).
 # (The client is itself a fresh interpreter: its environment already has the LC_CTYPE that
@@ -50,6 +53,16 @@ FLAGS = set("ISEs")  # interpreter options the server was started with, or impli
 SAME_LOCALE = {b"C.UTF-8", b"C.utf8", b"C.utf-8"}
 MAX_FDS = 64
 MAX_REQUEST = 1 << 18  # a unix socket's default send buffer is smaller: larger ones fail there
+CLONE_NEWNS = 0x00020000
+OWN_NAMESPACE = os.stat("/proc/self/ns/mnt")
+_setns = None  # libc's setns(2), where this server may join other namespaces (root)
+if os.geteuid() == 0:
+    try:
+        import ctypes as _ctypes
+
+        _setns = _ctypes.CDLL(None, use_errno=True).setns
+    except (ImportError, OSError, AttributeError):
+        _setns = None
 
 
 def parse_argv(args):
@@ -99,8 +112,12 @@ def locale_ok(env):
     return False
 
 
-def script_ok(path, cwd_fd):
-    """A regular, readable file that is not a zip archive (those the real interpreter runs)."""
+def script_ok(path, cwd_fd, peer=None):
+    """A regular, readable file that is not a zip archive (those the real interpreter runs).
+    `peer`: the client's pid when it is in another mount namespace (an absolute path is then
+    looked up under its root, /proc/PID/root)."""
+    if peer is not None and os.path.isabs(path):
+        path = f"/proc/{peer}/root{path}"
     try:
         fd = os.open(path, os.O_RDONLY, dir_fd=cwd_fd)
     except (OSError, ValueError):
@@ -111,6 +128,15 @@ def script_ok(path, cwd_fd):
         return False
     finally:
         os.close(fd)
+
+
+def _peer_pid(conn):
+    """The pid of the client at the other end (SO_PEERCRED), None if unknown."""
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    return int.from_bytes(raw[:4], sys.byteorder) or None
 
 
 class Server:
@@ -155,14 +181,14 @@ class Server:
             return None
         try:
             conn.settimeout(2)  # a client that connects and says nothing must not stall the rest
-            message, fds, flags, _ = socket.recv_fds(conn, MAX_REQUEST, MAX_FDS + 1)
+            message, fds, flags, _ = socket.recv_fds(conn, MAX_REQUEST, MAX_FDS + 2)
             conn.settimeout(None)
         except OSError:
             conn.close()
             return None
         try:
             cut = flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-            job = None if cut else self.request(message, fds)
+            job = None if cut else self.request(message, fds, _peer_pid(conn))
         except Exception as exc:  # a malformed request: the real interpreter
             sys.stderr.write(f"warm python: bad request: {exc!r}\n")
             job = None
@@ -185,7 +211,7 @@ class Server:
         self.selector.register(conn, selectors.EVENT_READ, "client")
         return None
 
-    def request(self, message, fds):
+    def request(self, message, fds, peer=None):
         fields = message.split(b"\0")
         if fields[0] != MAGIC or len(fields) < 5:
             return None
@@ -194,18 +220,22 @@ class Server:
         argc = int(fields[4])
         args = [os.fsdecode(a) for a in fields[5:5 + argc]]
         env = fields[5 + argc:]
-        if len(targets) + 1 != len(fds) or not {0, 1, 2} <= set(targets):
+        if len(targets) + 2 != len(fds) or not {0, 1, 2} <= set(targets):
             return None
-        if any(os.isatty(fd) for fd in fds[:-1]) or not locale_ok(env):
+        namespace = os.fstat(fds[-2])
+        own = (namespace.st_dev, namespace.st_ino) == (OWN_NAMESPACE.st_dev, OWN_NAMESPACE.st_ino)
+        if not own and _setns is None:
+            return None  # another namespace this server cannot join: the real interpreter
+        if any(os.isatty(fd) for fd in fds[:-2]) or not locale_ok(env):
             return None  # a terminal (interactive use, job control) or another locale
         parsed = parse_argv(args)
         if parsed is None:
             return None
         kind, what, argv = parsed
-        if kind == "script" and not script_ok(what, fds[-1]):
+        if kind == "script" and not script_ok(what, fds[-1], None if own else peer):
             return None
         return {"tag": tag, "umask": umask, "targets": targets, "args": args, "env": env,
-                "kind": kind, "what": what, "argv": argv}
+                "kind": kind, "what": what, "argv": argv, "join": not own}
 
     def from_client(self, conn):
         pid = self.by_conn.get(conn)
@@ -290,9 +320,12 @@ class Server:
             if fd not in keep:
                 with _suppress():
                     os.close(fd)
-        for fd, target in zip(moved[:-1], job["targets"], strict=True):
+        for fd, target in zip(moved[:-2], job["targets"], strict=True):
             os.dup2(fd, target)
             os.close(fd)
+        if job["join"] and _setns(moved[-2], CLONE_NEWNS) != 0:
+            os._exit(127)  # the client says the program could not start (not a step's answer)
+        os.close(moved[-2])
         os.fchdir(moved[-1])
         os.close(moved[-1])
         os.umask(job["umask"])
@@ -421,8 +454,8 @@ if __name__ == "__main__":
     _job = _server.serve()
     # From here on: a forked child, as its client's interpreter.
     _main, _source, _filename = _run(_job)
-    del _job, _server, gc, Server, parse_argv, locale_ok, script_ok, _suppress, _stdio, _run, _own_stdio
-    del array, fcntl, selectors, signal, socket, stat
+    del _job, _server, gc, Server, parse_argv, locale_ok, script_ok, _peer_pid, _suppress, _stdio, _run, _own_stdio
+    del array, fcntl, selectors, signal, socket, stat, _setns
     try:
         exec(compile(_source, _filename, "exec"), _main.__dict__)
         _code = 0
