@@ -161,7 +161,7 @@ def test_a_client_that_goes_takes_its_program_along(local_azure, ubuntu):
 @pytest.mark.parametrize("python3", ["python3", PROBE_PYTHON3])
 def test_stopping_the_vm_ends_what_its_python_runs(local_azure, python3):
     if python3 == PROBE_PYTHON3 and local_azure.vms.warm_usr is None:
-        pytest.skip("VMs have no /usr of their own here (not root)")
+        pytest.skip("VMs have no /usr of their own here (not root, or MILAB_VM_NAMESPACES=0)")
     vm = make_vm(local_azure, name="warmstop")
     try:
         started = []
@@ -185,7 +185,7 @@ def test_stopping_the_vm_ends_what_its_python_runs(local_azure, python3):
 
 # -- VMs with their own /usr, /etc and /tmp (namespace.py, as root) ------------------------------
 needs_namespaces = pytest.mark.skipif(
-    not namespace.wanted(), reason="VMs get a private /usr, /etc and /tmp only as root")
+    not namespace.wanted(), reason="VMs get a private /usr, /etc and /tmp only as root (and not with MILAB_VM_NAMESPACES=0)")
 
 
 @needs_namespaces
