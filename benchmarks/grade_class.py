@@ -129,14 +129,26 @@ class Emulator:
 
     def cpu_seconds(self) -> tuple[float, float] | None:
         """CPU used so far by the local Azure itself (request handling: ARM, Entra, Key Vault,
-        IMDS, the SSH servers, TLS) and by its finished children (the commands run in its VMs),
-        from /proc: (utime + stime, cutime + cstime)."""
+        IMDS, the SSH servers, TLS) and by its VMs' commands, from /proc: (utime + stime,
+        cutime + cstime + what its live children used with their own finished children: the
+        warm interpreter's fork server, whose children are the VMs' `python3 -I -S` runs)."""
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
         tick = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+        children = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                child = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(child[1]) == self.proc.pid:
+                children += sum(int(n) for n in child[11:15])
+        return ((int(fields[11]) + int(fields[12])) / tick,
+                (int(fields[13]) + int(fields[14]) + children) / tick)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -148,7 +160,8 @@ class Emulator:
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("AZURE_", "MILAB_", "PYTEST_")) and k.lower() not in (
+            if (not k.startswith(("AZURE_", "MILAB_", "PYTEST_")) or k == "MILAB_WARM_PYTHON")
+            and k.lower() not in (
                 "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "ssl_cert_file",
                 "curl_ca_bundle")}
 
@@ -496,6 +509,7 @@ def main() -> None:
                     # both run on other machines, not the grader's).
                     "emulator_cpu_requests": round(own, 1),
                     "emulator_cpu_vm_commands": round(commands, 1),
+                    "emulator_cpu_vm_commands_per_lab": round(commands / n, 3),
                     "emulator_cpu_per_lab": round(emulator_cpu / n, 3),
                     "grader_cpu_per_lab": round(run["cpu"] / n, 3),
                     # All the CPU the run took (grader, local Azure, the VMs' commands) spread

@@ -9,7 +9,9 @@ in an upper layer kept in the VM's folder, so they last across a restart as a di
 in place so the VM's home and the CA are still there). Each command of the VM enters that
 namespace (setns(2)) between fork and exec: a few microseconds per command, not a namespace per
 command. So `sudo cp fake /usr/bin/python3` or an edit of /etc/bash.bashrc changes that VM only,
-and the grader's probe, which runs `/usr/bin/python3`, runs that VM's.
+and the grader's probe, which runs `/usr/bin/python3`, runs that VM's (by default the warm
+interpreter's client, written into the upper layer before the overlay is mounted; its runs
+join this namespace: warmpython.py).
 
 Not root (or a kernel or container refusing mount namespaces or overlayfs): no namespace, and a
 VM's sudo, a shim running as the emulator's user, writes to the host's own /usr and /etc.

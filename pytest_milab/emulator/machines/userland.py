@@ -53,9 +53,12 @@ def host_tool(name: str) -> str | None:
     return shutil.which(name, path=HOST_PATH)
 
 
-def _write_script(path: Path, text: str) -> None:
+def _write_script(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    if isinstance(text, bytes):  # a native program (the warm interpreter's client)
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
     tmp.chmod(0o755)
     os.replace(tmp, path)
 
@@ -67,10 +70,12 @@ def _link(bin_dir: Path, name: str, target: str) -> None:
     link.symlink_to(target)
 
 
-def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None) -> None:
+def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None,
+              python3: str | bytes | None = None) -> None:
     """Fill a VM's bin folder: the base system and the shims. What is there already is kept,
     as a real disk keeps it across restarts: installed tools, and whatever the VM's root put in
-    place of a base tool."""
+    place of a base tool. `python3`: the text of the VM's python3 instead of the plain shim
+    (the warm interpreter's client, warmpython.py)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name in BASE_TOOLS:
         target = host_tool(name)
@@ -83,6 +88,8 @@ def provision(bin_dir: Path, *, computer_name: str, az_cli: Path | None) -> None
                    f"azure-identity is importable.\nexec {shlex.quote(sys.executable)} \"$@\"\n",
         "sudo": _sudo_script(bash), "apt": apt, "apt-get": apt,
     }
+    if python3 is not None:  # warm interpreter (warmpython.py)
+        shims["python3"] = python3
     for name, text in shims.items():
         if not (bin_dir / name).exists():
             _write_script(bin_dir / name, text)

@@ -55,7 +55,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import namespace, reaper, topology, userland
+from . import namespace, reaper, topology, userland, warmpython
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,18 @@ class LiveVm:
         os.chmod(self.root, 0o700)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
+        # Warm interpreter (warmpython.py): the VM's python3 is its client (not on-premises
+        # machines: their commands run as another user).
+        warm = getattr(self.fleet, "warm", None)
         userland.provision(self.bin, computer_name=str(computer or "vm"),
-                           az_cli=self.fleet.az_cli)
+                           az_cli=self.fleet.az_cli,
+                           python3=warm.client(self.root.name) if warm else None)
         self._write_authorized_keys()
         self._write_bashrc(re.sub(r"[^A-Za-z0-9_.-]", "-", str(computer or "vm")))
         if self.namespace is None and namespace.wanted():
+            warm_usr = getattr(self.fleet, "warm_usr", None)
+            if warm_usr is not None:  # the probe's /usr/bin/python3: the warm client
+                warmpython.install_in_usr(self.root / "layers", warm_usr.client(self.root.name))
             held = namespace.VmNamespace(self.root / "layers", namespace.kept_paths(
                 self.fleet.workdir, self.fleet.ca_path, self.fleet.az_cli))
             if await asyncio.get_running_loop().run_in_executor(None, held.start):
@@ -203,6 +210,9 @@ class LiveVm:
             conn.close()
         for proc in list(self._processes):
             _kill(proc)
+        for warm in (getattr(self.fleet, "warm", None), getattr(self.fleet, "warm_usr", None)):
+            if warm is not None:  # warm interpreter (warmpython.py)
+                warm.stop_vm(self.root.name)
         self.end_processes()
         if self.namespace is not None:
             self.namespace.stop()
@@ -487,6 +497,13 @@ class VmFleet:
         self.ssh_connections = 0  # SSH connections accepted by any VM (benchmarks count them)
         # Connections let through a VM used as a jump host: (its address, destination, port).
         self.forwarded: list[tuple[str | None, str, int]] = []
+        # Warm interpreter (warmpython.py): one fork server for the VMs' `python3 -I -S`.
+        warm = warmpython.WarmPython(workdir / "warm") if warmpython.enabled() else None
+        self.warm = warm if warm is not None and warm.usable() else None
+        # Where each VM has its own /usr: a second one, the host's /usr/bin/python3, whose
+        # client is the VMs' /usr/bin/python3 (the probe's).
+        self.warm_usr = (warmpython.for_private_usr(workdir / "warm-usr")
+                         if self.warm is not None and namespace.wanted() else None)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -500,6 +517,11 @@ class VmFleet:
         os.chmod(self.workdir, 0o700)
         # Orphans of the VMs' commands come back to this process, where they can be ended.
         reaper.become_subreaper()
+        if self.warm is not None:  # warm interpreter (warmpython.py)
+            self.warm.start()
+            if self.warm_usr is not None:
+                self.warm_usr.native = self.warm.native  # the same program, compiled once
+                self.warm_usr.start()
         self._listener = HttpListener(FrontDoor(self.cloud, {"*": ("imds", self.imds.app())}))
         await self._listener.start()
         self.imds_port = self._listener.port
@@ -518,6 +540,9 @@ class VmFleet:
             with contextlib.suppress(Exception):
                 await live.power_off()
         self._live.clear()
+        for warm in (self.warm, self.warm_usr):
+            if warm is not None:  # warm interpreter (warmpython.py)
+                warm.stop()
         if self._listener is not None:
             await self._listener.stop()
 
