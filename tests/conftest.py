@@ -23,6 +23,13 @@ import msal  # noqa: E402,F401
 import requests  # noqa: E402,F401
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (the default here): two workers a core, at most 8. Most of these tests wait on
+    the local Azure's simulated latency, timeouts and subprocesses, not on a core (on 2 cores:
+    2 workers 4 min, 4 workers 2.6 min)."""
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
 def pytest_configure(config):
     # Under pytest-xdist, a worker's environment names it (PYTEST_XDIST_WORKER and friends); the
     # pytest runs these tests start must not inherit that and believe they are workers too.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -168,9 +169,11 @@ def test_many_paths_that_are_not_a_list_fail_that_read_alone():
     ({"networkProfile": {"networkInterfaces": "x"}}, {"value": [{"id": "ra"}]}),
     ({"networkProfile": {"networkInterfaces": [{"id": "/nic"}]}}, {"value": 5}),
 ])
-def test_the_managed_identity_suites_reads_fail_one_by_one(vm_props, role_assignments):
+def test_the_managed_identity_suites_reads_fail_one_by_one(vm_props, role_assignments,
+                                                          monkeypatch):
     """The audit's cases on the suite's own reads: a VM with networkInterfaces [null] or "x"
     fails the network reads only; role assignments with `value: 5` fail that read only."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # example_suites
     from example_suites.managed_identity.reads import READS
     from example_suites.managed_identity.spec import ManagedIdentitySpec
 
