@@ -386,25 +386,12 @@ az ad sp create --id "$appId"
 def create_evidence_app(credential=None, timeout: float = 60.0) -> str:
     """Create the evidence app registration through Microsoft Graph (Application.ReadWrite
     needed): its app ID URI, `api://<appId>`."""
-    import requests
-
-    from .azure.clients import make_credential
+    from .azure.clients import graph_call, make_credential
 
     credential = credential or make_credential()
-    token = credential.get_token("https://graph.microsoft.com/.default").token
-    headers = {"Authorization": f"Bearer {token}"}
 
     def call(method: str, path: str, body: dict) -> dict:
-        r = requests.request(method, f"https://graph.microsoft.com/v1.0{path}", json=body,
-                             headers=headers, timeout=timeout)
-        if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                detail = f"{err.get('code')}: {err.get('message')}"
-            except (ValueError, KeyError, TypeError):
-                detail = r.text[:200]
-            raise RuntimeError(f"Graph {method} {path} answered {r.status_code} {detail}")
-        return r.json() if r.content else {}
+        return graph_call(credential, method, path, body, timeout=timeout)
 
     app = call("POST", "/applications", {"displayName": EVIDENCE_APP,
                                          "signInAudience": "AzureADMyOrg"})

@@ -183,19 +183,9 @@ class ProvisionContext:
     def graph(self, method: str, path: str, body: dict | None = None) -> dict:
         """A Microsoft Graph v1.0 call as the credential; creating an application records it
         for teardown."""
-        import requests
+        from .azure.clients import graph_call
 
-        token = self.credential.get_token("https://graph.microsoft.com/.default").token
-        r = requests.request(method, f"https://graph.microsoft.com/v1.0{path}", json=body,
-                             headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout)
-        if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                detail = f"{err.get('code')}: {err.get('message')}"
-            except (ValueError, KeyError, TypeError):
-                detail = r.text[:200]
-            raise RuntimeError(f"Graph {method} {path} answered {r.status_code} {detail}")
-        data = r.json() if r.content else {}
+        data = graph_call(self.credential, method, path, body, timeout=self.timeout)
         if method == "POST" and path == "/applications":
             self.created_apps.append(data["id"])
         return data

@@ -109,3 +109,33 @@ def may_get_secrets(vault: Any, assignments: list[dict], principal_id: str | Non
                    and covers(ra.get("scope"), vault.get("id"))
                    for ra in assignments_for(assignments, principal_id))
     return bool(secret_permissions(access_policy_for(vault, principal_id)) & {"get", "all"})
+
+
+class IdentityGrants:
+    """What ARM shows an identity may do in a lab, for a `Lab` subclass (mix it in) that has
+    `role_assignments` (from `role_assignments()`), `vault`, `identity_principal_id`,
+    `group_id` and a read named `vault_secrets` (ARM's list of the vault's secrets): the
+    control plane against which the machine's word is held."""
+
+    def assignments_for(self, principal_id: str | None, role: str | None = None) -> list[dict]:
+        return assignments_for(self.role_assignments, principal_id, role)
+
+    @property
+    def vault_secret_names(self) -> set[str]:
+        """The names (lower case) of the secrets ARM lists in the lab's vault."""
+        return secret_names(self.read("vault_secrets"))
+
+    def identity_may_get_secrets(self) -> bool:
+        """Whether ARM shows the identity may read secrets' values in the lab's vault."""
+        return may_get_secrets(self.vault, self.role_assignments, self.identity_principal_id)
+
+    def identity_roles_on_group(self) -> list[dict]:
+        """The identity's role assignments that apply to the group (at it or above)."""
+        return [ra for ra in self.assignments_for(self.identity_principal_id)
+                if covers(ra.get("scope"), self.group_id)]
+
+    def identity_roles_on_subscription(self) -> list[dict]:
+        """The identity's role assignments at the group's subscription or above."""
+        subscription = "/".join(str(self.group_id or "").split("/")[:3])
+        return [ra for ra in self.assignments_for(self.identity_principal_id)
+                if covers(ra.get("scope"), subscription)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pytest_milab import Lab, shapes
 
 
-class ArcLab(Lab):
+class ArcLab(shapes.IdentityGrants, Lab):
     @property
     def resources(self) -> list[dict]:
         return self.read("resources") or []
@@ -43,28 +43,3 @@ class ArcLab(Lab):
     def role_assignments(self) -> list[dict]:
         """Assignments at, above and below the group, each with `roleName` added."""
         return shapes.role_assignments(self.read("role_assignments"))
-
-    def assignments_for(self, principal_id: str | None, role: str | None = None) -> list[dict]:
-        return shapes.assignments_for(self.role_assignments, principal_id, role)
-
-    # -- what ARM shows, against which the machine's word is checked -------------------------
-    @property
-    def vault_secret_names(self) -> set[str]:
-        """The names (lower case) of the secrets ARM lists in the lab's vault."""
-        return shapes.secret_names(self.read("vault_secrets"))
-
-    def identity_may_get_secrets(self) -> bool:
-        """Whether ARM shows the identity may read secrets' values in the lab's vault."""
-        return shapes.may_get_secrets(self.vault, self.role_assignments,
-                                      self.identity_principal_id)
-
-    def identity_roles_on_group(self) -> list[dict]:
-        """The identity's role assignments that apply to the group (at it or above)."""
-        return [ra for ra in self.assignments_for(self.identity_principal_id)
-                if shapes.covers(ra.get("scope"), self.group_id)]
-
-    def identity_roles_on_subscription(self) -> list[dict]:
-        """The identity's role assignments at the group's subscription or above."""
-        subscription = "/".join(str(self.group_id or "").split("/")[:3])
-        return [ra for ra in self.assignments_for(self.identity_principal_id)
-                if shapes.covers(ra.get("scope"), subscription)]

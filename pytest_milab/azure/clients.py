@@ -352,3 +352,22 @@ class ClientPool:
                 self._clients[key] = SubscriptionClients(self.credential, subscription_id,
                                                          self.timeout, self._transport, arm)
             return self._clients[key]
+
+
+def graph_call(credential, method: str, path: str, body: dict | None = None, *,
+               timeout: float = 60.0) -> dict:
+    """One Microsoft Graph v1.0 call as the credential: its JSON answer ({} when empty); an
+    error answer as a RuntimeError naming Graph's code and message."""
+    import requests
+
+    token = credential.get_token("https://graph.microsoft.com/.default").token
+    r = requests.request(method, f"https://graph.microsoft.com/v1.0{path}", json=body,
+                         headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    if r.status_code >= 400:
+        try:
+            err = r.json()["error"]
+            detail = f"{err.get('code')}: {err.get('message')}"
+        except (ValueError, KeyError, TypeError):
+            detail = r.text[:200]
+        raise RuntimeError(f"Graph {method} {path} answered {r.status_code} {detail}")
+    return r.json() if r.content else {}
