@@ -20,7 +20,7 @@ CONTROL_PLANE = {"resource-group", "key-vault", "vault-permission-model",
 # What answers the probe instead of the kit, once the lab is built.
 FAKES = {
     "garbage": "echo 'MILAB-PROBE-RESULT {\"secret_read\": {\"status\": 200}}'; echo '{not json'",
-    "flood": "head -c 300000000 /dev/zero | tr '\\0' x",
+    "flood": "head -c 1500000000 /dev/zero | tr '\\0' x",
 }
 
 
