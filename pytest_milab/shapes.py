@@ -139,3 +139,21 @@ class IdentityGrants:
         subscription = "/".join(str(self.group_id or "").split("/")[:3])
         return [ra for ra in self.assignments_for(self.identity_principal_id)
                 if covers(ra.get("scope"), subscription)]
+
+    def read_only_grant_problem(self) -> str | None:
+        """What in ARM's role assignments contradicts a read-only grant to the identity on the
+        group (a role above the group, none on it, or one that writes), or None."""
+        wider = self.identity_roles_on_subscription()
+        if wider:
+            return (f"ARM shows the identity holds {wider[0]['roleName']} at {wider[0]['scope']}, "
+                    "yet the machine reports no permission beyond the group")
+        roles = self.identity_roles_on_group()
+        if not roles:
+            return ("ARM shows no role for the identity on the group, yet the machine reports "
+                    "read permissions there")
+        writers = sorted({ra["roleName"] for ra in roles
+                          if str(ra["roleName"]).lower() in WRITERS})
+        if writers:
+            return (f"ARM shows the identity holds {', '.join(writers)} on the group, yet the "
+                    "machine reports read-only permissions")
+        return None

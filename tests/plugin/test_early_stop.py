@@ -9,16 +9,7 @@ import csv
 import json
 
 import pytest
-
-CONFTEST = """
-import pytest
-from pytest_milab import LabEvidence
-
-@pytest.fixture
-def evidence(_milab_target):
-    return LabEvidence(label=_milab_target.label, group=_milab_target.group,
-                       subscription="sub-1", control={"group": {"id": "/g"}})
-"""
+from test_plugin import CONFTEST  # the synthetic evidence of the plugin's own tests
 
 SUITE = """
 import pytest
