@@ -124,7 +124,12 @@ class Vm:
                                ).get(part.name)
         except SshError as exc:
             raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
-        if not isinstance(result, dict) or set(result) == {"error"}:
+        if isinstance(result, dict) and set(result) == {"error", "trouble"} \
+                and result["trouble"] == "azure":
+            raise CouldNotDecide(f"in the machine: {clean(result['error'])} (Azure's trouble, "
+                                 "as the machine reports it)")
+        if not isinstance(result, dict) or "error" in result and set(result) <= {"error",
+                                                                                  "trouble"}:
             # What the machine answered (or left out): it did not let the grader see.
             error = result.get("error") if isinstance(result, dict) else "no result"
             raise Unverified(f"in the machine: {clean(error)}")

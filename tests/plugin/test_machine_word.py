@@ -135,3 +135,32 @@ def test_the_machine_s_word_in_a_grading_run(pytester, azure_env):
     assert (steps["refuting-passed"]["outcome"],
             steps["refuting-passed"]["evidence"]) == ("passed", "control-plane")
     assert (steps["direct"]["outcome"], steps["direct"]["evidence"]) == ("passed", "vm-reported")
+
+
+class _Answering:
+    """A machine connection whose probe answers `answer` for every part, on the framed line."""
+
+    def __init__(self, answer: dict) -> None:
+        self.answer = answer
+
+    def run(self, command, *, timeout=None, stdin=b""):
+        from pytest_milab.vm.ssh import CommandResult
+
+        program = json.loads(stdin)
+        results = {p["name"]: self.answer for p in program["parts"]}
+        return CommandResult(0, f"MILAB-PROBE-RESULT {program['nonce']} {json.dumps(results)}\n",
+                             "")
+
+
+def test_the_vm_fixture_tells_azure_s_trouble_apart_from_the_machine_s_failures():
+    from pytest_milab.errors import CouldNotDecide
+    from pytest_milab.vm.probe import Vm
+
+    trouble = {"error": "GET http://169.254.169.254/metadata/instance: answered 429 3 times",
+               "trouble": "azure"}
+    with pytest.raises(CouldNotDecide, match="answered 429 3 times"):
+        Vm(_Answering(trouble), b"k" * 32).imds("/metadata/instance")
+    with pytest.raises(Unverified, match="in the machine: boom"):
+        Vm(_Answering({"error": "boom"}), b"k" * 32).imds("/metadata/instance")
+    assert Vm(_Answering({"status": 200}), b"k" * 32).imds("/metadata/instance") == {
+        "status": 200}
