@@ -309,3 +309,14 @@ def test_a_grading_run_that_started_a_local_azure_removes_it_on_a_signal(sig, tm
         if proc.poll() is None:
             proc.kill()
     assert list(private_tmp.glob("milab-azure-*")) == []
+
+
+def test_a_vm_s_private_tmp_still_shows_this_package_wherever_it_lies(tmp_path):
+    """Shims in a VM start this package's own scripts (sudo's client on Arc machines, the warm
+    interpreter): installed or checked out under /tmp, it must stay visible in a VM's /tmp."""
+    import pytest_milab
+    from pytest_milab.emulator.machines.namespace import kept_paths
+
+    package = Path(pytest_milab.__file__).resolve().parent
+    kept = kept_paths(tmp_path / "work", tmp_path / "work" / "ca.pem", None)
+    assert any(package == p or package.is_relative_to(p) for p in kept), kept

@@ -90,9 +90,11 @@ def wanted() -> bool:
 
 def kept_paths(workdir: Path, ca_path: Path, az_cli: Path | None) -> list[Path]:
     """What a VM's private /tmp must still show if they lie there: the local Azure's work
-    directory (homes, bin folders, CA) and the interpreter and Azure CLI its shims run."""
+    directory (homes, bin folders, CA), the interpreter and Azure CLI its shims run, and this
+    package's own scripts they start (sudo's client, the warm interpreter's)."""
+    package = Path(__file__).resolve().parents[2]  # pytest_milab, wherever it is installed
     paths = [Path(os.path.commonpath([workdir, ca_path.parent])), Path(sys.prefix),
-             Path(sys.base_prefix)]
+             Path(sys.base_prefix), package]
     if az_cli is not None:
         paths.append(Path(az_cli).resolve().parent.parent)
     return paths
