@@ -51,6 +51,14 @@ def _error(status: int, code: str, message: str) -> Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
+async def _body(request: Request) -> Any:
+    """The request's JSON body, or None when it is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
 def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> Starlette:
     """The control app; `fleet()` gives the ArcFleet (it starts after the network)."""
 
@@ -75,10 +83,7 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
         refused = caller(request)
         if refused is not None:
             return refused
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _body(request)
         if not isinstance(body, dict):
             return _error(400, "InvalidRequest", "the body is a JSON object")
         name, user = body.get("name"), body.get("user") or "azureuser"
@@ -115,10 +120,7 @@ def build_app(tokens: TokenIssuer, owner_oid: str, fleet: Callable[[], Any]) -> 
         machine, refused = named(request)
         if refused is not None:
             return refused
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _body(request)
         if not isinstance(body, dict) or not isinstance(body.get("sudo"), bool):
             return _error(400, "InvalidRequest", 'the body is {"sudo": true|false}')
         machine.set_sudo(body["sudo"])
