@@ -10,10 +10,10 @@ import hashlib
 import hmac
 from typing import Any
 
-from . import text
 from .errors import CouldNotDecide, SuiteError, Unverified
 from .evidence import LabEvidence, SshOutcome
 from .provenance import CONTROL_PLANE, REFUTING, SIGNED, VM_REPORTED, note
+from .vm.probe import part_result
 
 
 class NeedsStep(AssertionError):
@@ -161,18 +161,7 @@ class Lab:
         # The machine writes the probe's answer: a part it left out or says could not run is
         # the machine not letting the grader see (counted, no points), never the grader's
         # trouble. (Read past `ProbeResults`' note: the caller notes what it relies on.)
-        result = dict.get(ev.probe, name)
-        if not isinstance(result, dict):
-            raise Unverified(f"the machine's probe answer has no result for {name}")
-        if set(result) == {"error", "trouble"} and result["trouble"] == "azure":
-            # Throttling, 5xx or silence from Azure's side (IMDS, ARM, Key Vault, Entra), as
-            # the machine tells it: the grader cannot decide; grading again asks again.
-            raise CouldNotDecide(f"in the machine, {name}: {text.clean(result['error'])} "
-                                 "(Azure's trouble, as the machine reports it)")
-        if set(result) == {"error"} or set(result) == {"error", "trouble"}:
-            raise Unverified(f"in the machine, {name} could not run: "
-                             f"{text.clean(result['error'])}")
-        return result
+        return part_result(name, dict.get(ev.probe, name))
 
     def same_secret(self, found: Any, expected: str) -> bool:
         """Whether a keyed digest the probe returned is that of `expected` (compared here, on

@@ -87,6 +87,21 @@ def _result(result: CommandResult, mark: str) -> dict:
                    machine=True)
 
 
+def part_result(name: str, result) -> dict:
+    """One part's result as the machine answered it, judged: Azure's trouble that the probe
+    met (throttling, 5xx, silence after its retries) cannot decide (grading again asks again);
+    a part left out or said to have failed is the machine not letting the grader see
+    (`Unverified`: counted, no points), never the grader's trouble."""
+    if not isinstance(result, dict):
+        raise Unverified(f"the machine's probe answer has no result for {name}")
+    if set(result) == {"error", "trouble"} and result["trouble"] == "azure":
+        raise CouldNotDecide(f"in the machine, {name}: {clean(result['error'])} "
+                             "(Azure's trouble, as the machine reports it)")
+    if "error" in result and set(result) <= {"error", "trouble"}:
+        raise Unverified(f"in the machine, {name} could not run: {clean(result['error'])}")
+    return result
+
+
 class Vm:
     """The `vm` fixture: commands and HTTP calls inside a lab's machine, acting as its identity.
 
@@ -124,16 +139,7 @@ class Vm:
                                ).get(part.name)
         except SshError as exc:
             raise (Unverified if exc.machine else CouldNotDecide)(str(exc)) from None
-        if isinstance(result, dict) and set(result) == {"error", "trouble"} \
-                and result["trouble"] == "azure":
-            raise CouldNotDecide(f"in the machine: {clean(result['error'])} (Azure's trouble, "
-                                 "as the machine reports it)")
-        if not isinstance(result, dict) or "error" in result and set(result) <= {"error",
-                                                                                  "trouble"}:
-            # What the machine answered (or left out): it did not let the grader see.
-            error = result.get("error") if isinstance(result, dict) else "no result"
-            raise Unverified(f"in the machine: {clean(error)}")
-        return result
+        return part_result(part.name, result)
 
     def imds(self, path: str) -> dict:
         """GET a metadata path (with `Metadata: true`): {"status", "json", "text"}."""

@@ -160,7 +160,7 @@ def test_the_vm_fixture_tells_azure_s_trouble_apart_from_the_machine_s_failures(
                "trouble": "azure"}
     with pytest.raises(CouldNotDecide, match="answered 429 3 times"):
         Vm(_Answering(trouble), b"k" * 32).imds("/metadata/instance")
-    with pytest.raises(Unverified, match="in the machine: boom"):
+    with pytest.raises(Unverified, match="in the machine, imds could not run: boom"):
         Vm(_Answering({"error": "boom"}), b"k" * 32).imds("/metadata/instance")
     assert Vm(_Answering({"status": 200}), b"k" * 32).imds("/metadata/instance") == {
         "status": 200}
