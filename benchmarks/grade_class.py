@@ -150,6 +150,28 @@ class Emulator:
         return ((int(fields[11]) + int(fields[12])) / tick,
                 (int(fields[13]) + int(fields[14]) + children) / tick)
 
+    def pin(self, cores: list[int]) -> None:
+        """Every thread of the local Azure and of its descendants (the VMs' servers) on these
+        cores; what they start later inherits it."""
+        pids, frontier = set(), [self.proc.pid]
+        parents: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                parents.setdefault(ppid, []).append(int(entry.name))
+        while frontier:
+            pid = frontier.pop()
+            if pid not in pids:
+                pids.add(pid)
+                frontier += parents.get(pid, [])
+        for pid in pids:
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), cores)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         try:
@@ -244,7 +266,10 @@ def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args
         [str(Path(__file__).resolve().parent)]
         + ([child_env["PYTHONPATH"]] if child_env.get("PYTHONPATH") else []))
     report = run / "grades.json"
-    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q",
+    prof = ([] if not args.profile else
+            ["-m", "cProfile", "-o",
+             str(Path(args.profile) / f"grader-n{len(groups)}-w{workers}{'-' + defect if defect else ''}.prof")])
+    cmd = [sys.executable, *prof, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q",
            "--rootdir", str(run), "-c", os.devnull, "--milab-roster", str(roster),
            "--milab-report", str(report), "--milab-ssh-key", str(key),
            "--milab-ssh-port", env.get("MILAB_SSH_PORT", "22"), "-p", "first_arm_read"]
@@ -255,7 +280,8 @@ def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args
     cmd += shlex.split(args.pytest_args)
     with (run / "output.txt").open("w") as out:
         t0, wall0 = time.perf_counter(), time.time()
-        proc = subprocess.Popen(cmd, env=child_env, cwd=run, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=child_env, cwd=run, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_grader_affinity(args))
         peaks: dict[int, int] = {}
         watcher = threading.Thread(target=_watch_rss, args=(proc, peaks), daemon=True)
         watcher.start()
@@ -384,6 +410,24 @@ def baseline(env: dict[str, str], groups: list[str], key: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def _grader_affinity(args):
+    """With --pin: the grader on every core but the last (the local Azure's)."""
+    if not args.pin or len(_cores()) < 2:
+        return None
+    cores = _cores()[:-1]
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+def grader_cores(args) -> int:
+    """The cores the grader may use: all of them, or all but the local Azure's with --pin."""
+    cores = len(_cores())
+    return cores - 1 if args.pin and cores >= 2 else cores
+
+
 # -- main -----------------------------------------------------------------------------------------
 def critical_path(latency: dict[str, float]) -> float:
     """The dependent round trips one lab needs at least, at the configured latency: the
@@ -453,6 +497,12 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--build-parallel", type=int, default=12)
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="run each grading pytest under cProfile, its statistics written "
+                        "to DIR/grader-n<N>-w<WORKERS>[-<defect>].prof (the controller only)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the local Azure (its process, its VMs' commands) to the last "
+                        "core and the grader to the others (needs 2 cores or more)")
     args = parser.parse_args()
     ns = sorted(set(args.n or [1, 10, 50]))
     latency = dict(LATENCY, **dict(args.latency))
@@ -467,6 +517,8 @@ def main() -> None:
                           "stage_failures": unexpected[:5]}), flush=True)
         grader_oid = _grader_oid(emulator.env, emulator.env["MILAB_GRADER_CLIENT_ID"])
         emulator.knobs(on=True)
+        if args.pin:
+            emulator.pin(_cores()[-1:])
         grade(emulator.env, groups[:1], key, workdir, args)  # warm-up: bytecode written
         results = {}
         lines: list[dict] = []
@@ -529,7 +581,7 @@ def main() -> None:
             # longest of the chain of dependent round trips, its own CPU over its cores, and
             # the read bucket when throttled.
             path = critical_path(latency)
-            grader_floor = max(path, run["cpu"] / cores, throttle_floor)
+            grader_floor = max(path, run["cpu"] / grader_cores(args), throttle_floor)
             line.update(critical_path_seconds=round(path, 2),
                         grader_floor_seconds=round(grader_floor, 2),
                         seconds_over_grader_floor=round(run["seconds"] / grader_floor, 2))
