@@ -18,7 +18,12 @@ returns it as it came; here the grader checks, before any step reads it:
 
 What it returns is the signed content; comparing `vmId` and `subscriptionId` with what ARM says
 of the lab's VM is the check's (`matches_vm`). A forged, replayed, stale or foreign document is
-refused with a reason a student can read (`AttestationRefused`)."""
+refused with a reason a student can read (`AttestationRefused`).
+
+Every VM of a run carries the same certificates (IMDS's signer and its intermediates): a set of
+certificates, byte for byte one already read whole, is not parsed again, and its chain, once
+verified, holds for later documents while every certificate of the chain is valid and the trust
+anchors are the same. The signature, the nonce and the time are checked for every document."""
 
 from __future__ import annotations
 
@@ -80,8 +85,43 @@ def trust_anchors() -> list[x509.Certificate]:
         return _ANCHORS[path]
 
 
+# -- what a run verified once -------------------------------------------------------------------
+MAX_KNOWN = 64  # certificate sets, chains and stores kept per run (IMDS's signers are few)
+# A `certificates` field's DER (one that parsed whole, with every certificate) -> its
+# certificates, as cryptography loads them.
+_CERT_SETS: dict[bytes, list[x509.Certificate]] = {}
+# (the anchors' list, the certificates field's DER, the signer's place in it, fetch) -> the name
+# the chain was verified for and when every certificate of that chain is valid.
+_CHAINS: dict[tuple, tuple[str, _dt.datetime, _dt.datetime]] = {}
+# id(anchors) -> (anchors, their Store): the list is held, so its id is not another's.
+_STORES: dict[int, tuple[object, object]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def _keep(cache: dict, key, value) -> None:
+    with _KNOWN_LOCK:
+        if key not in cache and len(cache) >= MAX_KNOWN:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+
+
+def _store(anchors: Sequence[x509.Certificate]):
+    """A verification store of the anchors, made once for each list of them."""
+    from cryptography.x509.verification import Store
+
+    with _KNOWN_LOCK:
+        known = _STORES.get(id(anchors))
+    if known is not None and known[0] is anchors:
+        return known[1]
+    store = Store(list(anchors))
+    _keep(_STORES, id(anchors), (anchors, store))
+    return store
+
+
 # -- the PKCS#7 envelope -----------------------------------------------------------------------
 def _signed_data(answer: object):
+    """The document's SignedData, every field parsed (damage shows here), and its certificates
+    as cryptography loads them when they are a set already read (else None)."""
     from asn1crypto import cms
 
     if not isinstance(answer, dict) or answer.get("encoding") != "pkcs7" \
@@ -96,6 +136,9 @@ def _signed_data(answer: object):
         info = cms.ContentInfo.load(der, strict=True)
         if info["content_type"].native != "signed_data":
             raise ValueError("not SignedData")
+        known = _with_known_certificates(der)
+        if known is not None:
+            return known
         signed = info["content"]
         signed.native  # noqa: B018 - parses every field now, so damage shows here
     except AttestationRefused:
@@ -103,7 +146,41 @@ def _signed_data(answer: object):
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise AttestationRefused(f"the attested document is not PKCS#7 SignedData "
                                  f"({clean(exc, 250)})") from None
-    return signed
+    return signed, None
+
+
+def _with_known_certificates(der: bytes):
+    """(SignedData, certificates) when the document's certificates field is byte for byte one
+    already read whole and every other field parses as the whole would; else None (the whole
+    is then parsed, and tells any damage as it always does)."""
+    from asn1crypto import cms
+
+    try:
+        signed = cms.ContentInfo.load(der, strict=True)["content"]
+        field = signed["certificates"]
+        if not field.contents:
+            return None
+        with _KNOWN_LOCK:
+            certs = _CERT_SETS.get(field.dump())
+        if certs is None:
+            return None
+        for name, *_ in cms.SignedData._fields:
+            if name != "certificates":
+                signed[name].native  # noqa: B018 - parses that field whole
+        return signed, certs
+    except Exception:  # noqa: BLE001 - the whole parse reports the damage
+        return None
+
+
+def _certificates(signed) -> list[x509.Certificate]:
+    """The certificates the document carries, as cryptography loads them; a set that loads is
+    kept by its DER (the next documents of the run carry the same)."""
+    certs = [x509.load_der_x509_certificate(choice.chosen.dump())
+             for choice in signed["certificates"] or [] if choice.name == "certificate"]
+    field = signed["certificates"]
+    if field.contents:
+        _keep(_CERT_SETS, field.dump(), certs)
+    return certs
 
 
 def _signer_certificate(signed, certs: list[x509.Certificate]):
@@ -297,9 +374,20 @@ def _fetched_issuers(leaf: x509.Certificate,
 
 
 def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate], store,
-                 now: _dt.datetime, fetch: Callable[..., x509.Certificate | None] | None) -> str:
+                 now: _dt.datetime, fetch: Callable[..., x509.Certificate | None] | None,
+                 known: tuple | None = None) -> str:
+    """The name the leaf's chain to the anchors is verified for. `known`: what identifies this
+    chain's question (the store, the certificates field's DER, the leaf's place in it, fetch),
+    so that a chain verified before, still valid at `now` in every certificate, is not
+    verified again."""
     from cryptography.x509.verification import PolicyBuilder, VerificationError
 
+    if known is not None and store is not None:
+        key = (id(store), *known)
+        with _KNOWN_LOCK:
+            found = _CHAINS.get(key)
+        if found is not None and found[0] is store and found[2] <= now <= found[3]:
+            return found[1]
     name = _metadata_name(leaf)
     if store is None:
         raise AttestationRefused("the grader has no trust anchors to verify the attested "
@@ -307,16 +395,23 @@ def _check_chain(leaf: x509.Certificate, carried: list[x509.Certificate], store,
     verifier = (PolicyBuilder().store(store).time(now)
                 .build_server_verifier(x509.DNSName(name)))
     intermediates = [c for c in carried if c != leaf]
-    try:
-        verifier.verify(leaf, intermediates)
+
+    def verified(chain: list[x509.Certificate]) -> str:
+        if known is not None:
+            # Valid while every certificate of the chain is (the policy's only use of time).
+            _keep(_CHAINS, (id(store), *known),
+                  (store, name, max(c.not_valid_before_utc for c in chain),
+                   min(c.not_valid_after_utc for c in chain)))
         return name
+
+    try:
+        return verified(verifier.verify(leaf, intermediates))
     except VerificationError as exc:
         first = exc
     fetched, unavailable = _fetched_issuers(leaf, fetch) if fetch else ([], None)
     if fetched:
         try:
-            verifier.verify(leaf, intermediates + fetched)
-            return name
+            return verified(verifier.verify(leaf, intermediates + fetched))
         except VerificationError as exc:
             first = exc
     if unavailable:
@@ -344,11 +439,9 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
     (a certificate with a duplicate extension, a malformed name, ...): the document is the
     machine's. Raises `IssuerUnavailable` when a missing intermediate could not be fetched from
     its PKI host, and whatever loading the grader's own trust anchors raises."""
-    from cryptography.x509.verification import Store
-
     now = now or _dt.datetime.now(_dt.timezone.utc)
     anchors = trust_anchors() if anchors is None else anchors
-    store = Store(list(anchors)) if anchors else None
+    store = _store(anchors) if anchors else None
     try:
         return _verify(answer, nonce, store, now, fetch)
     except (AttestationRefused, IssuerUnavailable):
@@ -360,16 +453,18 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
 
 def _verify(answer: object, nonce: str, store, now: _dt.datetime,
             fetch: Callable[..., x509.Certificate | None] | None) -> dict:
-    signed = _signed_data(answer)
+    signed, certs = _signed_data(answer)
     encap = signed["encap_content_info"]
     if encap["content_type"].native != "data" or encap["content"].native is None:
         raise AttestationRefused("the attested document carries no signed content")
     content = encap["content"].native
-    certs = [x509.load_der_x509_certificate(choice.chosen.dump())
-             for choice in signed["certificates"] or [] if choice.name == "certificate"]
+    if certs is None:
+        certs = _certificates(signed)
     info, leaf = _signer_certificate(signed, certs)
     _check_signature(info, leaf, content)
-    _check_chain(leaf, certs, store, now, fetch)
+    field = signed["certificates"]
+    known = (field.dump(), certs.index(leaf), fetch) if field.contents else None
+    _check_chain(leaf, certs, store, now, fetch, known)
     try:
         doc = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

@@ -538,3 +538,113 @@ def test_the_grader_s_own_trust_anchors_failing_is_undecided(signer, monkeypatch
     assert "undecided" in results["attested"], results
     with pytest.raises(CouldNotDecide):
         lab_with(results, signed=frozenset({"attested"})).signed("attested")
+
+
+# -- what a run verifies once ----------------------------------------------------------------------
+def _counting(monkeypatch):
+    """How often a certificate is loaded and a chain verifier is built, from now on."""
+    from cryptography.x509 import verification
+
+    counts = {"loaded": 0, "verifiers": 0}
+    load, builder = x509.load_der_x509_certificate, verification.PolicyBuilder
+
+    def loading(data, *args):
+        counts["loaded"] += 1
+        return load(data, *args)
+
+    class Counting:
+        def __init__(self):
+            self._inner = builder()
+
+        def __getattr__(self, name):
+            attr = getattr(self._inner, name)
+
+            def step(*args, **kwargs):
+                result = attr(*args, **kwargs)
+                if name == "build_server_verifier":
+                    counts["verifiers"] += 1
+                    return result
+                self._inner = result
+                return self
+
+            return step
+
+    monkeypatch.setattr(x509, "load_der_x509_certificate", loading)
+    monkeypatch.setattr(verification, "PolicyBuilder", Counting)
+    return counts
+
+
+def test_a_signer_s_certificates_are_read_and_chained_once_each_document_checked_in_full(
+        tmp_path, monkeypatch):
+    """Every VM of a run carries IMDS's same certificates: the second document's are neither
+    parsed nor chained again, yet its signature, nonce and time are checked as the first's."""
+    ca = CertificateAuthority(tmp_path)
+    anchors = x509.load_pem_x509_certificates(ca.ca_path.read_bytes())
+    signer = AttestationSigner(*ca.issue(*SIGNER_NAMES))
+    counts = _counting(monkeypatch)
+    assert attest.verify(made(signer, nonce="first"), nonce="first", anchors=anchors)
+    assert counts == {"loaded": 1, "verifiers": 1}
+    assert attest.verify(made(signer, nonce="second"), nonce="second", anchors=anchors)
+    assert counts == {"loaded": 1, "verifiers": 1}
+    # Still per document: a replayed nonce, a stale document, altered content.
+    with pytest.raises(attest.AttestationRefused, match="not the one the grader sent"):
+        attest.verify(made(signer, nonce="first"), nonce="third", anchors=anchors)
+    with pytest.raises(attest.AttestationRefused, match="stale"):
+        attest.verify(made(signer, when=time.time() - 7 * 3600), nonce=NONCE, anchors=anchors)
+    with pytest.raises(attest.AttestationRefused, match="signature does not verify"):
+        attest.verify(_resigned_by(made(signer), trustme.CA()), nonce=NONCE, anchors=anchors)
+    # Other anchors (a grader trusting another CA) ask the question anew: it does not chain.
+    other = x509.load_pem_x509_certificates(trustme.CA().cert_pem.bytes())
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer), nonce=NONCE, anchors=other)
+    assert counts["verifiers"] == 2
+
+
+def _resigned_by(genuine: dict, other) -> dict:
+    """The genuine document with its signer's signature replaced by another key's: the same
+    certificates, a signature they did not make."""
+    from asn1crypto import cms
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    info = cms.ContentInfo.load(base64.b64decode(genuine["signature"]))
+    signer_info = info["content"]["signer_infos"][0]
+    key = serialization.load_pem_private_key(
+        other.issue_cert("x.example").private_key_pem.bytes(), None)
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = b"\x31" + signer_info["signed_attrs"].dump()[1:]
+    signer_info["signature"] = key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return {"encoding": "pkcs7", "signature": base64.b64encode(info.dump(force=True)).decode()}
+
+
+def test_a_chain_verified_before_is_not_trusted_past_its_certificates_validity(tmp_path):
+    ca = CertificateAuthority(tmp_path)
+    anchors = x509.load_pem_x509_certificates(ca.ca_path.read_bytes())
+    signer = AttestationSigner(*ca.issue(*SIGNER_NAMES))
+    assert attest.verify(made(signer), nonce=NONCE, anchors=anchors)
+    after = signer.certificate.not_valid_after_utc + dt.timedelta(minutes=10)
+    with pytest.raises(attest.AttestationRefused, match="does not chain"):
+        attest.verify(made(signer, when=after.timestamp()), nonce=NONCE, anchors=anchors,
+                      now=after)
+
+
+def test_a_damaged_document_reads_the_same_whether_its_certificates_are_known_or_not(
+        tmp_path, monkeypatch):
+    """Damage outside the certificates is told in the same words before and after a genuine
+    document carrying the same certificates was read."""
+    ca = CertificateAuthority(tmp_path)
+    anchors = x509.load_pem_x509_certificates(ca.ca_path.read_bytes())
+    signer = AttestationSigner(*ca.issue(*SIGNER_NAMES))
+    der = base64.b64decode(made(signer)["signature"])
+    sha256 = bytes.fromhex("0609608648016503040201")  # the signer's digest algorithm's OID
+    at = der.rindex(sha256)
+    damaged = {"encoding": "pkcs7",
+               "signature": base64.b64encode(der[:at] + b"\x0c" + der[at + 1:]).decode()}
+    monkeypatch.setattr(attest, "_CERT_SETS", {})
+    with pytest.raises(attest.AttestationRefused, match="not PKCS#7") as cold:
+        attest.verify(damaged, nonce=NONCE, anchors=anchors)
+    assert attest.verify(made(signer), nonce=NONCE, anchors=anchors)
+    assert attest._CERT_SETS  # the certificates are known now
+    with pytest.raises(attest.AttestationRefused, match="not PKCS#7") as warm:
+        attest.verify(damaged, nonce=NONCE, anchors=anchors)
+    assert str(warm.value) == str(cold.value)
