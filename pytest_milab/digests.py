@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from .text import clean_tree
+from .text import clean_tree, strip_controls
 
 
 def new_key() -> bytes:
@@ -30,23 +30,20 @@ class Digest(dict):
     __str__ = __repr__
 
 
-def _is_digest(value: Any) -> bool:
-    return (isinstance(value, dict) and set(value) == {"hmac", "length"}
-            and isinstance(value["hmac"], str))
-
-
 def received(data: Any) -> Any:
-    """A machine's answer as the grader keeps it: every string stripped of control characters
-    (`text.clean_tree`), every keyed digest a `Digest`."""
-    data = clean_tree(data)
-
-    def wrap(value: Any) -> Any:
-        if _is_digest(value):
-            return Digest(value)
-        if isinstance(value, dict):
-            return {k: wrap(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [wrap(v) for v in value]
-        return value
-
-    return wrap(data)
+    """A machine's answer as the grader keeps it: every string, keys too, stripped of control
+    characters (`text.strip_controls`, as `text.clean_tree` does), every keyed digest a
+    `Digest` (a dict that is {"hmac": text, "length": ...} once its keys are stripped). One
+    pass over the answer."""
+    if isinstance(data, str):
+        return strip_controls(data)
+    if isinstance(data, dict):
+        items = {(strip_controls(k) if isinstance(k, str) else clean_tree(k)): v
+                 for k, v in data.items()}
+        if len(items) == 2 and "hmac" in items and "length" in items \
+                and isinstance(items["hmac"], str):
+            return Digest({k: clean_tree(v) for k, v in items.items()})
+        return {k: received(v) for k, v in items.items()}
+    if isinstance(data, list):
+        return [received(v) for v in data]
+    return data

@@ -9,20 +9,24 @@ import re
 from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# Every character _CONTROL matches (and \n, \r, \t) is one `str.isprintable` says is not: text
+# that is printable throughout has nothing to remove, and is kept as it is without a search.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def clean(text: object, limit: int = 300) -> str:
     """One line: control characters (and bidirectional overrides) gone, newlines folded,
     at most `limit` characters."""
-    one = _CONTROL.sub("", str(text).replace("\r\n", " ").replace("\n", " "))
+    one = str(text)
+    if not one.isprintable():
+        one = _CONTROL.sub("", one.replace("\r\n", " ").replace("\n", " "))
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
 def strip_controls(text: str) -> str:
     """Text of several lines: control characters (and bidirectional overrides) gone, tabs and
     newlines kept, the size as it is."""
-    return _CONTROL.sub("", text.replace("\r\n", "\n"))
+    return text if text.isprintable() else _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
 def clean_tree(value: Any) -> Any:

@@ -98,6 +98,20 @@ def test_a_digest_never_shows_its_hmac():
     assert not isinstance(found["other"], Digest)  # not a digest's shape: left as it is
 
 
+def test_digests_and_text_are_found_wherever_the_answer_puts_them():
+    """One pass over the answer: keys are stripped before a digest's shape is judged, digests
+    are found at any depth, and plain text (printable, non-ASCII too) is kept as it is."""
+    found = received({"a\x1b": [{"hm\u202eac": HMAC, "length\x00": 3}, [{"hmac": HMAC,
+                                                                         "length": 4}]],
+                      "b": {"hmac": HMAC, "length": 5, "more": 1}, "c": "Grüße 😀 ok",
+                      "d": {"hmac": 7, "length": 1}, "e": ["x\r\ny\x07", None, 2.5]})
+    assert isinstance(found["a"][0], Digest) and found["a"][0] == {"hmac": HMAC, "length": 3}
+    assert isinstance(found["a"][1][0], Digest) and repr(found["a"][1][0]).endswith("4 bytes>")
+    assert not isinstance(found["b"], Digest) and not isinstance(found["d"], Digest)
+    assert found["c"] == "Grüße 😀 ok" and found["e"] == ["x\ny", None, 2.5]
+    assert HMAC not in repr(found["a"])
+
+
 def test_each_lab_has_its_own_digest_key():
     suite = type("Suite", (), {"read_names": None, "part_names": None})()
     gatherer = Gatherer(Settings(), suite, None, None, lambda: None)
