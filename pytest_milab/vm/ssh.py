@@ -7,6 +7,11 @@ Fabric (its `Connection`, see Fabric's "Connection" and "Configuration" document
 where and how to connect and opens the paramiko client and transport, through the jump hosts if
 any. Commands do not go through Fabric's runners (two I/O threads per command): each runs on one
 raw channel of the connection, with no polling, and what it prints is capped.
+
+What a class's connections share is read once: Fabric's configuration (its files and the ssh
+config, read again when one of them changes) and the private key files (parsed again when the
+file changes). The transport offers the same algorithms as paramiko's, AEAD ciphers (AES-GCM)
+and encrypt-then-MAC first.
 """
 
 from __future__ import annotations
@@ -119,32 +124,168 @@ def _chain(conn):
     return out
 
 
+# -- what the connections of a run share -----------------------------------------------------------
+# Fabric's configuration files ("Configuration" in Fabric's documentation: /etc/fabric.* and
+# ~/.fabric.*) and the ssh config files it reads when none is named.
+FABRIC_FILES = tuple(f"{prefix}fabric.{ext}" for prefix in ("/etc/", "~/.")
+                     for ext in ("yaml", "yml", "json", "py"))
+SSH_CONFIG_FILES = ("~/.ssh/config", "/etc/ssh/ssh_config")
+_CONFIGS: dict[tuple, tuple[tuple, object]] = {}
+_KEYS: dict[tuple, tuple] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _signature(paths) -> tuple:
+    """What tells that a file changed: (path, inode, size, mtime) of each, None if absent."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((path, None))
+    return tuple(out)
+
+
+def _fabric_config(ssh_config: str | None):
+    """Fabric's Config for this ssh config (None: Fabric's usual files), read once and kept
+    while none of the files it was read from changes. Connections only read it (see
+    `_connection_class`); a jump host's gets a copy, as Fabric does."""
+    import fabric
+
+    key = (os.path.expanduser(ssh_config) if ssh_config else None, os.path.expanduser("~"))
+    with _SHARED_LOCK:
+        found = _CONFIGS.get(key)
+    if found is not None and _signature(found[0]) == found[1][0]:
+        return found[1][1]
+    files = [os.path.expanduser(f) for f in FABRIC_FILES]
+    before = _signature(files)
+    config = (fabric.Config(runtime_ssh_path=key[0]) if ssh_config else fabric.Config())
+    runtime = getattr(config, "_runtime_ssh_path", None)
+    files += [os.path.expanduser(f) for f in ((runtime,) if runtime else SSH_CONFIG_FILES)]
+    signature = _signature(files)
+    if signature[:len(before)] == before:  # nothing changed while it was read
+        with _SHARED_LOCK:
+            if len(_CONFIGS) >= 16:
+                _CONFIGS.pop(next(iter(_CONFIGS)))
+            _CONFIGS[key] = (tuple(files), (signature, config))
+    return config
+
+
+@functools.cache
+def _connection_class():
+    """Fabric's Connection, as Fabric makes it, with two differences that change nothing it
+    does: `inline_ssh_env` is an attribute of its own (Fabric would write it into the
+    Config, which connections here share), and an attribute is told from a config setting by
+    the same test as Fabric's (invoke's DataProxy: the class or the instance has it) without
+    listing dir() at every assignment. Its client caches private keys (`_client_class`)."""
+    import fabric
+
+    class Connection(fabric.Connection):
+        inline_ssh_env = None
+
+        def __setattr__(self, key: str, value) -> None:
+            if key in attributes or key in self.__dict__:
+                object.__setattr__(self, key, value)
+            else:
+                super().__setattr__(key, value)
+
+    attributes = frozenset(dir(Connection))
+    return Connection
+
+
+@functools.cache
+def _client_class():
+    """paramiko's SSHClient, reading each private key file once while it is unchanged (a
+    class's connections all use the grader's key): what paramiko's own reading gives, a key or
+    the error, is kept by the file's path, the key type tried, and the signature of the file
+    and of its certificate (`-cert.pub`). A key with a passphrase is read each time."""
+    import paramiko
+
+    class Client(paramiko.SSHClient):
+        def _key_from_filepath(self, filename, klass, password):
+            if password is not None:
+                return super()._key_from_filepath(filename, klass, password)
+            key = (filename, klass, _signature((filename, filename + "-cert.pub")))
+            with _SHARED_LOCK:
+                found = _KEYS.get(key)
+            if found is None:
+                try:
+                    found = (super()._key_from_filepath(filename, klass, password), None)
+                except paramiko.SSHException as exc:
+                    found = (None, exc)
+                with _SHARED_LOCK:
+                    if len(_KEYS) >= 32:
+                        _KEYS.pop(next(iter(_KEYS)))
+                    _KEYS[key] = found
+            if found[1] is not None:
+                try:
+                    again = type(found[1])(*found[1].args)
+                except Exception:  # noqa: BLE001 - an exception made otherwise: the same one
+                    again = found[1]
+                raise again
+            return found[0]
+
+    return Client
+
+
+@functools.cache
+def _transport_class():
+    """paramiko's Transport offering the same algorithms in another order: AES-GCM (an AEAD
+    cipher, no separate MAC to compute and compare) before the CTR and CBC ciphers, and the
+    encrypt-then-MAC variants before the others for a server without it."""
+    import paramiko
+
+    def first(preferred: tuple, *wanted: str) -> tuple:
+        return tuple(w for w in wanted if w in preferred) + tuple(
+            p for p in preferred if p not in wanted)
+
+    class Transport(paramiko.Transport):
+        _preferred_ciphers = first(paramiko.Transport._preferred_ciphers,
+                                   "aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        _preferred_macs = first(paramiko.Transport._preferred_macs,
+                                "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+
+    return Transport
+
+
+@functools.cache
+def _transport_kwargs() -> dict:
+    """`transport_factory` for SSHClient.connect, where paramiko has it (3.2 and later)."""
+    import inspect
+
+    import paramiko
+
+    if "transport_factory" not in inspect.signature(paramiko.SSHClient.connect).parameters:
+        return {}
+    return {"transport_factory": _transport_class()}
+
+
 def _fabric_connection(target: SshTarget, connect_timeout: float):
     """A Fabric Connection for the target, configured but not opened, and the host key policy
     of its client (the jump hosts' clients have their own)."""
-    import fabric
-
     where = target.describe()
     try:
-        config = (fabric.Config(runtime_ssh_path=os.path.expanduser(target.ssh_config))
-                  if target.ssh_config else fabric.Config())
+        config = _fabric_config(target.ssh_config)
     except FileNotFoundError:
         raise ConfigError(f"ssh config {target.ssh_config}: no such file") from None
     except Exception as exc:
         raise SshError(f"SSH to {where}: the ssh config cannot be read ({_why(exc)})") from None
-    timeouts = {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout}
+    timeouts = {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout,
+                **_transport_kwargs()}
     kwargs = dict(timeouts)
     if target.key_filename:
         kwargs.update(look_for_keys=False, allow_agent=False)
     try:
-        conn = fabric.Connection(target.host, user=target.user, port=target.port, config=config,
-                                 connect_kwargs=kwargs)
+        conn = _connection_class()(target.host, user=target.user, port=target.port,
+                                   config=config, connect_kwargs=kwargs)
     except Exception as exc:
         raise SshError(f"SSH to {where}: the ssh config cannot be used ({_why(exc)})") from None
     if target.key_filename:
         # The target's key only (Fabric would add the config's IdentityFile after it).
         conn.connect_kwargs["key_filename"] = [os.path.expanduser(target.key_filename)]
     for hop in _chain(conn):
+        hop.client = _client_class()()
         if "connecttimeout" not in hop.ssh_config:
             hop.connect_timeout = connect_timeout
         if hop is not conn:

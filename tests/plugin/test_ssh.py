@@ -265,6 +265,85 @@ def test_the_jump_vm_forwards_only_to_the_fleets_vms(jump, local_azure):
             client.close()
 
 
+# -- what the connections of a run share ---------------------------------------------------------
+def test_the_ssh_config_is_read_once_and_again_when_it_changes(lab, tmp_path, no_known_hosts,
+                                                               monkeypatch):
+    import fabric
+
+    vm, key = lab
+    made = []
+
+    class Counting(fabric.Config):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("runtime_ssh_path"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(fabric, "Config", Counting)
+    path = tmp_path / "config"
+    config = write(path, f"Host labalias\n    HostName {vm.address}\n    User {vm.user}\n"
+                         f"    Port {vm.port}\n    IdentityFile {key}\n")
+    for _ in range(3):
+        conn = VmConnection(SshTarget("labalias", ssh_config=config))
+        try:
+            assert conn.run("hostname").stdout.strip() == "labvm"
+        finally:
+            conn.close()
+    assert made == [config]
+    # Changed: read again, and what it says now is what is used (nothing answers on port 1).
+    write(path, f"Host labalias\n    HostName {vm.address}\n    User nobody\n    Port 1\n")
+    with pytest.raises(SshError) as exc:
+        VmConnection(SshTarget("labalias", ssh_config=config), refused_for=0).connect()
+    assert exc.value.refused and f"nobody@{vm.address}:1 " in str(exc.value)
+    assert made == [config, config]
+
+
+def test_a_private_key_is_read_once_and_again_when_it_changes(lab, tmp_path, no_known_hosts,
+                                                              monkeypatch):
+    vm, key = lab
+    own = tmp_path / "grader_ed25519"
+    own.write_bytes(key.read_bytes())
+    own.chmod(0o600)
+    read = []
+    original = paramiko.SSHClient._key_from_filepath
+
+    def reading(self, filename, klass, password):
+        read.append(klass.__name__)
+        return original(self, filename, klass, password)
+
+    monkeypatch.setattr(paramiko.SSHClient, "_key_from_filepath", reading)
+    for _ in range(3):
+        conn = VmConnection(direct(vm, own))
+        try:
+            assert conn.run("true").ok
+        finally:
+            conn.close()
+    # paramiko tries the key types in turn: each once, whatever the number of connections.
+    assert sorted(read) == ["ECDSAKey", "Ed25519Key", "RSAKey"]
+    generate_key_pair(tmp_path / "other")
+    own.write_bytes((tmp_path / "other").read_bytes())  # another key the VM does not accept
+    with pytest.raises(SshError, match="login"):
+        VmConnection(direct(vm, own)).connect()
+    assert len(read) == 6
+
+
+def test_the_transport_prefers_aead_and_offers_what_paramiko_offers(lab, no_known_hosts):
+    from pytest_milab.vm.ssh import _transport_class
+
+    transport = _transport_class()
+    assert set(transport._preferred_ciphers) == set(paramiko.Transport._preferred_ciphers)
+    assert set(transport._preferred_macs) == set(paramiko.Transport._preferred_macs)
+    assert set(transport._preferred_kex) == set(paramiko.Transport._preferred_kex)
+    vm, key = lab
+    conn = VmConnection(direct(vm, key))
+    try:
+        conn.connect()
+        used = conn._client.get_transport()
+        assert isinstance(used, transport)
+        assert used.local_cipher == used.remote_cipher == "aes128-gcm@openssh.com"
+    finally:
+        conn.close()
+
+
 # -- host keys -----------------------------------------------------------------------------------
 def test_an_unknown_host_key_is_accepted_recorded_and_not_saved(lab, no_known_hosts,
                                                                 local_azure):
