@@ -133,6 +133,7 @@ SSH_CONFIG_FILES = ("~/.ssh/config", "/etc/ssh/ssh_config")
 _CONFIGS: dict[tuple, tuple[tuple, object]] = {}
 _KEYS: dict[tuple, tuple] = {}
 _SHARED_LOCK = threading.Lock()
+_READING_CONFIG = threading.Lock()
 
 
 def _signature(paths) -> tuple:
@@ -151,16 +152,31 @@ def _fabric_config(ssh_config: str | None):
     """Fabric's Config for this ssh config (None: Fabric's usual files), read once and kept
     while none of the files it was read from changes. Connections only read it (see
     `_connection_class`); a jump host's gets a copy, as Fabric does."""
-    import fabric
-
     key = (os.path.expanduser(ssh_config) if ssh_config else None, os.path.expanduser("~"))
+    config = _known_config(key)
+    if config is None:
+        with _READING_CONFIG:  # a class's first connections, all at once: one reads it
+            config = _known_config(key)
+            if config is None:
+                config = _read_fabric_config(key)
+    return config
+
+
+def _known_config(key: tuple):
+    """The Config kept for this key, if none of its files changed since it was read."""
     with _SHARED_LOCK:
         found = _CONFIGS.get(key)
     if found is not None and _signature(found[0]) == found[1][0]:
         return found[1][1]
+    return None
+
+
+def _read_fabric_config(key: tuple):
+    import fabric
+
     files = [os.path.expanduser(f) for f in FABRIC_FILES]
     before = _signature(files)
-    config = (fabric.Config(runtime_ssh_path=key[0]) if ssh_config else fabric.Config())
+    config = fabric.Config(runtime_ssh_path=key[0]) if key[0] else fabric.Config()
     runtime = getattr(config, "_runtime_ssh_path", None)
     files += [os.path.expanduser(f) for f in ((runtime,) if runtime else SSH_CONFIG_FILES)]
     signature = _signature(files)
