@@ -8,7 +8,8 @@ run ends (the benchmark passes other variables than MILAB_*):
 - `ssh_transport`: paramiko's transport threads (key exchange, authentication, every packet's
   cipher and MAC), from their start to their end or to the end of the run;
 - `exec`: running commands on a channel (`VmConnection._exec`) in the calling thread, and
-  `stderr_threads`: the helper threads that drain a command's stderr, if any;
+  `stderr_threads`: helper threads named `milab-ssh-stderr` draining a command's stderr, if a
+  version of the grader has them (it once had one per command);
 - `probe_result`: reading the probe's answer (`vm.probe._result`: JSON, cleaning, digests);
 - `attest`: verifying IMDS's attested documents (`attest.verify`), and `verify_parts`: all the
   signed evidence, attested documents included;

@@ -431,9 +431,9 @@ class VmConnection:
                 time.sleep(delay)
 
     def _exec(self, command: str, timeout: float, stdin: bytes = b"") -> CommandResult:
-        """Run one command on a new channel: stdout here, stderr on a helper thread (so neither
-        can fill the window while the other is read), within `timeout` seconds in all. Each
-        keeps at most OUTPUT_CAP bytes. `stdin` is sent first, then end of file."""
+        """Run one command on a new channel, within `timeout` seconds in all: stdout and
+        stderr read as they come (`_drain`), each kept up to OUTPUT_CAP bytes. `stdin` is sent
+        first, then end of file."""
         transport = self._client.get_transport() if self._client is not None else None
         if transport is None or not transport.is_active():
             raise EOFError("the SSH connection is closed")
@@ -445,34 +445,10 @@ class VmConnection:
                 channel.settimeout(timeout)
                 channel.sendall(stdin)
             channel.shutdown_write()  # no more input: a command reading stdin sees end of file
-            err = _Capped()
-
-            def drain_stderr() -> None:
-                try:
-                    while data := channel.recv_stderr(65536):
-                        err.add(data)
-                except Exception:  # the channel closed under it; stdout's reader reports
-                    pass
-
-            reader = threading.Thread(target=drain_stderr, daemon=True,
-                                      name="milab-ssh-stderr")
-            reader.start()
-            out = _Capped()
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CommandTimedOut
-                channel.settimeout(left)
-                try:
-                    data = channel.recv(65536)
-                except TimeoutError:
-                    raise CommandTimedOut from None
-                if not data:
-                    break
-                out.add(data)
+            out, err = _Capped(), _Capped()
+            _drain(channel, out, err, deadline)
             if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
                 raise CommandTimedOut
-            reader.join(max(0.0, deadline - time.monotonic()))
             return CommandResult(channel.recv_exit_status(), out.text(), err.text(),
                                  truncated=out.dropped > 0 or err.dropped > 0)
         finally:
@@ -511,6 +487,31 @@ class _JumpHostFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _drain(channel, out: _Capped, err: _Capped, deadline: float) -> None:
+    """Read a channel's stdout and stderr as they come, in this thread, until its end of file
+    or close (paramiko then closes both streams): neither can fill the window while the other
+    is waited for. One event tells that either has data or has ended: paramiko's buffers set
+    it as they do for `Channel.fileno` (`BufferedPipe.set_event`). Raises CommandTimedOut
+    past the deadline."""
+    ready = threading.Event()
+    channel.in_buffer.set_event(ready)
+    channel.in_stderr_buffer.set_event(ready)
+    while True:
+        ready.clear()  # set again by whatever arrives from now on
+        while channel.recv_ready():
+            out.add(channel.recv(65536))
+        while channel.recv_stderr_ready():
+            err.add(channel.recv_stderr(65536))
+        if channel.eof_received or channel.closed:
+            if not (channel.recv_ready() or channel.recv_stderr_ready()):
+                return
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CommandTimedOut
+        ready.wait(left)
 
 
 class _Capped:

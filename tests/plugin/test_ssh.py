@@ -419,3 +419,33 @@ def test_output_over_the_cap_is_cut_and_memory_stays_bounded(lab, no_known_hosts
         assert (small.stdout, small.truncated) == ("fine\n", False)
     finally:
         conn.close()
+
+
+def test_stdout_and_stderr_interleaved_all_arrive_in_order(lab, no_known_hosts):
+    vm, key = lab
+    conn = VmConnection(direct(vm, key))
+    try:
+        r = conn.run("for i in $(seq 1 300); do echo out$i; echo err$i >&2; done; exit 2",
+                     stdin=b"unused\n")
+        assert r.exit_code == 2 and not r.truncated
+        assert r.stdout.split() == [f"out{i}" for i in range(1, 301)]
+        assert r.stderr.split() == [f"err{i}" for i in range(1, 301)]
+        assert conn.run("cat", stdin=b"in\n").stdout == "in\n"
+    finally:
+        conn.close()
+
+
+def test_a_command_past_its_timeout_is_the_machines_and_the_connection_stays(lab,
+                                                                            no_known_hosts):
+    import time
+
+    vm, key = lab
+    conn = VmConnection(direct(vm, key))
+    try:
+        start = time.monotonic()
+        with pytest.raises(SshError, match="did not finish in 1s") as exc:
+            conn.run("echo started; echo noted >&2; sleep 30", timeout=1)
+        assert exc.value.machine and time.monotonic() - start < 5
+        assert conn.run("echo again").stdout == "again\n" and conn.connections_opened == 1
+    finally:
+        conn.close()
