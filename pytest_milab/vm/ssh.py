@@ -172,11 +172,11 @@ def _known_config(key: tuple):
 
 
 def _read_fabric_config(key: tuple):
-    import fabric
 
     files = [os.path.expanduser(f) for f in FABRIC_FILES]
     before = _signature(files)
-    config = fabric.Config(runtime_ssh_path=key[0]) if key[0] else fabric.Config()
+    config = (_config_class()(runtime_ssh_path=key[0]) if key[0]
+              else _config_class()())
     runtime = getattr(config, "_runtime_ssh_path", None)
     files += [os.path.expanduser(f) for f in ((runtime,) if runtime else SSH_CONFIG_FILES)]
     signature = _signature(files)
@@ -186,6 +186,22 @@ def _read_fabric_config(key: tuple):
                 _CONFIGS.pop(next(iter(_CONFIGS)))
             _CONFIGS[key] = (tuple(files), (signature, config))
     return config
+
+
+@functools.cache
+def _config_class():
+    """Fabric's Config, but asked for `_keypath` or `_root` (which a root Config has not:
+    invoke's DataProxy asks with hasattr at every read of a section), it raises the same
+    AttributeError without first composing a message that lists every key and attribute."""
+    import fabric
+
+    class Config(fabric.Config):
+        def __getattr__(self, key: str):
+            if key in ("_keypath", "_root"):
+                raise AttributeError(key)
+            return super().__getattr__(key)
+
+    return Config
 
 
 @functools.cache

@@ -272,13 +272,13 @@ def test_the_ssh_config_is_read_once_and_again_when_it_changes(lab, tmp_path, no
 
     vm, key = lab
     made = []
+    load = fabric.Config.load_ssh_config
 
-    class Counting(fabric.Config):
-        def __init__(self, *args, **kwargs):
-            made.append(kwargs.get("runtime_ssh_path"))
-            super().__init__(*args, **kwargs)
+    def counting(self):
+        made.append(self._runtime_ssh_path)
+        return load(self)
 
-    monkeypatch.setattr(fabric, "Config", Counting)
+    monkeypatch.setattr(fabric.Config, "load_ssh_config", counting)
     path = tmp_path / "config"
     config = write(path, f"Host labalias\n    HostName {vm.address}\n    User {vm.user}\n"
                          f"    Port {vm.port}\n    IdentityFile {key}\n")
