@@ -120,6 +120,11 @@ def _store(anchors: Sequence[x509.Certificate]):
 
 # -- the PKCS#7 envelope -----------------------------------------------------------------------
 def _signed_data(answer: object):
+    """The document's SignedData, every field parsed (damage shows here)."""
+    return _read_signed_data(answer)[0]
+
+
+def _read_signed_data(answer: object):
     """The document's SignedData, every field parsed (damage shows here), and its certificates
     as cryptography loads them when they are a set already read (else None)."""
     from asn1crypto import cms
@@ -453,7 +458,7 @@ def verify(answer: object, *, nonce: str, anchors: Sequence[x509.Certificate] | 
 
 def _verify(answer: object, nonce: str, store, now: _dt.datetime,
             fetch: Callable[..., x509.Certificate | None] | None) -> dict:
-    signed, certs = _signed_data(answer)
+    signed, certs = _read_signed_data(answer)
     encap = signed["encap_content_info"]
     if encap["content_type"].native != "data" or encap["content"].native is None:
         raise AttestationRefused("the attested document carries no signed content")

@@ -172,7 +172,8 @@ def _known_config(key: tuple):
 
 
 def _read_fabric_config(key: tuple):
-
+    """Fabric's Config read from its files, kept with what they were when read (unless one
+    changed while it was read: then the next connection reads them again)."""
     files = [os.path.expanduser(f) for f in FABRIC_FILES]
     before = _signature(files)
     config = (_config_class()(runtime_ssh_path=key[0]) if key[0]
