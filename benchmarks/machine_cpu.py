@@ -34,7 +34,7 @@ _PATH = os.environ.get("BENCH_MACHINE_CPU")
 _totals: dict[str, float] = {}
 _calls: dict[str, int] = {}
 _lock = threading.Lock()
-_live: dict[int, str] = {}  # native thread id -> category, for threads still running at the end
+_live: dict[int, str] = {}  # thread ident -> category, for threads still running at the end
 
 
 def _add(name: str, seconds: float) -> None:
@@ -56,11 +56,12 @@ def _timed(name: str, func):
 
 
 def _thread_run(name: str, run):
-    """A thread's whole CPU: added when it ends, or read from /proc at the end of the run."""
+    """A thread's whole CPU: added when it ends, or read from its CPU clock at the end of the
+    run."""
 
     @functools.wraps(run)
     def wrapper(self, *args, **kwargs):
-        tid = threading.get_native_id()
+        tid = threading.get_ident()
         with _lock:
             _live[tid] = name
         try:
@@ -73,13 +74,12 @@ def _thread_run(name: str, run):
     return wrapper
 
 
-def _live_thread_cpu(tid: int) -> float:
+def _live_thread_cpu(ident: int) -> float:
+    """A running thread's CPU time, read through its CPU clock."""
     try:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, AttributeError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _install() -> None:
