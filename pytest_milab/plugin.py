@@ -82,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Progress(config, run), "milab-progress")
     config.pluginmanager.register(run.results, "milab-results")
     config.pluginmanager.register(ShortReports(), "milab-short-reports")
+    config.pluginmanager.register(LabFixtures(run), "milab-fixtures")
     if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
@@ -268,43 +269,51 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-@pytest.fixture(scope="session")
-def milab_spec(request: pytest.FixtureRequest):
-    """The lab's constants, as the suite's `pytest_milab_spec` hook gives them."""
-    return _run(request.config).suite.spec
+class LabFixtures:
+    """The plugin's fixtures, bound to the run (registered as a plugin by `pytest_configure`).
 
+    Only `_milab_target` asks pytest for `request` (its parameter, the lab): pytest makes a
+    fixture definition for `request` each time a fixture that asks for it is set up or found
+    in its cache, five per check when every fixture here asked for it."""
 
-@pytest.fixture(scope="session")
-def _milab_target(request: pytest.FixtureRequest):
-    target = request.param
-    yield target
-    # pytest moves on to the next lab (labs run one after another): this one's SSH connection
-    # is no longer needed. A class of hundreds does not keep hundreds open.
-    if target is not None:
-        _run(request.config).connections.close(target.label)
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
+    @pytest.fixture(scope="session")
+    def milab_spec(self):
+        """The lab's constants, as the suite's `pytest_milab_spec` hook gives them."""
+        return self.run.suite.spec
 
-@pytest.fixture
-def evidence(request: pytest.FixtureRequest, _milab_target, milab_spec):
-    """What the lab shows (the suite's reads and the in-machine probe), gathered once."""
-    run = _run(request.config)
-    if milab_spec is not run.suite.spec and milab_spec != run.suite.spec:
-        raise SuiteError("the milab_spec fixture was overridden: give the lab's spec with the "
-                         "pytest_milab_spec hook instead, so gathering and building use it too")
-    return run.store.evidence_for(_milab_target)
+    @pytest.fixture(scope="session")
+    def _milab_target(self, request: pytest.FixtureRequest):
+        target = request.param
+        yield target
+        # pytest moves on to the next lab (labs run one after another): this one's SSH
+        # connection is no longer needed. A class of hundreds does not keep hundreds open.
+        if target is not None:
+            self.run.connections.close(target.label)
 
+    @pytest.fixture
+    def evidence(self, _milab_target, milab_spec):
+        """What the lab shows (the suite's reads and the in-machine probe), gathered once."""
+        run = self.run
+        if milab_spec is not run.suite.spec and milab_spec != run.suite.spec:
+            raise SuiteError("the milab_spec fixture was overridden: give the lab's spec with "
+                             "the pytest_milab_spec hook instead, so gathering and building "
+                             "use it too")
+        return run.store.evidence_for(_milab_target)
 
-@pytest.fixture
-def lab(evidence, milab_spec) -> Lab:
-    """One lab as gathered; a suite overrides this fixture to return its own `Lab` subclass."""
-    return Lab(evidence, milab_spec)
+    @pytest.fixture
+    def lab(self, evidence, milab_spec) -> Lab:
+        """One lab as gathered; a suite overrides this fixture to return its own `Lab`
+        subclass."""
+        return Lab(evidence, milab_spec)
 
-
-@pytest.fixture
-def vm(request: pytest.FixtureRequest, _milab_target, evidence):
-    """The lab's machine over SSH: `run(cmd)`, `imds(path)`, `token(resource)` (claims only)
-    and `http(method, url, resource=...)`, acting as its managed identity."""
-    return _run(request.config).store.machine_for(_milab_target, evidence)
+    @pytest.fixture
+    def vm(self, _milab_target, evidence):
+        """The lab's machine over SSH: `run(cmd)`, `imds(path)`, `token(resource)` (claims
+        only) and `http(method, url, resource=...)`, acting as its managed identity."""
+        return self.run.store.machine_for(_milab_target, evidence)
 
 
 def _lab_of(item: pytest.Item):
