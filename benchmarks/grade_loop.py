@@ -35,7 +35,8 @@ import grade_class as gc  # noqa: E402
 SCRIPT = """#!/bin/sh
 # grade.sh [missing] N [PYTEST ARGS]: grade the first N labs (see grade_loop.py)
 set -e
-here=$(dirname "$0")
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"  # python -m puts the working directory first on sys.path
 roster=complete
 if [ "$1" = missing ]; then roster=missing; shift; fi
 n=$1; shift
