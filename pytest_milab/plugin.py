@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -196,7 +197,8 @@ def _check_suite(run: Run, items: list[pytest.Item]) -> None:
     suite = run.suite
     if suite.spec is None and not suite.reads and suite.probe is None:
         return  # no suite hooks: checks judge evidence a test made itself
-    modules = {Path(str(item.path)) for item in items if item.stash.get(_STEP_KEY, None)}
+    paths = {item.path for item in items if item.stash.get(_STEP_KEY, None)}
+    modules = {Path(str(path)) for path in paths}
     check_uses(suite_files(modules), suite.read_names, suite.part_names)
 
 
@@ -240,6 +242,31 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     # Labs one after another, each lab's steps with prerequisites first.
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+    _share_locations(items)
+
+
+def _share_locations(items: list[pytest.Item]) -> None:
+    """pytest finds a test's location (file, line, name) from its function's source, test by
+    test: a class's labs run the same few functions, so it is found once per function here
+    and each lab's check gets it with its own name, as pytest would have given it.
+
+    pytest's `Item.location` is a cached property, which this fills in; with another pytest,
+    or a test whose class reports its location its own way, pytest finds it as usual."""
+    if not isinstance(inspect.getattr_static(pytest.Item, "location", None), cached_property):
+        return
+    found: dict[object, tuple | None] = {}
+    for item in items:
+        if (type(item).reportinfo is not pytest.Function.reportinfo
+                or item.stash.get(_STEP_KEY, None) is None or "location" in vars(item)
+                or getattr(item, "obj", None) is not getattr(item, "function", None)):
+            continue
+        first = found.get(item.obj, False)
+        if first is False:
+            location = item.location
+            # Used for the others only where pytest's name is the test's own path.
+            found[item.obj] = location if location[2] == item.getmodpath() else None
+        elif first is not None:
+            item.location = (first[0], first[1], item.getmodpath())
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
