@@ -296,29 +296,31 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-class LabFixtures:
-    """The plugin's fixtures, bound to the run (registered as a plugin by `pytest_configure`).
+@pytest.fixture(scope="session")
+def milab_spec(request: pytest.FixtureRequest):
+    """The lab's constants, as the suite's `pytest_milab_spec` hook gives them."""
+    return _run(request.config).suite.spec
 
-    Only `_milab_target` asks pytest for `request` (its parameter, the lab): pytest makes a
-    fixture definition for `request` each time a fixture that asks for it is set up or found
-    in its cache, five per check when every fixture here asked for it."""
+
+@pytest.fixture(scope="session")
+def _milab_target(request: pytest.FixtureRequest):
+    target = request.param
+    yield target
+    # pytest moves on to the next lab (labs run one after another): this one's SSH connection
+    # is no longer needed. A class of hundreds does not keep hundreds open.
+    if target is not None:
+        _run(request.config).connections.close(target.label)
+
+
+class LabFixtures:
+    """The plugin's per-check fixtures, bound to the run (registered as a plugin by
+    `pytest_configure`), so that they need not ask pytest for `request`: pytest makes a fixture
+    definition for `request` each time a fixture that asks for it is set up or found in its
+    cache (five per check when these asked for it, three now). The session's fixtures above
+    stay functions: pytest deprecates session-scoped fixtures that are methods."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
-
-    @pytest.fixture(scope="session")
-    def milab_spec(self):
-        """The lab's constants, as the suite's `pytest_milab_spec` hook gives them."""
-        return self.run.suite.spec
-
-    @pytest.fixture(scope="session")
-    def _milab_target(self, request: pytest.FixtureRequest):
-        target = request.param
-        yield target
-        # pytest moves on to the next lab (labs run one after another): this one's SSH
-        # connection is no longer needed. A class of hundreds does not keep hundreds open.
-        if target is not None:
-            self.run.connections.close(target.label)
 
     @pytest.fixture
     def evidence(self, _milab_target, milab_spec):

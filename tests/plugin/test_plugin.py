@@ -160,6 +160,16 @@ def pytest_unconfigure(config):
         ("test_suite.py", 7, "test_second[good]"), ("test_suite.py", 7, "test_second[broken]")}
 
 
+def test_the_plugins_fixtures_raise_no_pytest_deprecation(suite):
+    """The plugin's fixtures are set up without pytest's deprecation warnings (pytest
+    deprecates session-scoped fixtures that are methods of an object): as errors here, a
+    check using them would error."""
+    result = suite.runpytest("--milab-group", "good", "-W",
+                             "error::pytest.PytestDeprecationWarning", "-rw")
+    result.assert_outcomes(passed=2, errors=1)
+    assert "Deprecat" not in result.stdout.str()
+
+
 def test_env_and_ini_select_labs(suite, monkeypatch):
     monkeypatch.setenv("MILAB_GROUP", "good,broken")
     result = suite.runpytest("-v")
