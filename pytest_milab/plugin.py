@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Progress(config, run), "milab-progress")
     config.pluginmanager.register(run.results, "milab-results")
     config.pluginmanager.register(ShortReports(), "milab-short-reports")
+    config.pluginmanager.register(LabFixtures(run), "milab-fixtures")
     if run.settings.active:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
@@ -195,7 +197,8 @@ def _check_suite(run: Run, items: list[pytest.Item]) -> None:
     suite = run.suite
     if suite.spec is None and not suite.reads and suite.probe is None:
         return  # no suite hooks: checks judge evidence a test made itself
-    modules = {Path(str(item.path)) for item in items if item.stash.get(_STEP_KEY, None)}
+    paths = {item.path for item in items if item.stash.get(_STEP_KEY, None)}
+    modules = {Path(str(path)) for path in paths}
     check_uses(suite_files(modules), suite.read_names, suite.part_names)
 
 
@@ -239,6 +242,31 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     # Labs one after another, each lab's steps with prerequisites first.
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+    _share_locations(items)
+
+
+def _share_locations(items: list[pytest.Item]) -> None:
+    """pytest finds a test's location (file, line, name) from its function's source, test by
+    test: a class's labs run the same few functions, so it is found once per function here
+    and each lab's check gets it with its own name, as pytest would have given it.
+
+    pytest's `Item.location` is a cached property, which this fills in; with another pytest,
+    or a test whose class reports its location its own way, pytest finds it as usual."""
+    if not isinstance(inspect.getattr_static(pytest.Item, "location", None), cached_property):
+        return
+    found: dict[object, tuple | None] = {}
+    for item in items:
+        if (type(item).reportinfo is not pytest.Function.reportinfo
+                or item.stash.get(_STEP_KEY, None) is None or "location" in vars(item)
+                or getattr(item, "obj", None) is not getattr(item, "function", None)):
+            continue
+        first = found.get(item.obj, False)
+        if first is False:
+            location = item.location
+            # Used for the others only where pytest's name is the test's own path.
+            found[item.obj] = location if location[2] == item.getmodpath() else None
+        elif first is not None:
+            item.location = (first[0], first[1], item.getmodpath())
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -284,27 +312,37 @@ def _milab_target(request: pytest.FixtureRequest):
         _run(request.config).connections.close(target.label)
 
 
-@pytest.fixture
-def evidence(request: pytest.FixtureRequest, _milab_target, milab_spec):
-    """What the lab shows (the suite's reads and the in-machine probe), gathered once."""
-    run = _run(request.config)
-    if milab_spec is not run.suite.spec and milab_spec != run.suite.spec:
-        raise SuiteError("the milab_spec fixture was overridden: give the lab's spec with the "
-                         "pytest_milab_spec hook instead, so gathering and building use it too")
-    return run.store.evidence_for(_milab_target)
+class LabFixtures:
+    """The plugin's per-check fixtures, bound to the run (registered as a plugin by
+    `pytest_configure`), so that they need not ask pytest for `request`: pytest makes a fixture
+    definition for `request` each time a fixture that asks for it is set up or found in its
+    cache (five per check when these asked for it, three now). The session's fixtures above
+    stay functions: pytest deprecates session-scoped fixtures that are methods."""
 
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
-@pytest.fixture
-def lab(evidence, milab_spec) -> Lab:
-    """One lab as gathered; a suite overrides this fixture to return its own `Lab` subclass."""
-    return Lab(evidence, milab_spec)
+    @pytest.fixture
+    def evidence(self, _milab_target, milab_spec):
+        """What the lab shows (the suite's reads and the in-machine probe), gathered once."""
+        run = self.run
+        if milab_spec is not run.suite.spec and milab_spec != run.suite.spec:
+            raise SuiteError("the milab_spec fixture was overridden: give the lab's spec with "
+                             "the pytest_milab_spec hook instead, so gathering and building "
+                             "use it too")
+        return run.store.evidence_for(_milab_target)
 
+    @pytest.fixture
+    def lab(self, evidence, milab_spec) -> Lab:
+        """One lab as gathered; a suite overrides this fixture to return its own `Lab`
+        subclass."""
+        return Lab(evidence, milab_spec)
 
-@pytest.fixture
-def vm(request: pytest.FixtureRequest, _milab_target, evidence):
-    """The lab's machine over SSH: `run(cmd)`, `imds(path)`, `token(resource)` (claims only)
-    and `http(method, url, resource=...)`, acting as its managed identity."""
-    return _run(request.config).store.machine_for(_milab_target, evidence)
+    @pytest.fixture
+    def vm(self, _milab_target, evidence):
+        """The lab's machine over SSH: `run(cmd)`, `imds(path)`, `token(resource)` (claims
+        only) and `http(method, url, resource=...)`, acting as its managed identity."""
+        return self.run.store.machine_for(_milab_target, evidence)
 
 
 def _lab_of(item: pytest.Item):

@@ -124,6 +124,52 @@ def test_junit_carries_step_ids_and_points(suite):
     assert 'name="milab_outcome" value="error"' in xml
 
 
+def test_each_checks_location_is_pytests_own(suite):
+    """The plugin finds a check's location once per test function (see
+    `plugin._share_locations`): every lab's check still has the file, line and name pytest
+    itself gives it, and -v shows them as before."""
+    (suite.path / "conftest.py").write_text(
+        (suite.path / "conftest.py").read_text() + """
+import functools
+
+LOCATIONS = []
+
+def pytest_collection_finish(session):
+    computed = type(session.items[0]).location
+    assert isinstance(computed, functools.cached_property)
+    for item in session.items:
+        # Filled in by the plugin during collection, before pytest asks for it.
+        LOCATIONS.append((item.nodeid, "location" in vars(item), item.location,
+                          computed.func(item)))
+
+def pytest_unconfigure(config):
+    import json
+    with open("locations.json", "w") as f:
+        json.dump(LOCATIONS, f)
+""")
+    result = suite.runpytest("--milab-group", "good", "--milab-group", "broken", "-v")
+    result.stdout.fnmatch_lines(["test_suite.py::test_first[[]good[]] PASSED*",
+                                 "test_suite.py::test_flaky[[]broken[]] ERROR*"])
+    locations = json.loads((suite.path / "locations.json").read_text())
+    assert len(locations) == 6
+    for nodeid, filled, shared, own in locations:
+        assert filled, nodeid
+        assert shared == own, nodeid
+    # 0-based: the line of its decorator.
+    assert {tuple(loc[2]) for loc in locations if "test_second" in loc[0]} == {
+        ("test_suite.py", 7, "test_second[good]"), ("test_suite.py", 7, "test_second[broken]")}
+
+
+def test_the_plugins_fixtures_raise_no_pytest_deprecation(suite):
+    """The plugin's fixtures are set up without pytest's deprecation warnings (pytest
+    deprecates session-scoped fixtures that are methods of an object): as errors here, a
+    check using them would error."""
+    result = suite.runpytest("--milab-group", "good", "-W",
+                             "error::pytest.PytestDeprecationWarning", "-rw")
+    result.assert_outcomes(passed=2, errors=1)
+    assert "Deprecat" not in result.stdout.str()
+
+
 def test_env_and_ini_select_labs(suite, monkeypatch):
     monkeypatch.setenv("MILAB_GROUP", "good,broken")
     result = suite.runpytest("-v")
