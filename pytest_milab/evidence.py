@@ -163,6 +163,27 @@ def _close_quietly(conns: list[VmConnection]) -> None:
             pass
 
 
+def preload(probe) -> None:
+    """Import what reaching a machine and checking its answer take (paramiko and Fabric for
+    SSH; asn1crypto and cryptography, and the CA bundle, for an attested document): a tenth of
+    a second of CPU or more, done while the first lab's ARM reads are in flight instead of
+    after them, on that lab's way to its SSH login. Best effort: whatever fails here is
+    imported, and fails, where it is used."""
+    import importlib
+
+    try:
+        for name in ("paramiko", "fabric", "pytest_milab.vm.probe"):
+            importlib.import_module(name)
+        if probe is not None and any(part.op == "attested" for part in probe.parts):
+            from asn1crypto import cms  # noqa: F401
+
+            from .azure import attest
+
+            attest.trust_anchors()
+    except Exception:  # noqa: BLE001 - see above
+        pass
+
+
 def published_egress(directory: Path):
     """A local Azure's machines' egress as it publishes them for graders in other processes
     (`<address>.json` in MILAB_EGRESS_DIR, readable by its user only)."""
@@ -213,6 +234,11 @@ class Gatherer:
         self._ahead: int | None = None
         self._closed = False
 
+    @property
+    def _first_round(self) -> int:
+        """How many reads a lab sends at once first: its group and the reads needing no other."""
+        return 1 + sum(not read.after for read in self.suite.reads)
+
     def subscription_for(self, target: LabTarget) -> str:
         """The lab's subscription: the roster's, the option's, else the credential's only one
         (looked up once it answers; a failed look-up is tried again for the next lab)."""
@@ -243,11 +269,16 @@ class Gatherer:
         labs = max(1, min(self.settings.concurrency, len(targets)))
         self._position = {t.label: i for i, t in enumerate(targets)}
         self._judged, self._ahead, self._closed = 0, ahead, False  # the first is judged first
-        # Each lab reads up to five things at once; the reads share the HTTP connection pool.
-        self._reads = ThreadPoolExecutor(max_workers=max(4, min(labs * 5, self.clients.pool_size)),
-                                         thread_name_prefix="milab-read")
+        # A lab's first round of reads (the group and every read that needs no other) goes out
+        # at once; the reads share the HTTP connection pool.
+        self._reads = ThreadPoolExecutor(
+            max_workers=max(4, min(labs * self._first_round, self.clients.pool_size)),
+            thread_name_prefix="milab-read")
         self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
         self.clients.warm()
+        if targets and self.suite.machine is not None:
+            threading.Thread(target=preload, args=(self.suite.probe,), name="milab-preload",
+                             daemon=True).start()
         futures = {t.label: self._labs.submit(self._gather_in_turn, i, t)
                    for i, t in enumerate(targets)}
         left, lock = [len(futures)], threading.Lock()
@@ -320,7 +351,8 @@ class Gatherer:
             return ev
         clients = self.clients.for_subscription(ev.subscription)
         reads = self._reads
-        own = ThreadPoolExecutor(5, thread_name_prefix="milab-read") if reads is None else None
+        own = (ThreadPoolExecutor(max(5, self._first_round), thread_name_prefix="milab-read")
+               if reads is None else None)
         lab_reads = LabReads(clients.arm, ev.subscription, target.group, self.suite.reads,
                              self.suite.spec, reads or own)
         try:
