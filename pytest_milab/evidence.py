@@ -10,12 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .digests import new_key
-from .errors import CouldNotDecide, MilabError, SshError
+from .errors import CouldNotDecide, MilabError, ReadPending, SshError
 from .provenance import VM_REPORTED, note
 from .settings import LabTarget, Settings
 from .vm.reach import Machine
@@ -141,6 +141,16 @@ class Connections:
         with self._lock:
             conn = self._by_label.get(label)
         _close_quietly([conn] if conn is not None else [])
+
+    def discard(self, label: str, target: SshTarget) -> None:
+        """Close and forget the lab's connection if it goes to `target` (one made for a
+        machine the lab, read in full, does not name)."""
+        with self._lock:
+            conn = self._by_label.get(label)
+            if conn is None or conn.target != target:
+                return
+            del self._by_label[label]
+        _close_quietly([conn])
 
     @property
     def open_now(self) -> int:
@@ -353,8 +363,10 @@ class Gatherer:
         reads = self._reads
         own = (ThreadPoolExecutor(max(5, self._first_round), thread_name_prefix="milab-read")
                if reads is None else None)
+        early = _EarlyReach(self, ev, target) if self.suite.machine is not None else None
         lab_reads = LabReads(clients.arm, ev.subscription, target.group, self.suite.reads,
-                             self.suite.spec, reads or own)
+                             self.suite.spec, reads or own,
+                             on_progress=early.consider if early is not None else None)
         try:
             try:
                 lab_reads.run()
@@ -362,8 +374,10 @@ class Gatherer:
                 lab_reads.errors.setdefault("group", f"reading the lab failed: "
                                                      f"{type(exc).__name__}: {exc}")
             ev.control, ev.errors = lab_reads.control, lab_reads.errors
-            self._probe(ev, target, clients)
+            self._probe(ev, target, clients, early)
         finally:
+            if early is not None:
+                early.drop()  # unless `_probe` took what it found
             if own is not None:
                 own.shutdown(wait=False)
         ev.seconds = time.perf_counter() - t0
@@ -404,11 +418,8 @@ class Gatherer:
             return None
         return self.egress(conn.resolved_host) or self.egress(conn.target.host)
 
-    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
-        from .azure.signed import verify_parts
-        from .probe import SIGNED_OPS
-        from .vm.probe import run_probe
-
+    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None,
+               early: _EarlyReach | None = None) -> None:
         machine = self._machine(ev)
         if machine is None:
             if ev.ssh is None and ev.control.get("group") is None:
@@ -425,19 +436,44 @@ class Gatherer:
         except SshError as exc:
             ev.ssh = SshOutcome(refused=exc.refused, error=str(exc))
             return
+        # Reached already, while the lab's last reads were in flight: what was found there
+        # stands when the lab, read in full, names the same machine (same host, user, key).
+        found = early.take(ssh_target) if early is not None else None
         conn = self.connections.get(ev.label, ssh_target)
-        ev.ssh = SshOutcome(target=ssh_target.describe())
+        if found is None:
+            ev.ssh = SshOutcome(target=ssh_target.describe())
+            refused = self._reach(ev, conn)
+        else:
+            ev.ssh, ev.probe, ev.signed_parts = found.ssh, found.probe, found.signed_parts
+            refused = early.refused
+            if early.probe_waits:  # the probe needed a read that was still in flight
+                refused = self._reach(ev, conn)
+        if refused:
+            self._explain_refusal(ev, machine, conn, clients)
+
+    def _reach(self, ev: LabEvidence, conn: VmConnection) -> bool | None:
+        """Log in to the lab's machine and run the probe, into `ev.ssh` and `ev.probe`. True
+        when the machine refused SSH (the caller explains it, from the lab's reads); None when
+        the probe's program needs a read still in flight (reached early: the login is done,
+        the probe runs once the reads are in)."""
+        from .azure.signed import verify_parts
+        from .probe import SIGNED_OPS
+        from .vm.probe import run_probe
+
         try:
             conn.connect()
             # The machine's host key: known (listed in known_hosts) or first seen now.
             ev.ssh.ok, ev.ssh.host_key = True, conn.host_key
             if self.suite.probe is None:
-                return
+                return False
             # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,
             # a few at a time).
             deadline = max(2 * self.settings.timeout, 10)
             audience = self.settings.evidence_audience if self.token_verifier else None
-            parts = self.suite.probe_program(ev, deadline, audience)
+            try:
+                parts = self.suite.probe_program(ev, deadline, audience)
+            except ReadPending:
+                return None
             ev.signed_parts = frozenset(p["name"] for p in parts if p.get("op") in SIGNED_OPS)
             results = run_probe(conn, parts, ev.digest_key, timeout=deadline,
                                 egress=self.egress_for(conn))
@@ -449,11 +485,12 @@ class Gatherer:
         except SshError as exc:
             ev.ssh.error = str(exc)
             if exc.refused:
-                self._explain_refusal(ev, machine, conn, clients)
-            elif exc.machine:  # the machine answered, but not as a machine that lets us see
+                return True
+            if exc.machine:  # the machine answered, but not as a machine that lets us see
                 ev.ssh.unverified = True
         except Exception as exc:  # noqa: BLE001 - the grader's own trouble: never the student's
             ev.ssh.error = f"reading the machine failed: {type(exc).__name__}: {exc}"
+        return False
 
     def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients) -> None:
         """The machine did not answer SSH for as long as the grader waited. That is the
@@ -487,3 +524,103 @@ class Gatherer:
         ev.ssh.error = (f"{ev.ssh.error} for {conn.refused_seconds:.0f}s although the machine "
                         f"{running} and nothing in the lab keeps SSH out: let the grader in "
                         "and grade again")
+
+
+class _SoFar(dict):
+    """A lab's reads while some are still in flight (`pending`): `get` of one of those raises
+    `ReadPending`, so the suite's code cannot take "not in yet" for "not there"."""
+
+    def __init__(self, control: dict[str, Any], pending: frozenset[str]) -> None:
+        super().__init__(control)
+        self.pending = pending
+
+    def get(self, name, default=None):
+        if name in self.pending:
+            raise ReadPending(name)
+        return super().get(name, default)
+
+
+class _EarlyReach:
+    """A lab's machine reached while the lab's last reads are still in flight.
+
+    As the reads come in, the suite's machine is asked (`Lab.arrived`, `ReadPending`); once it
+    names a host and a user, the grader logs in (and runs the probe, if its program needs no
+    read still in flight) in a thread of its own, so the SSH handshake and the probe overlap
+    the reads that only explain a refusal. When all is read, `Gatherer._probe` asks the
+    machine again with every read and takes what was found here only for the very same SSH
+    target; otherwise it is dropped (the connection closed) and the machine is reached
+    as before."""
+
+    def __init__(self, gatherer: Gatherer, ev: LabEvidence, target: LabTarget) -> None:
+        self.gatherer = gatherer
+        self.ev = ev
+        self.target = target
+        self.asked = False  # the machine was named (or will not be, early)
+        self.found: LabEvidence | None = None  # what reaching it gave (ssh, probe)
+        self.ssh_target: SshTarget | None = None
+        self.refused: bool | None = None
+        self.probe_waits = False
+        self._thread: threading.Thread | None = None
+        self._reached = False
+        self._taken = False
+
+    def consider(self, reads) -> None:
+        """Called as reads come in (`LabReads.on_progress`)."""
+        from .lab import Lab
+
+        if self.asked or "group" not in reads.control:
+            return
+        if reads.control.get("group") is None:
+            self.asked = True  # no group: nothing to reach
+            return
+        found = replace(self.ev, control=_SoFar(reads.control, reads.pending()),
+                        errors=dict(reads.errors))
+        try:
+            machine = self.gatherer.suite.machine(Lab(found, self.gatherer.suite.spec))
+        except ReadPending:
+            return  # asked again when more reads are in
+        except Exception:  # noqa: BLE001 - asked again with every read, and said then
+            self.asked = True
+            return
+        self.asked = True
+        if machine is None or machine.absent:
+            return
+        found.machine = machine
+        try:
+            self.ssh_target = self.gatherer.ssh_target(found, self.target)
+        except SshError:
+            return
+        found.ssh = SshOutcome(target=self.ssh_target.describe())
+        self.found = found
+        self._thread = threading.Thread(target=self._reach, name="milab-reach", daemon=True)
+        self._thread.start()
+
+    def _reach(self) -> None:
+        try:
+            conn = self.gatherer.connections.get(self.ev.label, self.ssh_target)
+            refused = self.gatherer._reach(self.found, conn)
+            self.probe_waits = refused is None
+            self.refused = bool(refused)
+            self._reached = True
+        except BaseException:  # noqa: BLE001 - then the machine is reached the usual way
+            pass
+
+    def take(self, ssh_target: SshTarget) -> LabEvidence | None:
+        """What reaching the machine early found, if it was this very target; else None (and
+        the connection made for another target is closed)."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if ssh_target != self.ssh_target or not self._reached:
+            self.drop()
+            return None
+        self._taken = True
+        return self.found
+
+    def drop(self) -> None:
+        """Close the connection made early when the lab, read in full, did not take it."""
+        if self._thread is None or self._taken:
+            return
+        self._thread.join()
+        self._taken = True  # once
+        self.gatherer.connections.discard(self.ev.label, self.ssh_target)
