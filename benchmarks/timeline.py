@@ -64,7 +64,7 @@ def _hook(event: str, args: tuple) -> None:
 
 
 def _report() -> None:
-    mark("exit")
+    mark(f"exit (CPU so far {time.process_time():.3f} s)")
     out = [f"{t - _T0:7.3f}  {name[:18]:18}  {what}" for t, name, what in _events]
     sys.stderr.write("milab timeline:\n" + "\n".join(out) + "\n")
 

@@ -157,6 +157,57 @@ def test_a_refusal_found_early_is_explained_from_the_full_reads(events, monkeypa
     assert explained == [("refusing", ["group", "ips", "nic", "vm"])]
 
 
+@pytest.mark.parametrize("needs_nic", [False, True])
+def test_the_probe_runs_early_unless_its_program_needs_a_read_in_flight(events, monkeypatch,
+                                                                        needs_nic):
+    from pytest_milab import probe as probe_kit
+    from pytest_milab.azure import signed
+    from pytest_milab.vm import probe as vm_probe
+
+    def run_probe(conn, parts, key, timeout, egress=None):
+        events.append(("probe", parts[0]["url"]))
+        return {"p": {"status": 200}}
+
+    monkeypatch.setattr(vm_probe, "run_probe", run_probe)
+    monkeypatch.setattr(signed, "verify_parts", lambda results, parts, verifier: None)
+    answers = {GID: (200, {"id": GID, "name": "lab"}), f"{GID}/vm": (200, {"id": "vm"}),
+               f"{GID}/ips": (200, {"value": [{"address": "10.0.0.1"}]}),
+               f"{GID}/nic": (200, {"id": "nic", "address": "10.0.0.1"})}
+    arm = SlowArm(answers, {f"{GID}/nic"}, events)
+    reads = check_reads([Read("vm", "{group_id}/vm", "v"),
+                         Read("ips", "{group_id}/ips", "v", list=True),
+                         Read("nic", "{group_id}/nic", "v", after=("vm",))])
+    fields = ((lambda lab: {"where": lab.read("nic")["id"]}) if needs_nic
+              else (lambda lab: {"where": lab.group_id}))
+    probe = probe_kit.Probe([probe_kit.http("p", "https://x/{where}")], fields=fields)
+    gatherer = Gatherer(Settings(), Suite(reads=reads, machine=machine, probe=probe),
+                        Clients(arm), Connections(), lambda: SUB)
+    original = vm_probe.run_probe
+
+    def release_after_probe(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            arm.release.set()
+
+    monkeypatch.setattr(vm_probe, "run_probe", release_after_probe)
+    if needs_nic:  # the probe cannot run before the NIC is in: the NIC answers after the login
+        login = FakeConn.connect
+
+        def connect(conn):
+            login(conn)
+            arm.release.set()
+
+        monkeypatch.setattr(FakeConn, "connect", connect)
+    ev = gatherer.gather(LabTarget(group="lab", subscription=SUB, label="lab"))
+    probes = [e for e in events if e[0] == "probe"]
+    assert probes == [("probe", f"https://x/{'nic' if needs_nic else GID}")]
+    answered = events.index(("answered", f"{GID}/nic"))
+    assert len(FakeConn.made) == 1 and events.index(("connect", "10.0.0.1")) < answered
+    assert ev.probe == {"p": {"status": 200}} and ev.ssh.ok
+    assert (events.index(probes[0]) < answered) is not needs_nic
+
+
 def test_a_read_in_flight_is_pending_never_absent():
     ev = LabEvidence(label="lab", group="lab",
                      control=_SoFar({"group": {"id": GID}, "vm": None}, frozenset({"nic"})))
