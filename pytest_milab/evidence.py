@@ -243,6 +243,26 @@ class Gatherer:
         self._judged = 0  # the furthest lab (by position) being judged
         self._ahead: int | None = None
         self._closed = False
+        self._preloading = False
+
+    def prepare(self) -> None:
+        """What gathering can do before the grader's sign-in is done: open the HTTPS
+        connections the first lab's first reads will take (`clients.preconnect`). (Importing
+        what reaching the machines takes waits for the reads: sooner, it would slow the
+        sign-in's own steps more than it gains.)"""
+        from .azure.clients import preconnect
+
+        transport = getattr(self.clients, "transport", None)
+        if transport is not None:
+            preconnect(transport, self._first_round)
+
+    def _preload(self) -> None:
+        """`preload` in a thread of its own, once, when there are machines to reach."""
+        if self._preloading or self.suite.machine is None:
+            return
+        self._preloading = True
+        threading.Thread(target=preload, args=(self.suite.probe,), name="milab-preload",
+                         daemon=True).start()
 
     @property
     def _first_round(self) -> int:
@@ -286,9 +306,8 @@ class Gatherer:
             thread_name_prefix="milab-read")
         self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
         self.clients.warm()
-        if targets and self.suite.machine is not None:
-            threading.Thread(target=preload, args=(self.suite.probe,), name="milab-preload",
-                             daemon=True).start()
+        if targets:
+            self._preload()
         futures = {t.label: self._labs.submit(self._gather_in_turn, i, t)
                    for i, t in enumerate(targets)}
         left, lock = [len(futures)], threading.Lock()

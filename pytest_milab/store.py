@@ -36,6 +36,10 @@ class EvidenceStore:
         the end of the collection says it, in one line."""
         def begin() -> None:
             try:
+                self.gatherer.prepare()  # while the sign-in is under way
+            except Exception:  # noqa: BLE001 - best effort: the reads connect as they go
+                pass
+            try:
                 signed_in()
             except Exception:  # noqa: BLE001 - said at the end of the collection
                 return

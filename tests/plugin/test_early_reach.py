@@ -302,6 +302,9 @@ class StartRecorder:
         self.started: list[list[str]] = []
         self.done = threading.Event()
 
+    def prepare(self) -> None:
+        self.prepared = True
+
     def start_all(self, targets, ahead=None):
         self.started.append([t.label for t in targets])
         self.done.set()
@@ -325,6 +328,7 @@ def test_early_gathering_begins_once_signed_in():
     signed.set()
     assert recorder.done.wait(5)
     assert recorder.started == [["a"]]  # the labs to grade (a bad roster line is not one)
+    assert recorder.prepared  # (its connections opened while the sign-in was under way)
 
 
 def test_no_early_gathering_after_a_failed_sign_in_or_once_closed():
