@@ -393,7 +393,10 @@ class Gatherer:
                 lab_reads.errors.setdefault("group", f"reading the lab failed: "
                                                      f"{type(exc).__name__}: {exc}")
             ev.control, ev.errors = lab_reads.control, lab_reads.errors
-            self._probe(ev, target, clients, early)
+            if self._closed:  # the run ended (a usage error, Ctrl-C): no machine is reached
+                ev.problem = "not gathered: the run ended first"
+            else:
+                self._probe(ev, target, clients, early)
         finally:
             if early is not None:
                 early.drop()  # unless `_probe` took what it found
@@ -587,7 +590,7 @@ class _EarlyReach:
         """Called as reads come in (`LabReads.on_progress`)."""
         from .lab import Lab
 
-        if self.asked or "group" not in reads.control:
+        if self.asked or "group" not in reads.control or self.gatherer._closed:
             return
         if reads.control.get("group") is None:
             self.asked = True  # no group: nothing to reach

@@ -208,6 +208,27 @@ def test_the_probe_runs_early_unless_its_program_needs_a_read_in_flight(events, 
     assert (events.index(probes[0]) < answered) is not needs_nic
 
 
+def test_a_run_that_ended_while_a_lab_was_read_reaches_no_machine(events):
+    """(Early gathering begins before the collection: a suite mistake found there ends the
+    run, and the process does not wait for machines to be probed for nothing.)"""
+    answers = {GID: (200, {"id": GID, "name": "lab"}), f"{GID}/vm": (200, {"id": "vm"}),
+               f"{GID}/ips": (200, {"value": [{"address": "10.0.0.1"}]}),
+               f"{GID}/nic": (200, {"id": "nic", "address": "10.0.0.1"})}
+    arm = SlowArm(answers, {f"{GID}/vm", f"{GID}/ips", f"{GID}/nic"}, events)
+    reads = check_reads([Read("vm", "{group_id}/vm", "v"),
+                         Read("ips", "{group_id}/ips", "v", list=True),
+                         Read("nic", "{group_id}/nic", "v", after=("vm",))])
+    gatherer = Gatherer(Settings(), Suite(reads=reads, machine=machine), Clients(arm),
+                        Connections(), lambda: SUB)
+    futures = gatherer.start_all([LabTarget(group="lab", subscription=SUB, label="lab")])
+    time.sleep(0.2)  # its first reads are out
+    gatherer.close()
+    arm.release.set()
+    ev = futures["lab"].result(timeout=5)
+    assert ev.problem == "not gathered: the run ended first"
+    assert FakeConn.made == [] and not [e for e in events if e[0] == "connect"]
+
+
 def test_a_read_in_flight_is_pending_never_absent():
     ev = LabEvidence(label="lab", group="lab",
                      control=_SoFar({"group": {"id": GID}, "vm": None}, frozenset({"nic"})))
