@@ -71,9 +71,10 @@ def in_background(fn, name: str, *, inline: bool = False) -> Future:
 
 def grades_every_lab(config: pytest.Config) -> bool:
     """Whether this run is sure to grade every lab it was given, so that their evidence (the
-    suite's reads and probe) may be gathered before pytest has collected the checks: one process (no pytest-xdist), nothing
-    that deselects checks (-k, -m, --deselect, --lf, --sw, a test id on the command line) and
-    no run that grades nothing (--collect-only, --setup-only, --setup-plan)."""
+    suite's reads and probe) may be gathered before pytest has collected the checks: one
+    process (no pytest-xdist), nothing that deselects checks (-k, -m, --deselect, --lf, --sw,
+    a test id on the command line) and no run that grades nothing (--collect-only,
+    --setup-only, --setup-plan)."""
     option = config.option
     if getattr(option, "numprocesses", None) or hasattr(config, "workerinput"):
         return False
@@ -223,9 +224,13 @@ class Run:
             self._prepare_builds(self.signed_in(), gatherer)
         self.store = EvidenceStore(self.settings, gatherer, self.connections,
                                    provisioning=self.provisioning)
+        # Gathering begins now, while pytest collects, when the suite has something to gather
+        # and every lab will be graded. Not under --debug: its import trace would then be
+        # written from two threads at once (see the sign-in above).
         suite = self.suite
         gathers = bool(suite.reads) or suite.machine is not None or suite.probe is not None
-        if gathers and not self.provisioning and grades_every_lab(self.config):
+        if (gathers and not self.provisioning and grades_every_lab(self.config)
+                and not getattr(self.config.option, "debug", None)):
             self.store.gather_early(self.signed_in)
 
     def signed_in(self):
