@@ -27,6 +27,7 @@ from .errors import (
     MilabError,
     NotPropagated,
     ReadFailed,
+    ReadPending,
     RosterError,
     SshError,
     StepMarkerError,
@@ -46,7 +47,8 @@ __version__ = "0.2.0"
 __all__ = [
     "API", "ROLES", "AzureError", "CommandResult", "ConfigError", "CouldNotDecide",
     "CredentialError", "Defect", "Lab", "LabEvidence", "Machine", "MilabError", "NeedsStep",
-    "NotPropagated", "Probe", "ProvisionContext", "Read", "ReadFailed", "RosterError",
-    "SshError", "Stage", "StepMarkerError", "StepOutcome", "SuiteError", "Unverified", "Vm",
+    "NotPropagated", "Probe", "ProvisionContext", "Read", "ReadFailed", "ReadPending",
+    "RosterError", "SshError", "Stage", "StepMarkerError", "StepOutcome", "SuiteError",
+    "Unverified", "Vm",
     "probe", "role_definition_id", "role_name", "shapes",
 ]

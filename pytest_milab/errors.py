@@ -54,6 +54,11 @@ class ReadFailed(MilabError):
     """A read that could not decide (not a 404): the message says why."""
 
 
+class ReadPending(Exception):
+    """A read the lab has not answered yet: raised by `lab.read` only while the lab is still
+    being read, when the engine asks the suite's machine early (see `Lab.arrived`)."""
+
+
 class CredentialError(MilabError):
     """No Azure credential could be obtained."""
 

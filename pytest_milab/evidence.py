@@ -10,12 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .digests import new_key
-from .errors import CouldNotDecide, MilabError, SshError
+from .errors import CouldNotDecide, MilabError, ReadPending, SshError
 from .provenance import VM_REPORTED, note
 from .settings import LabTarget, Settings
 from .vm.reach import Machine
@@ -142,6 +142,16 @@ class Connections:
             conn = self._by_label.get(label)
         _close_quietly([conn] if conn is not None else [])
 
+    def discard(self, label: str, target: SshTarget) -> None:
+        """Close and forget the lab's connection if it goes to `target` (one made for a
+        machine the lab, read in full, does not name)."""
+        with self._lock:
+            conn = self._by_label.get(label)
+            if conn is None or conn.target != target:
+                return
+            del self._by_label[label]
+        _close_quietly([conn])
+
     @property
     def open_now(self) -> int:
         """How many of the connections are open at the moment (a class holds few)."""
@@ -161,6 +171,27 @@ def _close_quietly(conns: list[VmConnection]) -> None:
             conn.close()
         except Exception:  # closing is best effort
             pass
+
+
+def preload(probe) -> None:
+    """Import what reaching a machine and checking its answer take (paramiko and Fabric for
+    SSH; asn1crypto and cryptography, and the CA bundle, for an attested document): a tenth of
+    a second of CPU or more, done while the first lab's ARM reads are in flight instead of
+    after them, on that lab's way to its SSH login. Best effort: whatever fails here is
+    imported, and fails, where it is used."""
+    import importlib
+
+    try:
+        for name in ("paramiko", "fabric", "pytest_milab.vm.probe"):
+            importlib.import_module(name)
+        if probe is not None and any(part.op == "attested" for part in probe.parts):
+            from asn1crypto import cms  # noqa: F401
+
+            from .azure import attest
+
+            attest.trust_anchors()
+    except Exception:  # noqa: BLE001 - see above
+        pass
 
 
 def published_egress(directory: Path):
@@ -212,6 +243,31 @@ class Gatherer:
         self._judged = 0  # the furthest lab (by position) being judged
         self._ahead: int | None = None
         self._closed = False
+        self._preloading = False
+
+    def prepare(self) -> None:
+        """What gathering can do before the grader's sign-in is done: open the HTTPS
+        connections the first lab's first reads will take (`clients.preconnect`). (Importing
+        what reaching the machines takes waits for the reads: sooner, it would slow the
+        sign-in's own steps more than it gains.)"""
+        from .azure.clients import preconnect
+
+        transport = getattr(self.clients, "transport", None)
+        if transport is not None:
+            preconnect(transport, self._first_round)
+
+    def _preload(self) -> None:
+        """`preload` in a thread of its own, once, when there are machines to reach."""
+        if self._preloading or self.suite.machine is None:
+            return
+        self._preloading = True
+        threading.Thread(target=preload, args=(self.suite.probe,), name="milab-preload",
+                         daemon=True).start()
+
+    @property
+    def _first_round(self) -> int:
+        """How many reads a lab sends at once first: its group and the reads needing no other."""
+        return 1 + sum(not read.after for read in self.suite.reads)
 
     def subscription_for(self, target: LabTarget) -> str:
         """The lab's subscription: the roster's, the option's, else the credential's only one
@@ -243,11 +299,15 @@ class Gatherer:
         labs = max(1, min(self.settings.concurrency, len(targets)))
         self._position = {t.label: i for i, t in enumerate(targets)}
         self._judged, self._ahead, self._closed = 0, ahead, False  # the first is judged first
-        # Each lab reads up to five things at once; the reads share the HTTP connection pool.
-        self._reads = ThreadPoolExecutor(max_workers=max(4, min(labs * 5, self.clients.pool_size)),
-                                         thread_name_prefix="milab-read")
+        # A lab's first round of reads (the group and every read that needs no other) goes out
+        # at once; the reads share the HTTP connection pool.
+        self._reads = ThreadPoolExecutor(
+            max_workers=max(4, min(labs * self._first_round, self.clients.pool_size)),
+            thread_name_prefix="milab-read")
         self._labs = ThreadPoolExecutor(max_workers=labs, thread_name_prefix="milab-lab")
         self.clients.warm()
+        if targets:
+            self._preload()
         futures = {t.label: self._labs.submit(self._gather_in_turn, i, t)
                    for i, t in enumerate(targets)}
         left, lock = [len(futures)], threading.Lock()
@@ -320,9 +380,12 @@ class Gatherer:
             return ev
         clients = self.clients.for_subscription(ev.subscription)
         reads = self._reads
-        own = ThreadPoolExecutor(5, thread_name_prefix="milab-read") if reads is None else None
+        own = (ThreadPoolExecutor(max(5, self._first_round), thread_name_prefix="milab-read")
+               if reads is None else None)
+        early = _EarlyReach(self, ev, target) if self.suite.machine is not None else None
         lab_reads = LabReads(clients.arm, ev.subscription, target.group, self.suite.reads,
-                             self.suite.spec, reads or own)
+                             self.suite.spec, reads or own,
+                             on_progress=early.consider if early is not None else None)
         try:
             try:
                 lab_reads.run()
@@ -330,8 +393,13 @@ class Gatherer:
                 lab_reads.errors.setdefault("group", f"reading the lab failed: "
                                                      f"{type(exc).__name__}: {exc}")
             ev.control, ev.errors = lab_reads.control, lab_reads.errors
-            self._probe(ev, target, clients)
+            if self._closed:  # the run ended (a usage error, Ctrl-C): no machine is reached
+                ev.problem = "not gathered: the run ended first"
+            else:
+                self._probe(ev, target, clients, early)
         finally:
+            if early is not None:
+                early.drop()  # unless `_probe` took what it found
             if own is not None:
                 own.shutdown(wait=False)
         ev.seconds = time.perf_counter() - t0
@@ -372,11 +440,8 @@ class Gatherer:
             return None
         return self.egress(conn.resolved_host) or self.egress(conn.target.host)
 
-    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None) -> None:
-        from .azure.signed import verify_parts
-        from .probe import SIGNED_OPS
-        from .vm.probe import run_probe
-
+    def _probe(self, ev: LabEvidence, target: LabTarget, clients=None,
+               early: _EarlyReach | None = None) -> None:
         machine = self._machine(ev)
         if machine is None:
             if ev.ssh is None and ev.control.get("group") is None:
@@ -393,19 +458,44 @@ class Gatherer:
         except SshError as exc:
             ev.ssh = SshOutcome(refused=exc.refused, error=str(exc))
             return
+        # Reached already, while the lab's last reads were in flight: what was found there
+        # stands when the lab, read in full, names the same machine (same host, user, key).
+        found = early.take(ssh_target) if early is not None else None
         conn = self.connections.get(ev.label, ssh_target)
-        ev.ssh = SshOutcome(target=ssh_target.describe())
+        if found is None:
+            ev.ssh = SshOutcome(target=ssh_target.describe())
+            refused = self._reach(ev, conn)
+        else:
+            ev.ssh, ev.probe, ev.signed_parts = found.ssh, found.probe, found.signed_parts
+            refused = early.refused
+            if early.probe_waits:  # the probe needed a read that was still in flight
+                refused = self._reach(ev, conn)
+        if refused:
+            self._explain_refusal(ev, machine, conn, clients)
+
+    def _reach(self, ev: LabEvidence, conn: VmConnection) -> bool | None:
+        """Log in to the lab's machine and run the probe, into `ev.ssh` and `ev.probe`. True
+        when the machine refused SSH (the caller explains it, from the lab's reads); None when
+        the probe's program needs a read still in flight (reached early: the login is done,
+        the probe runs once the reads are in)."""
+        from .azure.signed import verify_parts
+        from .probe import SIGNED_OPS
+        from .vm.probe import run_probe
+
         try:
             conn.connect()
             # The machine's host key: known (listed in known_hosts) or first seen now.
             ev.ssh.ok, ev.ssh.host_key = True, conn.host_key
             if self.suite.probe is None:
-                return
+                return False
             # The probe is one SSH call: within twice the timeout of a call (it makes a dozen,
             # a few at a time).
             deadline = max(2 * self.settings.timeout, 10)
             audience = self.settings.evidence_audience if self.token_verifier else None
-            parts = self.suite.probe_program(ev, deadline, audience)
+            try:
+                parts = self.suite.probe_program(ev, deadline, audience)
+            except ReadPending:
+                return None
             ev.signed_parts = frozenset(p["name"] for p in parts if p.get("op") in SIGNED_OPS)
             results = run_probe(conn, parts, ev.digest_key, timeout=deadline,
                                 egress=self.egress_for(conn))
@@ -417,11 +507,12 @@ class Gatherer:
         except SshError as exc:
             ev.ssh.error = str(exc)
             if exc.refused:
-                self._explain_refusal(ev, machine, conn, clients)
-            elif exc.machine:  # the machine answered, but not as a machine that lets us see
+                return True
+            if exc.machine:  # the machine answered, but not as a machine that lets us see
                 ev.ssh.unverified = True
         except Exception as exc:  # noqa: BLE001 - the grader's own trouble: never the student's
             ev.ssh.error = f"reading the machine failed: {type(exc).__name__}: {exc}"
+        return False
 
     def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients) -> None:
         """The machine did not answer SSH for as long as the grader waited. That is the
@@ -455,3 +546,103 @@ class Gatherer:
         ev.ssh.error = (f"{ev.ssh.error} for {conn.refused_seconds:.0f}s although the machine "
                         f"{running} and nothing in the lab keeps SSH out: let the grader in "
                         "and grade again")
+
+
+class _SoFar(dict):
+    """A lab's reads while some are still in flight (`pending`): `get` of one of those raises
+    `ReadPending`, so the suite's code cannot take "not in yet" for "not there"."""
+
+    def __init__(self, control: dict[str, Any], pending: frozenset[str]) -> None:
+        super().__init__(control)
+        self.pending = pending
+
+    def get(self, name, default=None):
+        if name in self.pending:
+            raise ReadPending(name)
+        return super().get(name, default)
+
+
+class _EarlyReach:
+    """A lab's machine reached while the lab's last reads are still in flight.
+
+    As the reads come in, the suite's machine is asked (`Lab.arrived`, `ReadPending`); once it
+    names a host and a user, the grader logs in (and runs the probe, if its program needs no
+    read still in flight) in a thread of its own, so the SSH handshake and the probe overlap
+    the reads that only explain a refusal. When all is read, `Gatherer._probe` asks the
+    machine again with every read and takes what was found here only for the very same SSH
+    target; otherwise it is dropped (the connection closed) and the machine is reached
+    as before."""
+
+    def __init__(self, gatherer: Gatherer, ev: LabEvidence, target: LabTarget) -> None:
+        self.gatherer = gatherer
+        self.ev = ev
+        self.target = target
+        self.asked = False  # the machine was named (or will not be, early)
+        self.found: LabEvidence | None = None  # what reaching it gave (ssh, probe)
+        self.ssh_target: SshTarget | None = None
+        self.refused: bool | None = None
+        self.probe_waits = False
+        self._thread: threading.Thread | None = None
+        self._reached = False
+        self._taken = False
+
+    def consider(self, reads) -> None:
+        """Called as reads come in (`LabReads.on_progress`)."""
+        from .lab import Lab
+
+        if self.asked or "group" not in reads.control or self.gatherer._closed:
+            return
+        if reads.control.get("group") is None:
+            self.asked = True  # no group: nothing to reach
+            return
+        found = replace(self.ev, control=_SoFar(reads.control, reads.pending()),
+                        errors=dict(reads.errors))
+        try:
+            machine = self.gatherer.suite.machine(Lab(found, self.gatherer.suite.spec))
+        except ReadPending:
+            return  # asked again when more reads are in
+        except Exception:  # noqa: BLE001 - asked again with every read, and said then
+            self.asked = True
+            return
+        self.asked = True
+        if machine is None or machine.absent:
+            return
+        found.machine = machine
+        try:
+            self.ssh_target = self.gatherer.ssh_target(found, self.target)
+        except SshError:
+            return
+        found.ssh = SshOutcome(target=self.ssh_target.describe())
+        self.found = found
+        self._thread = threading.Thread(target=self._reach, name="milab-reach", daemon=True)
+        self._thread.start()
+
+    def _reach(self) -> None:
+        try:
+            conn = self.gatherer.connections.get(self.ev.label, self.ssh_target)
+            refused = self.gatherer._reach(self.found, conn)
+            self.probe_waits = refused is None
+            self.refused = bool(refused)
+            self._reached = True
+        except BaseException:  # noqa: BLE001 - then the machine is reached the usual way
+            pass
+
+    def take(self, ssh_target: SshTarget) -> LabEvidence | None:
+        """What reaching the machine early found, if it was this very target; else None (and
+        the connection made for another target is closed)."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if ssh_target != self.ssh_target or not self._reached:
+            self.drop()
+            return None
+        self._taken = True
+        return self.found
+
+    def drop(self) -> None:
+        """Close the connection made early when the lab, read in full, did not take it."""
+        if self._thread is None or self._taken:
+            return
+        self._thread.join()
+        self._taken = True  # once
+        self.gatherer.connections.discard(self.ev.label, self.ssh_target)

@@ -47,7 +47,13 @@ def pytest_milab_reads(spec):
 @pytest.hookspec(firstresult=True)
 def pytest_milab_machine(spec, lab):
     """Return the lab's `Machine` (where to SSH, what may keep SSH out), found in `lab`'s reads,
-    or `Machine.missing(reason)` when the lab has none. Not implemented: no in-machine probe."""
+    or `Machine.missing(reason)` when the lab has none. Not implemented: no in-machine probe.
+
+    It is also asked while the lab is still being read, so the grader can log in sooner:
+    `lab.read` of a read still in flight raises `ReadPending` (let it through; it is asked
+    again as more reads come in), and `lab.arrived(name)` says whether a read is in. Only a
+    machine the lab, read in full, names again (same host, user, port and key) keeps that
+    early login; any other is dropped and reached anew."""
 
 
 @pytest.hookspec(firstresult=True)

@@ -71,6 +71,13 @@ class Lab:
                                  f"{ev.errors[name]}")
         return ev.control.get(name)
 
+    def arrived(self, name: str) -> bool:
+        """Whether the read `name` is in (answered or failed). Always, once the lab is
+        gathered; while it is being read, the engine asks the suite's machine as the reads
+        come in (to log in to it sooner), and `read` of one still in flight raises
+        `ReadPending` (the engine asks again later)."""
+        return name not in getattr(self.evidence.control, "pending", ())
+
     @property
     def group(self) -> dict | None:
         return self.read("group")

@@ -69,6 +69,22 @@ def in_background(fn, name: str, *, inline: bool = False) -> Future:
     return future
 
 
+def grades_every_lab(config: pytest.Config) -> bool:
+    """Whether this run is sure to grade every lab it was given, so that their evidence (the
+    suite's reads and probe) may be gathered before pytest has collected the checks: one
+    process (no pytest-xdist), nothing that deselects checks (-k, -m, --deselect, --lf, --sw,
+    a test id on the command line) and no run that grades nothing (--collect-only,
+    --setup-only, --setup-plan)."""
+    option = config.option
+    if getattr(option, "numprocesses", None) or hasattr(config, "workerinput"):
+        return False
+    if any(getattr(option, name, None) for name in (
+            "keyword", "markexpr", "deselect", "lf", "stepwise", "collectonly", "setuponly",
+            "setupplan")):
+        return False
+    return not any("::" in str(arg) for arg in config.args)
+
+
 def check_environment(settings: Settings) -> None:
     """What the grader gave that cannot work, said before any lab is graded."""
     if settings.ssh_key:
@@ -173,6 +189,13 @@ class Run:
             check_environment(self.settings)
         verbose = self.config.get_verbosity() > 0
 
+        # azure-identity (with requests and msal under it: a tenth of a second and more) is
+        # imported here, before pytest collects the suite. Imported by the sign-in thread it
+        # would share the interpreter with the collection and take twice as long, with the
+        # first ARM read waiting for it; its round trips to Entra still go on during the
+        # collection.
+        import azure.identity  # noqa: F401
+
         def sign_in():
             credential = make_credential()
             if worker is None:
@@ -201,6 +224,14 @@ class Run:
             self._prepare_builds(self.signed_in(), gatherer)
         self.store = EvidenceStore(self.settings, gatherer, self.connections,
                                    provisioning=self.provisioning)
+        # Gathering begins now, while pytest collects, when the suite has something to gather
+        # and every lab will be graded. Not under --debug: its import trace would then be
+        # written from two threads at once (see the sign-in above).
+        suite = self.suite
+        gathers = bool(suite.reads) or suite.machine is not None or suite.probe is not None
+        if (gathers and not self.provisioning and grades_every_lab(self.config)
+                and not getattr(self.config.option, "debug", None)):
+            self.store.gather_early(self.signed_in)
 
     def signed_in(self):
         """The grader's credential, once the sign-in begun by `start` is done; its failure

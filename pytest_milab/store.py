@@ -27,6 +27,27 @@ class EvidenceStore:
         self._lock = threading.Lock()
         self._labs_to_gather: list[str] | None = None  # None: every lab of the roster
         self._stale: set[str] = set()
+        self._closed = False
+
+    def gather_early(self, signed_in) -> None:
+        """Begin gathering every lab now, in the background once `signed_in()` returns, for a
+        run sure to grade every lab it has (see `run.grades_every_lab`): the first lab's reads
+        go out while pytest still collects the suite. A failed sign-in starts nothing here:
+        the end of the collection says it, in one line."""
+        def begin() -> None:
+            try:
+                self.gatherer.prepare()  # while the sign-in is under way
+            except Exception:  # noqa: BLE001 - best effort: the reads connect as they go
+                pass
+            try:
+                signed_in()
+            except Exception:  # noqa: BLE001 - said at the end of the collection
+                return
+            with self._lock:
+                if self._pending is None and not self._closed:
+                    self._pending = self._gather_all()
+
+        threading.Thread(target=begin, name="milab-early", daemon=True).start()
 
     def set_collected_labs(self, scopes: dict[str, list[str]], worker: dict | None) -> None:
         """The labs whose checks were collected, by scheduling scope in collection order; under
@@ -116,4 +137,6 @@ class EvidenceStore:
                   egress=lambda: self.gatherer.egress_for(conn))
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self.gatherer.close()

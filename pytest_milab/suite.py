@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .azure.reads import Read, check_reads
-from .errors import CouldNotDecide, SuiteError
+from .errors import CouldNotDecide, ReadPending, SuiteError
 from .probe import Probe
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Suite:
         if self.probe.fields is not None:
             try:
                 fields.update(self.probe.fields(lab) or {})
-            except CouldNotDecide:
+            except (CouldNotDecide, ReadPending):
                 raise
             except Exception as exc:  # noqa: BLE001 - the suite's trouble, never the student's
                 raise CouldNotDecide(f"the suite's probe fields raised {type(exc).__name__}: "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pytest_milab import Lab, shapes
 
-from .reads import subnet_id
+from .reads import attached_public_ip, subnet_id
 
 
 class ManagedIdentityLab(shapes.IdentityGrants, Lab):
@@ -44,7 +44,8 @@ class ManagedIdentityLab(shapes.IdentityGrants, Lab):
 
     @property
     def public_ip(self) -> dict | None:
-        return self.read("public_ip")
+        """The public IP on the VM's NIC."""
+        return attached_public_ip(self)
 
     @property
     def subnet_id(self) -> str | None:

@@ -89,6 +89,101 @@ def shared_transport(pool_size: int):
                              connection_verify=verify)
 
 
+def preconnect(transport, count: int, timeout: float = 10.0) -> int:
+    """Open up to `count` HTTPS connections to ARM in the transport's pool (through the proxy,
+    TLS verified as every read's), sending nothing: done while the grader still signs in, the
+    first reads then go out at once instead of each opening its connection first. Best effort
+    (a requests or urllib3 without these calls, ARM not reachable: the reads connect as
+    before); returns how many were opened."""
+    import requests
+
+    session, verify = transport.session, transport.connection_config.verify
+    opened = 0
+    try:
+        adapter = session.get_adapter(ARM)
+        request = requests.Request("GET", ARM + "/").prepare()
+        pool = adapter.get_connection_with_tls_context(request, verify,
+                                                       proxies=session.proxies)
+        adapter.cert_verify(pool, request.url, verify, None)  # as the adapter does to send
+        conns = []
+        try:
+            for _ in range(count):
+                conn = pool._get_conn()
+                conns.append(conn)
+                conn.timeout = timeout
+                try:
+                    if pool.proxy is not None:
+                        pool._prepare_proxy(conn)  # the proxy's CONNECT, then TLS, as urllib3
+                    else:
+                        conn.connect()
+                except Exception:
+                    conn.close()  # half open (TLS refused, ...): to the pool closed
+                    raise
+                opened += 1
+        except Exception:  # noqa: BLE001 - see above
+            pass
+        _settle(pool, conns)
+    except Exception:  # noqa: BLE001 - see above
+        pass
+    return opened
+
+
+def _settle(pool, conns: list, wait: float = 0.25) -> None:
+    """Hand the connections to the pool once a TLS 1.3 server's session tickets (sent a round
+    trip after the handshake) are processed: unread, they make an idle connection look
+    dropped to urllib3 (readable before any request), which would open it again. A
+    connection with anything else to read (there is nothing before a request) is closed, and
+    opened again when needed; one that gets nothing within `wait` goes to the pool as it is."""
+    import selectors
+
+    waiting = {}
+    for conn in conns:
+        sock = conn.sock
+        if sock is not None and getattr(sock, "version", lambda: None)() == "TLSv1.3":
+            waiting[sock] = conn
+        else:
+            pool._put_conn(conn)
+    deadline = time.monotonic() + wait
+    try:
+        with selectors.DefaultSelector() as selector:
+            for sock in waiting:
+                selector.register(sock, selectors.EVENT_READ)
+            while waiting and (left := deadline - time.monotonic()) > 0:
+                for key, _ in selector.select(left):
+                    selector.unregister(key.fileobj)
+                    conn = waiting.pop(key.fileobj)
+                    _drain(conn)
+                    pool._put_conn(conn)
+    finally:
+        for conn in waiting.values():
+            pool._put_conn(conn)
+
+
+def _drain(conn) -> None:
+    """Process what a TLS 1.3 server sends after the handshake (its session tickets), so the
+    idle connection does not look dropped to urllib3 (readable before any request) and is
+    used, not opened again. Anything else on it (there is nothing to read before a request):
+    the connection is closed, and opened again when needed."""
+    import ssl
+
+    sock = conn.sock
+    if sock is None:
+        return
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0.0)
+        data = sock.recv(1)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        data = None  # nothing but the tickets, if anything
+    except OSError:
+        data = b"!"
+    finally:
+        if conn.sock is not None:
+            sock.settimeout(timeout)
+    if data is not None:
+        conn.close()
+
+
 class ArmPacer:
     """Keeps a grader's ARM reads under the subscription's throttling bucket, so a class does
     not stampede into 429s (each of which costs a round trip, a Retry-After sleep and one of
@@ -326,13 +421,22 @@ class ClientPool:
         return self._credential
 
     @property
+    def transport(self):
+        """The session's HTTP connection pool, made on first use."""
+        with self._lock:
+            if self._transport is None:
+                self._transport = shared_transport(self.pool_size)
+            return self._transport
+
+    @property
     def arm(self) -> ArmReader:
         """The session's ARM reader, made on first use (an xdist worker that reads another's
         evidence never needs one)."""
+        transport = self.transport
+        credential = self.credential  # (waits for a sign-in still under way)
         with self._lock:
             if self._arm is None:
-                self._transport = shared_transport(self.pool_size)
-                self._arm = ArmReader(self.credential, self.timeout, self._transport)
+                self._arm = ArmReader(credential, self.timeout, transport)
             return self._arm
 
     def warm(self) -> None:

@@ -142,7 +142,8 @@ class LabReads:
     """Runs one lab's reads: `control` (name -> JSON or None) and `errors` (name -> why)."""
 
     def __init__(self, arm, subscription: str, group: str, reads: Sequence[Read], spec: Any,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None,
+                 on_progress: Callable[[LabReads], None] | None = None) -> None:
         self.arm = arm
         self.subscription = subscription
         self.group = group
@@ -153,6 +154,14 @@ class LabReads:
         self.control: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
         self._paths: dict[str, Any] = {}
+        # Called (in the thread running `run`) each time reads have come in and the next ones
+        # have gone out, while some are still in flight.
+        self.on_progress = on_progress
+
+    def pending(self) -> frozenset[str]:
+        """The reads (the group's too) not in yet: neither answered nor failed."""
+        names = {GROUP, *self.reads}
+        return frozenset(n for n in names if n not in self.control and n not in self.errors)
 
     def got(self, name: str) -> Any:
         """The value of an earlier read (None when absent or unreadable)."""
@@ -247,6 +256,8 @@ class LabReads:
                     self.control.pop(name, None)
                     continue
                 started[self._submit(read)] = read
+            if started and self.on_progress is not None:
+                self.on_progress(self)
         for name in pending:  # after a read that never finished
             self.errors.setdefault(name, "not read")
 
