@@ -386,3 +386,16 @@ def test_without_a_server_the_client_runs_the_real_interpreter(tmp_path):
         warm.stop()
     assert time.monotonic() - started < 30
     assert not os.path.exists(warm.socket_path)
+
+
+def test_what_the_probe_imports_on_its_first_tls_connection_is_already_loaded(client):
+    """ssl encodes a server's name with the idna codec: the server has imported it (and looked
+    it up) once, so no run of the probe pays for that import again."""
+    _, python3 = client
+    program = ("import sys; before = set(sys.modules); 'management.azure.com'.encode('idna'); "
+               "import ssl; ssl.create_default_context()._encode_hostname('vault.azure.net'); "
+               "print(sorted(set(sys.modules) - before))")
+    done = subprocess.run([python3, "-I", "-S", "-c", program], capture_output=True, text=True,
+                          env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
