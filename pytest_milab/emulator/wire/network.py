@@ -122,8 +122,11 @@ class HttpListener:
         kwargs = {}
         if cert is not None:
             kwargs = {"ssl_certfile": str(cert.cert_path), "ssl_keyfile": str(cert.key_path)}
+        # Every client is on loopback, behind the forward proxy: no X-Forwarded-* is trusted
+        # (uvicorn's proxy headers middleware off). HTTP is parsed by httptools where it is
+        # installed (the emulator extra), h11 otherwise.
         config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off",
-                                timeout_keep_alive=75, **kwargs)
+                                timeout_keep_alive=75, proxy_headers=False, **kwargs)
         self.server = uvicorn.Server(config)
         self._task: asyncio.Task | None = None
 
