@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trustme
@@ -129,6 +131,29 @@ class HttpListener:
                                 timeout_keep_alive=75, proxy_headers=False, **kwargs)
         self.server = uvicorn.Server(config)
         self._task: asyncio.Task | None = None
+        self._factory = None  # uvicorn's protocol for this server (adopt)
+        self.adopted = 0  # connections served through adopt (counted for tests)
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere as if it had been accepted here: a forward
+        proxy's tunnel once its CONNECT is answered goes straight to this server's TLS and HTTP
+        in this process, with no second loopback connection and no bytes copied between two.
+        Returns once the TLS handshake is done (the connection then lives on in the server);
+        raises if it fails (the socket is closed)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._factory is None:
+                config = self.server.config  # loaded by serve(): its protocol and SSL context
+                self._factory = functools.partial(
+                    config.http_protocol_class, config=config,
+                    server_state=self.server.server_state, app_state=self.server.lifespan.state)
+            sock.setblocking(False)
+            await loop.connect_accepted_socket(self._factory, sock,
+                                               ssl=self.server.config.ssl)
+        except BaseException:
+            sock.close()
+            raise
+        self.adopted += 1
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
@@ -181,6 +206,9 @@ class ForwardProxy:
     `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests
     (`UNREACHABLE`: drop the connection; None: refuse with 403).
     `faults` (the knobs' Faults) may reset tunnels through it, see Faults.reset_connections.
+    `tunnel`, when given, serves a CONNECT tunnel's socket in this process (HttpListener.adopt
+    of the TLS listener) instead of a connection to `tls_port` with the bytes copied both ways;
+    a client that sent bytes before the proxy's answer still gets the copying tunnel.
     `secret`, when given, is required of every request as Basic proxy credentials (any user
     name, this password: `http://milab:<secret>@127.0.0.1:<port>`); without it the answer is
     407 with `Proxy-Authenticate`, as an authenticating proxy says (RFC 9110, "Proxy-
@@ -192,8 +220,10 @@ class ForwardProxy:
                  plain_http: Callable[[str], tuple[int, dict[str, str]] | None] | None = None,
                  on_refused: Callable[[str], None] | None = None,
                  host: str = "127.0.0.1", faults: Faults | None = None,
-                 name: str = "host", secret: str | None = None) -> None:
+                 name: str = "host", secret: str | None = None,
+                 tunnel: Callable[[socket.socket], Awaitable[None]] | None = None) -> None:
         self.tls_port = tls_port
+        self.tunnel = tunnel
         self.secret = secret
         self.faults = faults  # reset_connections applies to proxies of this `name` (host | vm)
         self.name = name
@@ -252,6 +282,8 @@ class ForwardProxy:
                 if self.faults is not None and self.faults.take_reset(self.name, host):
                     await reset_tunnel(writer)
                     return
+                if self.tunnel is not None and await self._hand_over(reader, writer):
+                    return
                 upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.tls_port)
                 writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                 await writer.drain()
@@ -260,6 +292,24 @@ class ForwardProxy:
             self._refuse(writer, host)
             return
         await self._forward_plain(method, target, version, rest, reader, writer)
+
+    async def _hand_over(self, reader, writer) -> bool:
+        """Answer the CONNECT and give the client's socket to `tunnel` (False, nothing done:
+        the client already sent more than its CONNECT, which only the copying tunnel keeps)."""
+        transport = writer.transport
+        transport.pause_reading()  # from here on the client's bytes stay in the socket
+        if getattr(reader, "_buffer", b"?"):
+            transport.resume_reading()
+            return False
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await writer.drain()
+        sock = writer.get_extra_info("socket").dup()
+        # Closing this transport closes its descriptor only: the duplicate keeps the
+        # connection open (no FIN is sent while one descriptor remains).
+        transport.abort()
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, asyncio.TimeoutError):
+            await self.tunnel(sock)
+        return True
 
     def _authorized(self, head: bytes) -> bool:
         for raw in head.decode("latin-1").split("\r\n"):

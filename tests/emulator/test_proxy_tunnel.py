@@ -1,0 +1,63 @@
+"""The forward proxy's CONNECT tunnels (wire/network.py): a client's tunnel is served by the TLS
+listener in the same process, its socket handed over once the proxy has answered; a client
+that sent bytes before that answer still gets through, by the copying tunnel."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+import requests
+
+
+def test_a_tunnel_is_served_in_process_with_the_run_s_certificate(azure_env):
+    before = azure_env.tls.adopted
+    r = requests.get(f"https://login.microsoftonline.com/{azure_env.tenant_id}"
+                     "/v2.0/.well-known/openid-configuration", timeout=10)
+    assert r.status_code == 200 and "token_endpoint" in r.json()
+    assert azure_env.tls.adopted == before + 1
+    # The same connection carries the next request (keep-alive through the handed-over socket).
+    session = requests.Session()
+    for _ in range(3):
+        assert session.get(f"https://login.microsoftonline.com/{azure_env.tenant_id}"
+                           "/discovery/v2.0/keys", timeout=10).status_code == 200
+    assert azure_env.tls.adopted == before + 2
+
+
+def _until(sock, incoming, outgoing, step):
+    """Run a TLS step of a memory-BIO client over the socket until it completes."""
+    while True:
+        try:
+            return step()
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+            data = sock.recv(65536)
+            if not data:
+                raise
+            incoming.write(data)
+
+
+def test_a_client_hello_sent_with_the_connect_still_reaches_the_service(local_azure):
+    context = ssl.create_default_context(cafile=str(local_azure.ca_path))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="management.azure.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    before = local_azure.tls.adopted
+    with socket.create_connection(("127.0.0.1", local_azure.proxy.port), timeout=10) as sock:
+        sock.sendall(b"CONNECT management.azure.com:443 HTTP/1.1\r\n"
+                     b"Host: management.azure.com:443\r\n\r\n" + hello)
+        answer = b""
+        while not answer.endswith(b"\r\n\r\n"):
+            answer += sock.recv(1)  # one byte at a time: the server's TLS bytes stay unread
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        _until(sock, incoming, outgoing, tls.do_handshake)  # the run's CA verifies it
+        tls.write(b"GET /subscriptions?api-version=2022-12-01 HTTP/1.1\r\n"
+                  b"Host: management.azure.com\r\nConnection: close\r\n\r\n")
+        sock.sendall(outgoing.read())
+        response = _until(sock, incoming, outgoing, lambda: tls.read(65536))
+    assert response.startswith(b"HTTP/1.1 401 ")  # ARM itself answered: no token
+    assert local_azure.tls.adopted == before  # not handed over: the copying tunnel
