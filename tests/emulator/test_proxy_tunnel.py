@@ -61,3 +61,17 @@ def test_a_client_hello_sent_with_the_connect_still_reaches_the_service(local_az
         response = _until(sock, incoming, outgoing, lambda: tls.read(65536))
     assert response.startswith(b"HTTP/1.1 401 ")  # ARM itself answered: no token
     assert local_azure.tls.adopted == before  # not handed over: the copying tunnel
+
+
+def test_the_tls_listener_issues_no_session_tickets(local_azure):
+    context = ssl.create_default_context(cafile=str(local_azure.ca_path))
+    with socket.create_connection(("127.0.0.1", local_azure.tls.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="management.azure.com") as tls:
+        tls.sendall(b"GET /subscriptions?api-version=2022-12-01 HTTP/1.1\r\n"
+                    b"Host: management.azure.com\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert tls.version() == "TLSv1.3"
+        assert tls.session is None or not tls.session.has_ticket

@@ -161,6 +161,11 @@ class HttpListener:
             if self._task.done():
                 self._task.result()
             await asyncio.sleep(0.005)
+        if self.server.config.ssl is not None:
+            # No TLS 1.3 session tickets: no client of the local Azure resumes a session
+            # (requests, the Azure SDKs, curl and the probe each start afresh), and making two
+            # per handshake is a third of the server's handshake CPU.
+            self.server.config.ssl.num_tickets = 0
 
     async def stop(self) -> None:
         self.server.should_exit = True
