@@ -75,3 +75,29 @@ def test_the_tls_listener_issues_no_session_tickets(local_azure):
         assert answer.startswith(b"HTTP/1.1 401 ")
         assert tls.version() == "TLSv1.3"
         assert tls.session is None or not tls.session.has_ticket
+
+
+def test_a_vm_s_plain_http_to_imds_is_served_in_process_with_the_vm_s_key(local_azure):
+    """A VM's proxy rewrites an IMDS request (its own key stamped, the client's dropped) and
+    hands the socket, with the rewritten head and any body already read, to IMDS's server."""
+    from vmkit import make_vm
+
+    made = make_vm(local_azure, name="plain")
+    try:
+        imds = made.imds()
+        listener = local_azure.vms._listener
+        before = listener.adopted
+        r = imds.get("http://169.254.169.254/metadata/instance",
+                     params={"api-version": "2021-02-01"},
+                     headers={"Metadata": "true", "x-milab-vm-key": "forged"}, timeout=10)
+        assert r.status_code == 200 and r.json()["compute"]["name"] == "plain"
+        assert r.headers.get("connection") == "close"
+        token = imds.post("http://169.254.169.254/metadata/identity/oauth2/token",
+                          params={"api-version": "2018-02-01",
+                                  "resource": "https://management.azure.com/"},
+                          headers={"Metadata": "true"}, data=b"x" * 100_000, timeout=10)
+        assert token.status_code == 405  # IMDS's own answer to a POST with a body
+        assert token.json()["error"] == "method_not_allowed"
+        assert listener.adopted == before + 2
+    finally:
+        made.delete()

@@ -17,6 +17,7 @@ import functools
 import hmac
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -117,6 +118,13 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 class HttpListener:
     """An ASGI app served by uvicorn on a loopback socket, with TLS when given a certificate."""
 
+    _serving: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # port -> listener
+
+    @classmethod
+    def serving(cls, port: int) -> HttpListener | None:
+        """The listener of this process on that loopback port, if one is serving there."""
+        return cls._serving.get(port)
+
     def __init__(self, app, *, cert: CertificateAuthority | None = None,
                  host: str = "127.0.0.1") -> None:
         self.sock = bind_socket(host)
@@ -134,10 +142,12 @@ class HttpListener:
         self._factory = None  # uvicorn's protocol for this server (adopt)
         self.adopted = 0  # connections served through adopt (counted for tests)
 
-    async def adopt(self, sock: socket.socket) -> None:
+    async def adopt(self, sock: socket.socket, first: bytes = b"") -> None:
         """Serve a connection accepted elsewhere as if it had been accepted here: a forward
         proxy's tunnel once its CONNECT is answered goes straight to this server's TLS and HTTP
         in this process, with no second loopback connection and no bytes copied between two.
+        `first`: what the connection said before (a plain-HTTP request the proxy read and
+        rewrote), taken before anything more from the socket (no TLS then).
         Returns once the TLS handshake is done (the connection then lives on in the server);
         raises if it fails (the socket is closed)."""
         loop = asyncio.get_running_loop()
@@ -147,12 +157,17 @@ class HttpListener:
                 self._factory = functools.partial(
                     config.http_protocol_class, config=config,
                     server_state=self.server.server_state, app_state=self.server.lifespan.state)
+            if first and self.server.config.ssl is not None:
+                raise ValueError("bytes before TLS")
             sock.setblocking(False)
-            await loop.connect_accepted_socket(self._factory, sock,
-                                               ssl=self.server.config.ssl)
+            _, protocol = await loop.connect_accepted_socket(self._factory, sock,
+                                                             ssl=self.server.config.ssl)
         except BaseException:
             sock.close()
             raise
+        if first:
+            # The socket's own bytes come from the loop's next poll, after this runs.
+            protocol.data_received(first)
         self.adopted += 1
 
     async def start(self) -> None:
@@ -166,8 +181,11 @@ class HttpListener:
             # (requests, the Azure SDKs, curl and the probe each start afresh), and making two
             # per handshake is a third of the server's handshake CPU.
             self.server.config.ssl.num_tickets = 0
+        HttpListener._serving[self.port] = self
 
     async def stop(self) -> None:
+        if HttpListener._serving.get(self.port) is self:
+            del HttpListener._serving[self.port]
         self.server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(Exception):
@@ -298,22 +316,27 @@ class ForwardProxy:
             return
         await self._forward_plain(method, target, version, rest, reader, writer)
 
-    async def _hand_over(self, reader, writer) -> bool:
-        """Answer the CONNECT and give the client's socket to `tunnel` (False, nothing done:
-        the client already sent more than its CONNECT, which only the copying tunnel keeps)."""
+    async def _hand_over(self, reader, writer, serve=None) -> bool:
+        """Give the client's socket to a server of this process: after answering its CONNECT,
+        to `tunnel` (False, nothing done: the client already sent more than its CONNECT, which
+        only the copying tunnel keeps); or, for a plain-HTTP request, to `serve(socket, what
+        the client sent past the request's head)`."""
         transport = writer.transport
         transport.pause_reading()  # from here on the client's bytes stay in the socket
-        if getattr(reader, "_buffer", b"?"):
+        pending = getattr(reader, "_buffer", None)
+        if pending is None or (pending and serve is None):
             transport.resume_reading()
             return False
-        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        await writer.drain()
+        rest = bytes(pending)
+        if serve is None:
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await writer.drain()
         sock = writer.get_extra_info("socket").dup()
         # Closing this transport closes its descriptor only: the duplicate keeps the
         # connection open (no FIN is sent while one descriptor remains).
         transport.abort()
         with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, asyncio.TimeoutError):
-            await self.tunnel(sock)
+            await (self.tunnel(sock) if serve is None else serve(sock, rest))
         return True
 
     def _authorized(self, head: bytes) -> bool:
@@ -364,6 +387,11 @@ class ForwardProxy:
         lines += [f"{k}: {v}" for k, v in extra.items()]
         lines.append("Connection: close")
         out = f"{method} /{path} {version}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+        listener = HttpListener.serving(port) if self.tunnel is not None else None
+        if listener is not None and await self._hand_over(
+                reader, writer, lambda sock, rest: listener.adopt(
+                    sock, out.encode("latin-1") + rest)):
+            return
         upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", port)
         upstream_w.write(out.encode("latin-1"))
         await upstream_w.drain()
