@@ -101,3 +101,13 @@ def test_a_vm_s_plain_http_to_imds_is_served_in_process_with_the_vm_s_key(local_
         assert listener.adopted == before + 2
     finally:
         made.delete()
+
+
+def test_an_answer_is_in_the_audit_log_by_the_time_the_client_has_it(azure_env):
+    url = (f"https://login.microsoftonline.com/{azure_env.tenant_id}"
+           "/v2.0/.well-known/openid-configuration")
+    session = requests.Session()
+    for _ in range(30):
+        before = len(azure_env.audit.find(host="login.microsoftonline.com"))
+        assert session.get(url, timeout=10).status_code == 200
+        assert len(azure_env.audit.find(host="login.microsoftonline.com")) == before + 1
