@@ -5,7 +5,9 @@ Clients reach the local Azure with Azure's real hostnames: `HTTPS_PROXY` points 
 `ForwardProxy`, which answers `CONNECT management.azure.com:443` (and the other emulated names) by
 tunnelling to one TLS listener whose certificate names them all, and refuses every other host
 with 403. No byte leaves the machine. A VM's egress proxy also carries plain-HTTP requests for
-169.254.169.254 to IMDS, stamped with that VM's key so IMDS knows who is asking.
+169.254.169.254 to IMDS, stamped with that VM's key so IMDS knows who is asking. Both kinds of
+tunnel are handed, socket and all, to the listener's server in this process
+(`HttpListener.adopt`) rather than copied over a second loopback connection.
 """
 
 from __future__ import annotations
