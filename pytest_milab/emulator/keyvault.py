@@ -92,12 +92,24 @@ class VaultStore:
             del self.deleted[key]
 
 
+def _is_vault(res: dict, name: str) -> bool:
+    return (str(res.get("type", "")).lower() == VAULT_TYPE
+            and str(res.get("name", "")).lower() == name)
+
+
 def find_vault(cloud: Cloud, name: str) -> dict | None:
-    """The ARM JSON of the vault called `name` (case-insensitive), if ARM has it."""
+    """The ARM JSON of the vault called `name` (case-insensitive), if ARM has it. Vault names
+    are unique (ARM refuses a second one, VaultAlreadyExists): where the vault was found last
+    time is checked first, so a request does not read every resource of the cloud."""
+    wanted = name.lower()
     with cloud.lock:
-        for res in cloud.resources.values():
-            if (str(res.get("type", "")).lower() == VAULT_TYPE
-                    and str(res.get("name", "")).lower() == name.lower()):
+        key = cloud.vault_keys.get(wanted)
+        res = cloud.resources.get(key) if key is not None else None
+        if res is not None and _is_vault(res, wanted):
+            return res
+        for key, res in cloud.resources.items():
+            if _is_vault(res, wanted):
+                cloud.vault_keys[wanted] = key
                 return res
     return None
 

@@ -360,7 +360,7 @@ class LocalAzure:
         await self.tls.start()
         self._closers.append(self.tls.stop)
         self.proxy = ForwardProxy(tls_port=self.tls.port, allowed=EMULATED_HOSTS + CONTROL_HOSTS,
-                                  faults=self.knobs.faults, name="host")
+                                  faults=self.knobs.faults, name="host", tunnel=self.tls.adopt)
         await self.proxy.start()
         self._closers.append(self.proxy.stop)
         await self._start_extensions()
@@ -377,12 +377,14 @@ class LocalAzure:
                            ssh_port=self.ssh_port, az_cli=self.az_cli,
                            signer=AttestationSigner(*self.ca.issue(*ATTESTATION_SIGNER)))
         self.vms.egress_dir = self.egress_dir
+        self.vms.tls_tunnel = self.tls.adopt  # their egress proxies' tunnels (ForwardProxy)
         await self.vms.start()
         self._closers.append(self.vms.stop)
         self.machines = ArcFleet(self.cloud, self.tokens, workdir=self.workdir / "machines",
                                  ca_path=self.ca.ca_path, tls_port=self.tls.port,
                                  ssh_port=self.vms.ssh_port, az_cli=self.az_cli)
         self.machines.egress_dir = self.egress_dir
+        self.machines.tls_tunnel = self.tls.adopt
         await self.machines.start()
         self._closers.append(self.machines.stop)
 

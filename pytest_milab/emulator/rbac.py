@@ -144,9 +144,8 @@ def assignments_in_force(cloud: Cloud, principal_id: str, scope: str) -> list:
     now = cloud.now()
     pid = principal_id.lower()
     with cloud.lock:
-        return [ra for ra in cloud.role_assignments.values()
-                if ra.principal_id.lower() == pid and ra.in_force(now)
-                and scope_covers(ra.scope, scope)]
+        return [ra for ra in cloud.assignments_of(pid)
+                if ra.in_force(now) and scope_covers(ra.scope, scope)]
 
 
 def is_allowed(cloud: Cloud, principal_id: str | None, action: str, scope: str, *,

@@ -132,9 +132,12 @@ class Cloud:
         self.resource_groups: dict[str, dict] = {}  # arm_key(id) -> ARM JSON
         self.resources: dict[str, dict] = {}  # arm_key(id) -> ARM JSON (generic resources)
         self.role_assignments: dict[str, RoleAssignment] = {}  # arm_key(id) -> assignment
+        self._by_principal: dict[str, list[RoleAssignment]] | None = None  # assignments_of
         self.deleted_vaults: dict[str, dict] = {}  # vault name (lower) -> deletedVault JSON
         self.deleted_vault_bodies: dict[str, dict] = {}  # vault name (lower) -> vault JSON (recover)
         self.vault_data: dict[str, Any] = {}  # vault name (lower) -> data-plane store (keyvault.py)
+        # vault name (lower) -> the arm_key it was last found at (keyvault.find_vault checks it)
+        self.vault_keys: dict[str, str] = {}
         self.access_policies: dict[str, Timed] = {}  # vault name (lower) -> Timed(list of policies)
         self.vm_power: dict[str, str] = {}  # arm_key(vm id) -> running | stopped | deallocated
         self.next_public_ip = 0  # public IPs are loopback addresses 127.10.x.y, see allocate_ip
@@ -255,7 +258,18 @@ class Cloud:
             ra = RoleAssignment(rid, name, scope, role_definition_id, principal_id, principal_type,
                                 created_by, now, now if immediate else self.effective_time())
             self.role_assignments[arm_key(rid)] = ra
+            self._by_principal = None  # rbac.assignments_in_force's index, built again
             return ra
+
+    def assignments_of(self, principal_id: str) -> list[RoleAssignment]:
+        """Every assignment (removed ones too) of this principal (lower-case object id), in
+        creation order; call with the lock held."""
+        if self._by_principal is None:
+            index: dict[str, list[RoleAssignment]] = {}
+            for ra in self.role_assignments.values():
+                index.setdefault(ra.principal_id.lower(), []).append(ra)
+            self._by_principal = index
+        return self._by_principal.get(principal_id, [])
 
     def remove_role_assignment(self, key: str) -> RoleAssignment | None:
         with self.lock:

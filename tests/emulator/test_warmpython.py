@@ -386,3 +386,43 @@ def test_without_a_server_the_client_runs_the_real_interpreter(tmp_path):
         warm.stop()
     assert time.monotonic() - started < 30
     assert not os.path.exists(warm.socket_path)
+
+
+def test_what_the_probe_imports_on_its_first_tls_connection_is_already_loaded(client):
+    """ssl encodes a server's name with the idna codec: the server has imported it (and looked
+    it up) once, so no run of the probe pays for that import again."""
+    _, python3 = client
+    program = ("import sys; before = set(sys.modules); 'management.azure.com'.encode('idna'); "
+               "import ssl; ssl.create_default_context()._encode_hostname('vault.azure.net'); "
+               "print(sorted(set(sys.modules) - before))")
+    done = subprocess.run([python3, "-I", "-S", "-c", program], capture_output=True, text=True,
+                          env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+
+
+def test_a_program_run_again_is_compiled_once_and_still_behaves_as_a_fresh_one(client):
+    """The server compiles a `-c` program it has seen before once for every later run: each run
+    still prints, fails with the same traceback, and shows its compile-time warning or syntax
+    error as a fresh interpreter does."""
+    _, python3 = client
+    env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
+
+    def run(program: str) -> subprocess.CompletedProcess:
+        return subprocess.run([python3, "-I", "-S", "-c", program, "arg"], capture_output=True,
+                              text=True, env=env, timeout=30)
+
+    failing = "import sys\ndef f():\n    raise ValueError(sys.argv[1])\nprint('before')\nf()\n"
+    warning = "x = 1\nprint(x is 1)\n"  # SyntaxWarning when compiled
+    broken = "print('never'\n"
+    for _ in range(4):
+        done = run(failing)
+        assert done.returncode == 1 and done.stdout == "before\n"
+        assert done.stderr.splitlines()[1:] == [
+            '  File "<string>", line 5, in <module>', '  File "<string>", line 3, in f',
+            "ValueError: arg"], done.stderr
+        done = run(warning)
+        assert done.returncode == 0 and done.stdout == "True\n"
+        assert "SyntaxWarning" in done.stderr
+        done = run(broken)
+        assert done.returncode == 1 and "SyntaxError" in done.stderr and done.stdout == ""

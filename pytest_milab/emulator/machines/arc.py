@@ -537,6 +537,7 @@ class ArcFleet:
         self.himds = Himds(self)
         self.himds_port = 0
         self.egress_dir: Path | None = None  # where each machine's egress is published
+        self.tls_tunnel = None  # serves an egress proxy's tunnel in-process (LocalAzure)
         self.drop_privileges = _capability_dropper()
         self.tokens_dir = TOKENS_DIR
         self._listener: HttpListener | None = None

@@ -179,7 +179,8 @@ class LiveVm:
                                       allowed=EMULATED_HOSTS + VM_EXTRA_HOSTS,
                                       plain_http=self._plain_http,
                                       faults=self.fleet.cloud.knobs.faults, name="vm",
-                                      secret=self.proxy_secret)
+                                      secret=self.proxy_secret,
+                                      tunnel=self.fleet.tls_tunnel)
             await self.proxy.start()
 
     def _plain_http(self, host: str) -> tuple[int, dict[str, str]] | None:
@@ -487,6 +488,7 @@ class VmFleet:
         self.imds = Imds(cloud, tokens, self.vm_for_imds_key, signer)
         self.imds_port = 0
         self.egress_dir: Path | None = None  # where each VM's egress is published (LocalAzure)
+        self.tls_tunnel = None  # serves an egress proxy's tunnel in-process (LocalAzure)
         self._listener: HttpListener | None = None
         self._live: dict[str, LiveVm] = {}
         self.errors: list[str] = []  # VMs that failed to come alive, for tests and diagnostics

@@ -10,7 +10,9 @@ private /usr, /etc and /tmp, namespace.py) gets a child that joins it (setns(2),
 runs as root there) and then goes to the client's working directory: the program sees the VM's
 files, as the real interpreter run in the VM would; the modules imported here are the host's. The child runs the program as a fresh `python3 -I -S` would run it; the server
 sends its exit status to the client. A request the fast path cannot honour exactly is answered
-"fallback": the client then execs the real interpreter.
+"fallback": the client then execs the real interpreter. A `-c` program that comes again (a
+grader's probe is the same in every VM) is compiled once here and its code object inherited by
+each child that runs it (Server.compiled_for), as the modules are.
 
 The client's connection is the child's lifeline: when it closes before the child ended (the
 client was killed, its SSH channel closed), the child's process group is killed. A signal the
@@ -27,14 +29,17 @@ import os
 import sys
 
 # What the grader's probe (pytest_milab/vm/probe_kit.py and its loader) imports: loaded once
-# here, inherited by every child.
+# here, inherited by every child. encodings.idna (with stringprep and unicodedata) is what ssl
+# imports to encode a server's name on the first TLS connection.
 PRELOAD = ("ssl", "http.client", "json", "hashlib", "hmac", "threading", "urllib.parse",
-           "shutil", "time", "base64", "zlib", "subprocess", "tempfile", "re", "socket")
+           "shutil", "time", "base64", "zlib", "subprocess", "tempfile", "re", "socket",
+           "encodings.idna")
 for _name in PRELOAD:
     __import__(_name)
 import ssl as _ssl  # noqa: E402
 
 _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)  # OpenSSL's one-time initialisation, done once here
+"localhost".encode("idna")  # the codec registry's lookup of "idna", cached once here
 del _ssl, _name
 KEEP_MODULES = set(sys.modules)  # what a child keeps; the server's own imports below go
 
@@ -53,6 +58,8 @@ FLAGS = set("ISEs")  # interpreter options the server was started with, or impli
 SAME_LOCALE = {b"C.UTF-8", b"C.utf8", b"C.utf-8"}
 MAX_FDS = 64
 MAX_REQUEST = 1 << 18  # a unix socket's default send buffer is smaller: larger ones fail there
+COMPILED_MAX = 8  # `-c` programs kept compiled (Server.compiled_for)
+SIGHTINGS_MAX = 64  # `-c` programs remembered as seen once
 CLONE_NEWNS = 0x00020000
 OWN_NAMESPACE = os.stat("/proc/self/ns/mnt")
 _setns = None  # libc's setns(2), where this server may join other namespaces (root)
@@ -154,6 +161,8 @@ class Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, lambda *_: self.shutdown())
         self.children = {}  # pid -> (connection, tag)
+        self.compiled = {}  # `-c` program -> its code object, for every child that runs it
+        self.sightings = {}  # `-c` programs seen once (insertion order: oldest first)
         self.by_conn = {}  # connection -> pid
         self.orders = b""
 
@@ -199,6 +208,8 @@ class Server:
                 conn.send(b"fallback")
             conn.close()
             return None
+        if job["kind"] == "c":
+            job["code"] = self.compiled_for(job["what"])
         pid = os.fork()
         if pid == 0:
             return self.become_child(conn, job, fds)
@@ -236,6 +247,35 @@ class Server:
             return None
         return {"tag": tag, "umask": umask, "targets": targets, "args": args, "env": env,
                 "kind": kind, "what": what, "argv": argv, "join": not own}
+
+    def compiled_for(self, source):
+        """The code object of a `-c` program run before (the grader's probe, run in every VM
+        the same): compiled here the second time it comes, then inherited by every child that
+        runs it, instead of compiled again in each. None: the child compiles it, as a fresh
+        interpreter does (a program seen once, or one that does not compile here without a
+        warning: its SyntaxError or SyntaxWarning is then the child's to print). The same
+        call as the child's (`compile(source, "<string>", "exec")` from this module), so the
+        same code object."""
+        code = self.compiled.get(source)
+        if code is not None:
+            return code
+        if self.sightings.pop(source, None) is None:
+            self.sightings[source] = True
+            while len(self.sightings) > SIGHTINGS_MAX:
+                del self.sightings[next(iter(self.sightings))]
+            return None
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                code = compile(source, "<string>", "exec")
+        except Exception:  # noqa: BLE001 - the child compiles it and says what is wrong
+            return None
+        while len(self.compiled) >= COMPILED_MAX:
+            del self.compiled[next(iter(self.compiled))]
+        self.compiled[source] = code
+        return code
 
     def from_client(self, conn):
         pid = self.by_conn.get(conn)
@@ -375,7 +415,7 @@ def _run(job):
                           "__loader__": sys.modules["_frozen_importlib"].BuiltinImporter})
     sys.modules["__main__"] = main
     if job["kind"] == "c":
-        source, filename = job["what"], "<string>"
+        source, filename = job.get("code") or job["what"], "<string>"
     elif job["kind"] == "stdin":
         chunks = []
         while chunk := os.read(0, 1 << 16):
@@ -457,7 +497,9 @@ if __name__ == "__main__":
     del _job, _server, gc, Server, parse_argv, locale_ok, script_ok, _peer_pid, _suppress, _stdio, _run, _own_stdio
     del array, fcntl, selectors, signal, socket, stat, _setns
     try:
-        exec(compile(_source, _filename, "exec"), _main.__dict__)
+        if isinstance(_source, (str, bytes)):
+            _source = compile(_source, _filename, "exec")
+        exec(_source, _main.__dict__)
         _code = 0
     except SystemExit as _exc:
         _code = _exit_code(_exc.code)

@@ -35,14 +35,25 @@ class FrontDoor:
                 break
         scope.setdefault("state", {})
         status_box = [0]
+        recorded = [False]
+        target = self._route(host)
+        service = target[0] if target else ""
+
+        def record() -> None:
+            recorded[0] = True
+            query = scope.get("query_string", b"").decode("latin-1")
+            self.cloud.audit.record(AuditEntry(
+                time=self.cloud.now(), caller_oid=scope["state"].get("caller_oid"),
+                method=scope["method"], host=host, path=scope["path"], status=status_box[0],
+                query=query, service=service))
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record()  # before the client can have the whole answer (and look at the log)
             await send(message)
 
-        target = self._route(host)
-        service = target[0] if target else ""
         delay = self.cloud.knobs.latency.get(service, 0.0)
         if delay:
             await asyncio.sleep(delay)
@@ -57,8 +68,5 @@ class FrontDoor:
             await send_wrapper({"type": "http.response.body", "body": body.encode()})
         else:
             await target[1](scope, receive, send_wrapper)
-        query = scope.get("query_string", b"").decode("latin-1")
-        self.cloud.audit.record(AuditEntry(
-            time=self.cloud.now(), caller_oid=scope["state"].get("caller_oid"),
-            method=scope["method"], host=host, path=scope["path"], status=status_box[0],
-            query=query, service=service))
+        if not recorded[0]:
+            record()

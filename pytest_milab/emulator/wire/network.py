@@ -5,7 +5,9 @@ Clients reach the local Azure with Azure's real hostnames: `HTTPS_PROXY` points 
 `ForwardProxy`, which answers `CONNECT management.azure.com:443` (and the other emulated names) by
 tunnelling to one TLS listener whose certificate names them all, and refuses every other host
 with 403. No byte leaves the machine. A VM's egress proxy also carries plain-HTTP requests for
-169.254.169.254 to IMDS, stamped with that VM's key so IMDS knows who is asking.
+169.254.169.254 to IMDS, stamped with that VM's key so IMDS knows who is asking. Both kinds of
+tunnel are handed, socket and all, to the listener's server in this process
+(`HttpListener.adopt`) rather than copied over a second loopback connection.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import socket
-from collections.abc import Callable
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trustme
@@ -115,6 +120,13 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 class HttpListener:
     """An ASGI app served by uvicorn on a loopback socket, with TLS when given a certificate."""
 
+    _serving: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # port -> listener
+
+    @classmethod
+    def serving(cls, port: int) -> HttpListener | None:
+        """The listener of this process on that loopback port, if one is serving there."""
+        return cls._serving.get(port)
+
     def __init__(self, app, *, cert: CertificateAuthority | None = None,
                  host: str = "127.0.0.1") -> None:
         self.sock = bind_socket(host)
@@ -122,10 +134,43 @@ class HttpListener:
         kwargs = {}
         if cert is not None:
             kwargs = {"ssl_certfile": str(cert.cert_path), "ssl_keyfile": str(cert.key_path)}
+        # Every client is on loopback, behind the forward proxy: no X-Forwarded-* is trusted
+        # (uvicorn's proxy headers middleware off). HTTP is parsed by httptools where it is
+        # installed (the emulator extra), h11 otherwise.
         config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off",
-                                timeout_keep_alive=75, **kwargs)
+                                timeout_keep_alive=75, proxy_headers=False, **kwargs)
         self.server = uvicorn.Server(config)
         self._task: asyncio.Task | None = None
+        self._factory = None  # uvicorn's protocol for this server (adopt)
+        self.adopted = 0  # connections served through adopt (counted for tests)
+
+    async def adopt(self, sock: socket.socket, first: bytes = b"") -> None:
+        """Serve a connection accepted elsewhere as if it had been accepted here: a forward
+        proxy's tunnel once its CONNECT is answered goes straight to this server's TLS and HTTP
+        in this process, with no second loopback connection and no bytes copied between two.
+        `first`: what the connection said before (a plain-HTTP request the proxy read and
+        rewrote), taken before anything more from the socket (no TLS then).
+        Returns once the TLS handshake is done (the connection then lives on in the server);
+        raises if it fails (the socket is closed)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._factory is None:
+                config = self.server.config  # loaded by serve(): its protocol and SSL context
+                self._factory = functools.partial(
+                    config.http_protocol_class, config=config,
+                    server_state=self.server.server_state, app_state=self.server.lifespan.state)
+            if first and self.server.config.ssl is not None:
+                raise ValueError("bytes before TLS")
+            sock.setblocking(False)
+            _, protocol = await loop.connect_accepted_socket(self._factory, sock,
+                                                             ssl=self.server.config.ssl)
+        except BaseException:
+            sock.close()
+            raise
+        if first:
+            # The socket's own bytes come from the loop's next poll, after this runs.
+            protocol.data_received(first)
+        self.adopted += 1
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
@@ -133,8 +178,16 @@ class HttpListener:
             if self._task.done():
                 self._task.result()
             await asyncio.sleep(0.005)
+        if self.server.config.ssl is not None:
+            # No TLS 1.3 session tickets: no client of the local Azure resumes a session
+            # (requests, the Azure SDKs, curl and the probe each start afresh), and making two
+            # per handshake is a third of the server's handshake CPU.
+            self.server.config.ssl.num_tickets = 0
+        HttpListener._serving[self.port] = self
 
     async def stop(self) -> None:
+        if HttpListener._serving.get(self.port) is self:
+            del HttpListener._serving[self.port]
         self.server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(Exception):
@@ -178,6 +231,9 @@ class ForwardProxy:
     `plain_http` maps a host to (port, extra headers) for absolute-form plain-HTTP requests
     (`UNREACHABLE`: drop the connection; None: refuse with 403).
     `faults` (the knobs' Faults) may reset tunnels through it, see Faults.reset_connections.
+    `tunnel`, when given, serves a CONNECT tunnel's socket in this process (HttpListener.adopt
+    of the TLS listener) instead of a connection to `tls_port` with the bytes copied both ways;
+    a client that sent bytes before the proxy's answer still gets the copying tunnel.
     `secret`, when given, is required of every request as Basic proxy credentials (any user
     name, this password: `http://milab:<secret>@127.0.0.1:<port>`); without it the answer is
     407 with `Proxy-Authenticate`, as an authenticating proxy says (RFC 9110, "Proxy-
@@ -189,8 +245,10 @@ class ForwardProxy:
                  plain_http: Callable[[str], tuple[int, dict[str, str]] | None] | None = None,
                  on_refused: Callable[[str], None] | None = None,
                  host: str = "127.0.0.1", faults: Faults | None = None,
-                 name: str = "host", secret: str | None = None) -> None:
+                 name: str = "host", secret: str | None = None,
+                 tunnel: Callable[[socket.socket], Awaitable[None]] | None = None) -> None:
         self.tls_port = tls_port
+        self.tunnel = tunnel
         self.secret = secret
         self.faults = faults  # reset_connections applies to proxies of this `name` (host | vm)
         self.name = name
@@ -249,6 +307,8 @@ class ForwardProxy:
                 if self.faults is not None and self.faults.take_reset(self.name, host):
                     await reset_tunnel(writer)
                     return
+                if self.tunnel is not None and await self._hand_over(reader, writer):
+                    return
                 upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.tls_port)
                 writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                 await writer.drain()
@@ -257,6 +317,29 @@ class ForwardProxy:
             self._refuse(writer, host)
             return
         await self._forward_plain(method, target, version, rest, reader, writer)
+
+    async def _hand_over(self, reader, writer, serve=None) -> bool:
+        """Give the client's socket to a server of this process: after answering its CONNECT,
+        to `tunnel` (False, nothing done: the client already sent more than its CONNECT, which
+        only the copying tunnel keeps); or, for a plain-HTTP request, to `serve(socket, what
+        the client sent past the request's head)`."""
+        transport = writer.transport
+        transport.pause_reading()  # from here on the client's bytes stay in the socket
+        pending = getattr(reader, "_buffer", None)
+        if pending is None or (pending and serve is None):
+            transport.resume_reading()
+            return False
+        rest = bytes(pending)
+        if serve is None:
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await writer.drain()
+        sock = writer.get_extra_info("socket").dup()
+        # Closing this transport closes its descriptor only: the duplicate keeps the
+        # connection open (no FIN is sent while one descriptor remains).
+        transport.abort()
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, asyncio.TimeoutError):
+            await (self.tunnel(sock) if serve is None else serve(sock, rest))
+        return True
 
     def _authorized(self, head: bytes) -> bool:
         for raw in head.decode("latin-1").split("\r\n"):
@@ -306,6 +389,11 @@ class ForwardProxy:
         lines += [f"{k}: {v}" for k, v in extra.items()]
         lines.append("Connection: close")
         out = f"{method} /{path} {version}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+        listener = HttpListener.serving(port) if self.tunnel is not None else None
+        if listener is not None and await self._hand_over(
+                reader, writer, lambda sock, rest: listener.adopt(
+                    sock, out.encode("latin-1") + rest)):
+            return
         upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", port)
         upstream_w.write(out.encode("latin-1"))
         await upstream_w.drain()
