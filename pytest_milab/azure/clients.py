@@ -66,15 +66,18 @@ def _client_kwargs(timeout: float, transport=None) -> dict:
     return kwargs
 
 
-def shared_transport(pool_size: int):
-    """One HTTP connection pool for all clients, sized for the labs gathered at once.
+def shared_transport(pool_size: int) -> ArmTransport:
+    """One HTTP connection pool for the session's ARM reads, sized for the labs gathered at
+    once (see `ArmTransport`)."""
+    return ArmTransport(pool_size)
 
-    The environment's proxy and CA bundle (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE,
-    CURL_CA_BUNDLE) are read once, here: requests would otherwise walk `os.environ` on every
-    call, from many threads, while pytest rewrites PYTEST_CURRENT_TEST in it for each test
-    (a KeyError when a lab is gathered while another is judged)."""
-    import os
 
+def sdk_transport(pool_size: int):
+    """The azure-mgmt-* clients' transport (provision mode's writes, polls): azure-core's
+    requests transport, with the environment's proxy and CA bundle read once, as
+    `ArmTransport`'s. Reading `os.environ` on every call, from many threads, while pytest
+    rewrites PYTEST_CURRENT_TEST in it for each test, would be a KeyError when a lab is built
+    while another is judged."""
     import requests
     from azure.core.pipeline.transport import RequestsTransport
 
@@ -84,27 +87,226 @@ def shared_transport(pool_size: int):
     session.mount("http://", adapter)
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(ARM)
-    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return RequestsTransport(session=session, session_owner=False, use_env_settings=False,
-                             connection_verify=verify)
+                             connection_verify=_environ_verify())
+
+
+def _environ_verify():
+    """The CA bundle requests would verify with: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else its
+    own (True)."""
+    import os
+
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
+class ArmTransport:
+    """azure-core's transport for ARM reads, on urllib3 directly: what requests did for them
+    (it is built on urllib3) at half the CPU per read, the pipeline's policies (retries
+    honouring Retry-After, the bearer token, pacing) unchanged.
+
+    Same as azure-core's requests transport over a session with the same settings:
+    - the environment's proxy (HTTPS_PROXY, ALL_PROXY, NO_PROXY for management.azure.com, as
+      requests reads them; a SOCKS one too) and CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+      else certifi's) read once, here: requests would otherwise walk `os.environ` on every
+      call, from many threads, while pytest rewrites PYTEST_CURRENT_TEST in it for each test;
+    - `pool_size` connections kept (at least 10), no redirects followed, no urllib3 retries
+      (the pipeline's retry policy retries), the same default request headers;
+    - a connection timeout and a read timeout from the pipeline's options;
+    - the same azure-core errors for the same failures: not connected (refused, DNS, TLS
+      refused, proxy refused) ServiceRequestError, timed out connecting
+      ServiceRequestTimeoutError, no answer in time ServiceResponseTimeoutError, connection
+      reset or closed before the answer ServiceResponseError, an answer cut short
+      IncompleteReadError.
+
+    The CA bundle is loaded once into one TLS context, not for every new connection."""
+
+    def __init__(self, pool_size: int = 10) -> None:
+        import requests
+        from azure.core.configuration import ConnectionConfiguration
+
+        self.pool_size = max(10, pool_size)
+        self.verify = _environ_verify()
+        self.connection_config = ConnectionConfiguration(connection_verify=self.verify)
+        proxies = requests.utils.get_environ_proxies(ARM)
+        # As requests' session.proxies: the https proxy (or all's) for https URLs.
+        self.proxy = {scheme: proxies.get(scheme) or proxies.get("all")
+                      for scheme in ("https", "http")}
+        self._headers = dict(requests.utils.default_headers())
+        self._retries = None
+        self._context_error: OSError | None = None
+        self._managers: dict[str | None, object] = {}
+        self._lock = threading.Lock()
+        self._context = self._tls_context()
+
+    def _tls_context(self):
+        import os
+
+        from urllib3.util.ssl_ import create_urllib3_context
+
+        cert_loc = self.verify if self.verify is not True else None
+        if not cert_loc:
+            import certifi
+
+            cert_loc = certifi.where()
+        if not cert_loc or not os.path.exists(cert_loc):
+            # As requests: every request fails so, the transport is still made.
+            self._context_error = OSError(f"Could not find a suitable TLS CA certificate "
+                                          f"bundle, invalid path: {cert_loc}")
+            return None
+        context = create_urllib3_context()
+        if os.path.isdir(cert_loc):
+            context.load_verify_locations(capath=cert_loc)
+        else:
+            context.load_verify_locations(cafile=cert_loc)
+        return context
+
+    def manager(self, url: str):
+        """The urllib3 pool manager for `url`'s scheme (through its proxy, if any)."""
+        scheme = "http" if url[:5].lower() == "http:" else "https"
+        proxy = self.proxy.get(scheme)
+        manager = self._managers.get(proxy)
+        if manager is not None:
+            return manager
+        with self._lock:
+            if proxy not in self._managers:
+                self._managers[proxy] = self._make_manager(proxy)
+            return self._managers[proxy]
+
+    def _make_manager(self, proxy: str | None):
+        import urllib3
+        from requests.utils import get_auth_from_url, prepend_scheme_if_needed
+
+        kwargs = {"num_pools": 4, "maxsize": self.pool_size, "block": False,
+                  "cert_reqs": "CERT_REQUIRED", "ssl_context": self._context}
+        if proxy is None:
+            return urllib3.PoolManager(**kwargs)
+        proxy = prepend_scheme_if_needed(proxy, "http")
+        username, password = get_auth_from_url(proxy)
+        if proxy.lower().startswith("socks"):
+            from urllib3.contrib.socks import SOCKSProxyManager
+
+            return SOCKSProxyManager(proxy, username=username, password=password, **kwargs)
+        headers = {}
+        if username:
+            from requests.auth import _basic_auth_str
+
+            headers["Proxy-Authorization"] = _basic_auth_str(username, password)
+        return urllib3.proxy_from_url(proxy, proxy_headers=headers, **kwargs)
+
+    def pool(self, url: str = ARM):
+        """The connection pool `url`'s requests take their connections from."""
+        return self.manager(url).connection_from_url(url)
+
+    def __enter__(self) -> ArmTransport:
+        return self
+
+    def __exit__(self, *args) -> None:
+        pass  # shared by the session's clients: closed with the process
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def sleep(self, duration: float) -> None:
+        time.sleep(duration)
+
+    def send(self, request, **kwargs):
+        """One request, its answer read in full (an azure-core `rest` response)."""
+        import urllib3
+        from azure.core.exceptions import (
+            HttpResponseError,
+            IncompleteReadError,
+            ServiceRequestError,
+            ServiceRequestTimeoutError,
+            ServiceResponseError,
+            ServiceResponseTimeoutError,
+        )
+        from urllib3 import exceptions as u3
+
+        if self._context_error is not None:
+            raise self._context_error
+        if self._retries is None:
+            self._retries = urllib3.Retry(total=False, redirect=False, raise_on_status=False)
+        config = self.connection_config
+        connect = kwargs.get("connection_timeout", config.timeout)
+        read = kwargs.get("read_timeout", config.read_timeout)
+        headers = dict(self._headers)
+        headers.update(request.headers)
+        body = request.content if hasattr(request, "content") else request.data
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        try:
+            raw = self.manager(request.url).urlopen(
+                request.method, request.url, body=body, headers=headers, redirect=False,
+                assert_same_host=False, preload_content=False, decode_content=False,
+                retries=self._retries, timeout=urllib3.Timeout(connect=connect, read=read))
+        except u3.NewConnectionError as err:
+            raise ServiceRequestError(err, error=err) from err
+        except u3.ConnectTimeoutError as err:
+            raise ServiceRequestTimeoutError(err, error=err) from err
+        except u3.ReadTimeoutError as err:
+            raise ServiceResponseTimeoutError(err, error=err) from err
+        except u3.ProtocolError as err:  # reset, closed before the answer
+            raise ServiceResponseError(err, error=err) from err
+        except (OSError, u3.ClosedPoolError, u3.ProxyError, u3.SSLError) as err:
+            raise ServiceRequestError(err, error=err) from err
+        except u3.InvalidHeader as err:
+            raise ServiceResponseError(err, error=err) from err
+        try:
+            content = raw.read(decode_content=True)
+        except u3.ProtocolError as err:
+            if "IncompleteRead" in str(err):
+                raise IncompleteReadError(err, error=err) from err
+            raise HttpResponseError(err, error=err) from err
+        except u3.DecodeError as err:
+            raise ServiceResponseError(err, error=err) from err
+        except (u3.ReadTimeoutError, u3.SSLError) as err:
+            raise ServiceRequestError(err, error=err) from err
+        finally:
+            raw.release_conn()
+        return _arm_response(request, raw, content)
+
+
+_RESPONSE = None
+
+
+def _arm_response(request, raw, content: bytes):
+    """azure-core's `rest` response for an answer read in full (its class made on first use:
+    azure-core is imported when the first read goes out, not with this module)."""
+    global _RESPONSE
+    if _RESPONSE is None:
+        from azure.core.rest._http_response_impl import HttpResponseImpl
+
+        class ArmResponse(HttpResponseImpl):
+            def __init__(self, request, raw, content: bytes) -> None:
+                from azure.core.utils import CaseInsensitiveDict
+
+                headers = CaseInsensitiveDict(raw.headers)
+                super().__init__(request=request, internal_response=raw,
+                                 status_code=raw.status, reason=raw.reason, headers=headers,
+                                 content_type=headers.get("content-type"),
+                                 stream_download_generator=None)
+                self._content = content
+                self._is_stream_consumed = True
+                self._is_closed = True
+
+        _RESPONSE = ArmResponse
+    return _RESPONSE(request, raw, content)
 
 
 def preconnect(transport, count: int, timeout: float = 10.0) -> int:
     """Open up to `count` HTTPS connections to ARM in the transport's pool (through the proxy,
     TLS verified as every read's), sending nothing: done while the grader still signs in, the
     first reads then go out at once instead of each opening its connection first. Best effort
-    (a requests or urllib3 without these calls, ARM not reachable: the reads connect as
-    before); returns how many were opened."""
-    import requests
-
-    session, verify = transport.session, transport.connection_config.verify
+    (a urllib3 without these calls, ARM not reachable: the reads connect as before); returns
+    how many were opened."""
     opened = 0
     try:
-        adapter = session.get_adapter(ARM)
-        request = requests.Request("GET", ARM + "/").prepare()
-        pool = adapter.get_connection_with_tls_context(request, verify,
-                                                       proxies=session.proxies)
-        adapter.cert_verify(pool, request.url, verify, None)  # as the adapter does to send
+        if transport._context_error is not None:
+            return 0
+        pool = transport.pool(ARM)
         conns = []
         try:
             for _ in range(count):
@@ -348,7 +550,9 @@ def default_subscription(credential, timeout: float = 60.0) -> str:
 
 
 class SubscriptionClients:
-    """Lazily built azure-mgmt-* clients for one subscription, shared by threads."""
+    """Lazily built azure-mgmt-* clients for one subscription, shared by threads. `transport`
+    is theirs (`sdk_transport`'s, or a function giving it when first needed; azure-core's
+    default when None); `arm` the ARM reader of the session, else one of their own."""
 
     def __init__(self, credential, subscription_id: str, timeout: float = 60.0,
                  transport=None, arm: ArmReader | None = None) -> None:
@@ -357,12 +561,16 @@ class SubscriptionClients:
         self.timeout = timeout
         self._transport = transport
         self._arm = arm
-        self._kwargs = _client_kwargs(timeout, transport)
+
+    @cached_property
+    def _kwargs(self) -> dict:
+        transport = self._transport() if callable(self._transport) else self._transport
+        return _client_kwargs(self.timeout, transport)
 
     @cached_property
     def arm(self) -> ArmReader:
         """Plain ARM GETs (discovery's), shared by all subscriptions of a `ClientPool`."""
-        return self._arm or ArmReader(self.credential, self.timeout, self._transport)
+        return self._arm or ArmReader(self.credential, self.timeout)
 
     @cached_property
     def resource(self):
@@ -409,7 +617,8 @@ class ClientPool:
         self._credential = credential
         self.timeout = timeout
         self.pool_size = max(10, pool_size)  # HTTP connections kept, and so reads at once
-        self._transport = None
+        self._transport: ArmTransport | None = None
+        self._sdk_transport = None
         self._arm: ArmReader | None = None
         self._clients: dict[str, SubscriptionClients] = {}
         self._lock = threading.Lock()
@@ -421,12 +630,20 @@ class ClientPool:
         return self._credential
 
     @property
-    def transport(self):
-        """The session's HTTP connection pool, made on first use."""
+    def transport(self) -> ArmTransport:
+        """The session's HTTP connection pool for ARM reads, made on first use."""
         with self._lock:
             if self._transport is None:
                 self._transport = shared_transport(self.pool_size)
             return self._transport
+
+    @property
+    def sdk_transport(self):
+        """The azure-mgmt-* clients' connection pool (provision mode), made on first use."""
+        with self._lock:
+            if self._sdk_transport is None:
+                self._sdk_transport = sdk_transport(self.pool_size)
+            return self._sdk_transport
 
     @property
     def arm(self) -> ArmReader:
@@ -453,8 +670,9 @@ class ClientPool:
         with self._lock:
             key = subscription_id.lower()
             if key not in self._clients:
-                self._clients[key] = SubscriptionClients(self.credential, subscription_id,
-                                                         self.timeout, self._transport, arm)
+                self._clients[key] = SubscriptionClients(
+                    self.credential, subscription_id, self.timeout,
+                    lambda: self.sdk_transport, arm)
             return self._clients[key]
 
 

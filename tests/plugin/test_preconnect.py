@@ -39,10 +39,8 @@ def test_a_server_the_bundle_does_not_trust_opens_nothing(azure_env, monkeypatch
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     transport = shared_transport(16)
-    assert transport.connection_config.verify is True  # the system's CAs: not the local Azure's
+    assert transport.verify is True  # certifi's CAs: not the local Azure's
     assert preconnect(transport, 2) == 0
     assert len(connects) == 1  # tried once, refused by TLS verification, nothing kept
-    pool = transport.session.get_adapter("https://management.azure.com").proxy_manager
-    idle = [conn for manager in pool.values() for key in manager.pools.keys()
-            for conn in list(manager.pools[key].pool.queue) if conn is not None]
-    assert all(conn.sock is None for conn in idle)
+    idle = [conn for conn in list(transport.pool().pool.queue) if conn is not None]
+    assert idle and all(conn.sock is None for conn in idle)
