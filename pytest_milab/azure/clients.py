@@ -270,6 +270,7 @@ class ArmTransport:
 
 
 _RESPONSE = None
+_ARM_JSON = "application/json; charset=utf-8"  # ARM's content type
 
 
 def _arm_response(request, raw, content: bytes):
@@ -281,16 +282,18 @@ def _arm_response(request, raw, content: bytes):
 
         class ArmResponse(HttpResponseImpl):
             def __init__(self, request, raw, content: bytes) -> None:
-                from azure.core.utils import CaseInsensitiveDict
-
-                headers = CaseInsensitiveDict(raw.headers)
+                # urllib3's headers: case-insensitive, a repeated header's values joined by
+                # ", " (as requests' copy of them had them).
+                headers = raw.headers
+                content_type = headers.get("content-type")
                 super().__init__(request=request, internal_response=raw,
                                  status_code=raw.status, reason=raw.reason, headers=headers,
-                                 content_type=headers.get("content-type"),
-                                 stream_download_generator=None)
+                                 content_type=content_type, stream_download_generator=None)
                 self._content = content
                 self._is_stream_consumed = True
                 self._is_closed = True
+                if content_type is not None and content_type.lower() == _ARM_JSON:
+                    self._encoding = "utf-8"  # what azure-core makes of it, found faster
 
         _RESPONSE = ArmResponse
     return _RESPONSE(request, raw, content)
