@@ -232,8 +232,14 @@ class ArmTransport:
         config = self.connection_config
         connect = kwargs.get("connection_timeout", config.timeout)
         read = kwargs.get("read_timeout", config.read_timeout)
-        headers = dict(self._headers)
-        headers.update(request.headers)
+        # As requests merges them: the request's over the defaults whatever their case, a
+        # header set to None not sent.
+        headers = urllib3.HTTPHeaderDict(self._headers)
+        for name, value in request.headers.items():
+            if value is None:
+                headers.pop(name, None)
+            else:
+                headers[name] = value
         body = request.content if hasattr(request, "content") else request.data
         if isinstance(body, str):
             body = body.encode("utf-8")

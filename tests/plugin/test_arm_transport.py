@@ -216,3 +216,19 @@ def test_a_missing_ca_bundle_fails_each_request_as_before(monkeypatch, no_proxy_
         assert errors[0] == errors[1] and "invalid path" in errors[1]
     finally:
         server.close()
+
+
+def test_the_request_headers_replace_the_defaults_whatever_their_case(no_proxy_env):
+    server = Server(answer())
+    try:
+        for transport in (sdk_transport(10), shared_transport(10)):
+            transport.send(HttpRequest("GET", server.url, headers={
+                "accept": "application/json", "user-agent": "pytest-milab", "Connection": None}),
+                connection_timeout=1, read_timeout=1)
+        old, new = ([line.lower() for line in head.split(b"\r\n")[1:]] for head in server.heads)
+        assert sorted(new) == sorted(old)
+        assert new.count(b"accept: application/json") == 1
+        assert not any(line.startswith(b"accept: */*") for line in new)
+        assert not any(line.startswith(b"connection:") for line in new)
+    finally:
+        server.close()
