@@ -243,11 +243,24 @@ class ArmTransport:
         body = request.content if hasattr(request, "content") else request.data
         if isinstance(body, str):
             body = body.encode("utf-8")
+        options = {"body": body, "headers": headers, "redirect": False,
+                   "assert_same_host": False, "preload_content": False,
+                   "decode_content": False, "retries": self._retries,
+                   "timeout": urllib3.Timeout(connect=connect, read=read)}
+        url = request.url
         try:
-            raw = self.manager(request.url).urlopen(
-                request.method, request.url, body=body, headers=headers, redirect=False,
-                assert_same_host=False, preload_content=False, decode_content=False,
-                retries=self._retries, timeout=urllib3.Timeout(connect=connect, read=read))
+            manager = self.manager(url)
+            if url[:6].lower() == "https:":
+                # What the manager's urlopen does for an https URL (through a proxy's tunnel
+                # or directly), with the URL parsed once, not twice.
+                parts = urllib3.util.parse_url(url)
+                pool = manager.connection_from_host(parts.host, port=parts.port,
+                                                    scheme=parts.scheme)
+                raw = pool.urlopen(request.method, parts.request_uri, **options)
+            else:
+                raw = manager.urlopen(request.method, url, **options)
+        except u3.LocationValueError as err:  # as requests' InvalidURL
+            raise ServiceResponseError(err, error=err) from err
         except u3.NewConnectionError as err:
             raise ServiceRequestError(err, error=err) from err
         except u3.ConnectTimeoutError as err:

@@ -232,3 +232,13 @@ def test_the_request_headers_replace_the_defaults_whatever_their_case(no_proxy_e
         assert not any(line.startswith(b"connection:") for line in new)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("url", ["https://management.azure.com:port/x", "https:///x"])
+def test_a_malformed_url_is_the_same_error(no_proxy_env, url):
+    results = []
+    for transport in (sdk_transport(10), shared_transport(10)):
+        with pytest.raises(Exception) as info:  # noqa: PT011 - compared below
+            send(transport, url)
+        results.append(type(info.value))
+    assert results[0] is results[1], results
