@@ -118,10 +118,13 @@ class ArmTransport:
       reset or closed before the answer ServiceResponseError, an answer cut short
       IncompleteReadError.
 
-    The CA bundle is loaded once into one TLS context, not for every new connection."""
+    The CA bundle is loaded once into one TLS context, not for every new connection. Its
+    requests are azure-core's `rest` ones (`ArmReader`'s); the azure-mgmt-* clients keep
+    requests' transport (`sdk_transport`)."""
 
     def __init__(self, pool_size: int = 10) -> None:
         import requests
+        import urllib3
         from azure.core.configuration import ConnectionConfiguration
 
         self.pool_size = max(10, pool_size)
@@ -132,7 +135,7 @@ class ArmTransport:
         self.proxy = {scheme: proxies.get(scheme) or proxies.get("all")
                       for scheme in ("https", "http")}
         self._headers = dict(requests.utils.default_headers())
-        self._retries = None
+        self._retries = urllib3.Retry(total=False, redirect=False, raise_on_status=False)
         self._context_error: OSError | None = None
         self._managers: dict[str | None, object] = {}
         self._lock = threading.Lock()
@@ -227,8 +230,6 @@ class ArmTransport:
 
         if self._context_error is not None:
             raise self._context_error
-        if self._retries is None:
-            self._retries = urllib3.Retry(total=False, redirect=False, raise_on_status=False)
         config = self.connection_config
         connect = kwargs.get("connection_timeout", config.timeout)
         read = kwargs.get("read_timeout", config.read_timeout)
