@@ -330,11 +330,12 @@ def preconnect(transport, count: int, timeout: float = 10.0) -> int:
         if transport._context_error is not None:
             return 0
         pool = transport.pool(ARM)
-        conns = []
+        conns = []  # (connection, seconds its handshake took, when it ended)
         try:
             for _ in range(count):
                 conn = pool._get_conn()
-                conns.append(conn)
+                began = time.monotonic()
+                conns.append((conn, 0.0, began))
                 conn.timeout = timeout
                 try:
                     if pool.proxy is not None:
@@ -344,6 +345,8 @@ def preconnect(transport, count: int, timeout: float = 10.0) -> int:
                 except Exception:
                     conn.close()  # half open (TLS refused, ...): to the pool closed
                     raise
+                done = time.monotonic()
+                conns[-1] = (conn, done - began, done)
                 opened += 1
         except Exception:  # noqa: BLE001 - see above
             pass
@@ -354,33 +357,45 @@ def preconnect(transport, count: int, timeout: float = 10.0) -> int:
 
 
 def _settle(pool, conns: list, wait: float = 0.25) -> None:
-    """Hand the connections to the pool once a TLS 1.3 server's session tickets (sent a round
-    trip after the handshake) are processed: unread, they make an idle connection look
-    dropped to urllib3 (readable before any request), which would open it again. A
-    connection with anything else to read (there is nothing before a request) is closed, and
-    opened again when needed; one that gets nothing within `wait` goes to the pool as it is."""
+    """Hand the connections to the pool once a TLS 1.3 server's session tickets are processed:
+    unread, they make an idle connection look dropped to urllib3 (readable before any
+    request), which would open it again. A server sends them as soon as it has the client's
+    last handshake message, so they arrive about a round trip after the handshake ended: each
+    connection waits twice as long as its own handshake took (at least 20 ms, at most
+    `wait`), then goes to the pool as it is (a server that issues no tickets holds nothing
+    back). A connection with anything else to read (there is nothing before a request) is
+    closed, and opened again when needed. `conns`: (connection, seconds its handshake took,
+    monotonic time it ended)."""
     import selectors
 
-    waiting = {}
-    for conn in conns:
+    waiting = {}  # socket -> (connection, its deadline)
+    for conn, took, done in conns:
         sock = conn.sock
         if sock is not None and getattr(sock, "version", lambda: None)() == "TLSv1.3":
-            waiting[sock] = conn
+            waiting[sock] = (conn, done + min(wait, max(0.02, 2 * took)))
         else:
             pool._put_conn(conn)
-    deadline = time.monotonic() + wait
     try:
         with selectors.DefaultSelector() as selector:
             for sock in waiting:
                 selector.register(sock, selectors.EVENT_READ)
-            while waiting and (left := deadline - time.monotonic()) > 0:
-                for key, _ in selector.select(left):
+            while waiting:
+                now = time.monotonic()
+                for sock, (conn, deadline) in list(waiting.items()):
+                    if deadline <= now:  # nothing came: to the pool as it is
+                        selector.unregister(sock)
+                        del waiting[sock]
+                        pool._put_conn(conn)
+                if not waiting:
+                    break
+                left = min(deadline for _, deadline in waiting.values()) - now
+                for key, _ in selector.select(max(0.0, left)):
                     selector.unregister(key.fileobj)
-                    conn = waiting.pop(key.fileobj)
+                    conn, _ = waiting.pop(key.fileobj)
                     _drain(conn)
                     pool._put_conn(conn)
     finally:
-        for conn in waiting.values():
+        for conn, _ in waiting.values():
             pool._put_conn(conn)
 
 
