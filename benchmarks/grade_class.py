@@ -52,8 +52,14 @@ What it does:
 With `--throttle`, each graded run waits first for the grader's bucket to refill (10 s).
 
 Grader, local Azure and every VM's commands share the machine's cores here, so compare
-`seconds` with `cpu_floor_seconds`: on the 2-core development machine the local Azure and its
-VMs take about two thirds of all the CPU of a run (0.14 CPU-s per lab, the grader 0.05).
+`seconds` with `machine_floor_seconds` too: on the 2-core development machine the local Azure
+and its VMs take about as much CPU as the grader. On Azure they run on other machines; the
+figure that says how well the grader itself does is `seconds_over_grader_floor`. `--pin`
+brings this machine closer to that: the local Azure (its process and every VM command, which
+inherit its affinity) runs on the last core and the grader on the others, so the grader's
+floor counts the cores it has (one of two), and a local Azure slower than the grader shows as
+wall above that floor. `--profile DIR` writes a cProfile of each grading pytest (the main
+thread; `thread_profile.py` and `machine_cpu.py` in this folder see the other threads).
 """
 
 from __future__ import annotations
