@@ -516,8 +516,8 @@ def op_command(p):
 
 def op_attested(p):
     """IMDS's attested document for the grader's nonce, returned as it came (the grader checks
-    its signature). IMDS may answer a cached document (“Azure Instance Metadata Service for
-    virtual machines”): one with another nonce is asked for once more."""
+    its signature). IMDS may answer a cached document ("Azure Instance Metadata Service for
+    virtual machines"): one with another nonce is asked for once more."""
     import base64
 
     query = urllib.parse.urlencode({"api-version": p.get("api_version", "2020-09-01"),
