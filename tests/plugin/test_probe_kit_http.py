@@ -1,0 +1,52 @@
+"""The probe kit's own HTTP plumbing (pytest_milab/vm/probe_kit.py), run in this process: the
+header parser it puts in place of http.client's gives the same message as the email parser."""
+
+from __future__ import annotations
+
+import email.parser
+import http.client
+import io
+
+import pytest
+
+from pytest_milab.vm import probe_kit
+
+BLOCKS = [
+    b"Content-Type: application/json; charset=utf-8\r\nContent-Length: 12\r\n"
+    b"Retry-After: 3\r\nlocation: https://x/y\r\nWWW-Authenticate: Basic realm=\"/a/b.key\"\r\n",
+    b"X-Dup: one\r\nx-dup: two\r\nEmpty:\r\nSpaced:   \t v \r\n",
+    b"Folded: first\r\n  second line\r\n\tthird\r\nNext: n\n",  # folding, a bare LF
+    b"",  # no headers at all
+    b"  leading continuation\r\nA: b\r\n",  # malformed: the email parser decides
+    b"Bad Name: x\r\nA: b\r\n",  # a name with a space: the email parser's body
+    b"From someone\r\nA: b\r\n",
+    b"A: b\rc: d\r\n",  # a lone CR
+    b"Caf\xe9: cr\xe8me\r\n",  # Latin-1
+]
+
+
+def _email(block: bytes) -> http.client.HTTPMessage:
+    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
+        block.decode("iso-8859-1"))
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_the_kit_s_header_parser_gives_the_email_parser_s_message(block):
+    fp = io.BytesIO(block + b"\r\nbody")
+    mine, theirs = probe_kit._parse_headers(fp), _email(block)
+    assert type(mine) is type(theirs)
+    assert mine._headers == theirs._headers
+    assert ({k: v for k, v in vars(mine).items() if k != "defects"}
+            == {k: v for k, v in vars(theirs).items() if k != "defects"})
+    assert mine.items() == theirs.items()
+    assert [type(d) for d in mine.defects] == [type(d) for d in theirs.defects]
+    assert mine.get_payload() == theirs.get_payload()
+    assert mine.get("content-length") == theirs.get("content-length")
+    assert fp.read() == b"body"  # the body left unread, as http.client's parser leaves it
+
+
+def test_the_kit_s_header_parser_keeps_http_client_s_limits():
+    with pytest.raises(http.client.LineTooLong):
+        probe_kit._parse_headers(io.BytesIO(b"A: " + b"x" * 70000 + b"\r\n\r\n"))
+    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
+        probe_kit._parse_headers(io.BytesIO(b"A: b\r\n" * 101 + b"\r\n"))
