@@ -1,5 +1,6 @@
-"""The probe kit's own HTTP plumbing (pytest_milab/vm/probe_kit.py), run in this process: the
-header parser it puts in place of http.client's gives the same message as the email parser."""
+"""The probe kit's own plumbing (pytest_milab/vm/probe_kit.py), run in this process: the
+header parser it puts in place of http.client's gives the same message as the email parser, and
+its parts run at once."""
 
 from __future__ import annotations
 
@@ -50,3 +51,31 @@ def test_the_kit_s_header_parser_keeps_http_client_s_limits():
         probe_kit._parse_headers(io.BytesIO(b"A: " + b"x" * 70000 + b"\r\n\r\n"))
     with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
         probe_kit._parse_headers(io.BytesIO(b"A: b\r\n" * 101 + b"\r\n"))
+
+
+def test_the_kit_runs_every_part_at_once_and_waits_for_all(monkeypatch):
+    """run_all: parts run concurrently, a part named in `after` finishes first, a part that
+    raises still reports, and it returns only once every part has its result."""
+    import threading
+    import time
+
+    started, order = threading.Barrier(2, timeout=5), []
+
+    def slow(p):
+        started.wait()  # the two first parts must run at the same time
+        time.sleep(0.05)
+        order.append(p["name"])
+        return {"ok": p["name"]}
+
+    def broken(p):
+        raise ValueError("nope")
+
+    monkeypatch.setitem(probe_kit.OPS, "milab-test-slow", slow)
+    monkeypatch.setitem(probe_kit.OPS, "milab-test-broken", broken)
+    parts = [{"name": "a", "op": "milab-test-slow"}, {"name": "b", "op": "milab-test-slow"},
+             {"name": "c", "op": "milab-test-broken", "after": ["a", "b"]}]
+    results, events = {}, {p["name"]: threading.Event() for p in parts}
+    probe_kit.run_all(results, events, parts)
+    assert results == {"a": {"ok": "a"}, "b": {"ok": "b"}, "c": {"error": "ValueError: nope"}}
+    assert sorted(order) == ["a", "b"]
+    probe_kit.run_all({}, {}, [])  # nothing to run: returns at once
