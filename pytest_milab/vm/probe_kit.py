@@ -118,11 +118,15 @@ def _parse_headers(fp, _class=None):
     if _HEADER_NAME is None:
         _HEADER_NAME = re.compile(r"[\041-\071\073-\176]*:")
     headers = []  # [name, [first line's rest, continuation lines...]]
-    plain = "\r" not in text.replace("\r\n", "")  # the feed parser splits at a lone CR too
-    for line in text.splitlines(keepends=True) if plain else ():
+    # The feed parser ends lines at CRLF, LF or a lone CR only (not str.splitlines' others).
+    plain = "\r" not in text.replace("\r\n", "")
+    for line in text.split("\n") if plain else ():
+        if not line:
+            continue  # after the last LF
+        line += "\n"
         if line[:1] in (" ", "\t") and headers:
             headers[-1][1].append(line)
-        elif line.startswith("From ") or not _HEADER_NAME.match(line):
+        elif line.startswith(("From ", ":")) or not _HEADER_NAME.match(line):
             plain = False
             break
         else:

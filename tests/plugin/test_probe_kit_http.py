@@ -23,6 +23,10 @@ BLOCKS = [
     b"From someone\r\nA: b\r\n",
     b"A: b\rc: d\r\n",  # a lone CR
     b"Caf\xe9: cr\xe8me\r\n",  # Latin-1
+    b"A: form\x0cfeed, next\x85line, sep\x1c\x1d\x1e, tab\x0b\r\nB: c\r\n",  # not line ends here
+    b"A: x\x0cB:y\x85C:z\r\n",  # one header to the email parser
+    b": no name\r\nA: b\r\n",
+    b"A: b\r\nLast: no line end",
 ]
 
 
@@ -33,7 +37,8 @@ def _email(block: bytes) -> http.client.HTTPMessage:
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_the_kit_s_header_parser_gives_the_email_parser_s_message(block):
-    fp = io.BytesIO(block + b"\r\nbody")
+    ended = block.endswith(b"\n") or not block  # else the answer ended mid-line (EOF)
+    fp = io.BytesIO(block + (b"\r\nbody" if ended else b""))
     mine, theirs = probe_kit._parse_headers(fp), _email(block)
     assert type(mine) is type(theirs)
     assert mine._headers == theirs._headers
@@ -43,7 +48,7 @@ def test_the_kit_s_header_parser_gives_the_email_parser_s_message(block):
     assert [type(d) for d in mine.defects] == [type(d) for d in theirs.defects]
     assert mine.get_payload() == theirs.get_payload()
     assert mine.get("content-length") == theirs.get("content-length")
-    assert fp.read() == b"body"  # the body left unread, as http.client's parser leaves it
+    assert fp.read() == (b"body" if ended else b"")  # the body left unread
 
 
 def test_the_kit_s_header_parser_keeps_http_client_s_limits():
