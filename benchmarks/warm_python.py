@@ -2,8 +2,8 @@
 
     python benchmarks/warm_python.py [--runs 50]
 
-Runs the grader's probe command (the kit as `python3 -I -S -c <kit> <program>`, with a program
-of no parts: the interpreter, the kit and its imports, nothing sent anywhere) `--runs` times
+Runs the grader's probe (the kit as `python3 -I -S -c <kit>`, its program of no parts on stdin:
+the interpreter, the kit and its imports, nothing sent anywhere) `--runs` times
 with the emulator's interpreter as a VM's plain python3 runs it, then through the warm
 interpreter's Python client and its native client (when the host can compile it), and a bare `python3 -I -S -c pass` both ways. Prints one JSON line per
 case: CPU milliseconds per run of the processes started here (`client_ms`: the interpreter or
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_milab.emulator.machines.warmpython import WarmPython  # noqa: E402
-from pytest_milab.vm.probe import probe_command_prefix  # noqa: E402
+from pytest_milab.vm.probe import probe_command  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -35,11 +35,12 @@ def children_cpu() -> float:
     return times.children_user + times.children_system
 
 
-def measure(argv: list[str], runs: int, warm: WarmPython | None, env: dict) -> dict:
+def measure(argv: list[str], runs: int, warm: WarmPython | None, env: dict,
+            stdin: bytes = b"") -> dict:
     server_before = warm.cpu_seconds() if warm else 0.0
     mine, started = children_cpu(), time.monotonic()
     for _ in range(runs):
-        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+        done = subprocess.run(argv, env=env, input=stdin, capture_output=True)
         if done.returncode != 0:
             raise SystemExit(f"{argv[0]} failed: {done.stderr.decode()[-500:]}")
     wall = time.monotonic() - started
@@ -53,8 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
-    program = json.dumps({"parts": [], "key": "00" * 16, "nonce": "0" * 16})
-    probe = shlex.split(probe_command_prefix())[1:] + [program]  # after `python3`
+    program = (json.dumps({"parts": [], "key": "00" * 16, "nonce": "0" * 16}) + "\n").encode()
+    lexer = shlex.shlex(probe_command(), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    probe = ["-I", "-S", "-c", words[words.index("-c") + 1]]  # the kit, after `python3`
     with tempfile.TemporaryDirectory(prefix="milab-warm-") as tmp:
         warm = WarmPython(Path(tmp) / "run")
         warm.start()
@@ -72,8 +76,8 @@ def main() -> None:
             for case, rest in (("bare", ["-I", "-S", "-c", "pass"]), ("probe", probe)):
                 for how, python, server in (("fresh", sys.executable, None),
                                             *((name, str(path), warm) for name, path in clients)):
-                    measure([python, *rest], 3, server, env)  # warm-up
-                    result = measure([python, *rest], args.runs, server, env)
+                    measure([python, *rest], 3, server, env, program)  # warm-up
+                    result = measure([python, *rest], args.runs, server, env, program)
                     print(json.dumps({"case": case, "interpreter": how, **result}), flush=True)
         finally:
             warm.stop()

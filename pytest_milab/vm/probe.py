@@ -1,7 +1,7 @@
 """Running the probe kit in a machine: one SSH command returns every part's result.
 
-The kit's source travels in the command line (compressed), so nothing of it stays on the
-machine; its result is the one output line framed by this run's nonce.
+The kit's source is the command line's `-c` program, so nothing of it stays on the machine;
+its result is the one output line framed by this run's nonce.
 
 The kit starts clean: `/usr/bin/env -i` with a fixed PATH and LANG, then `/usr/bin/python3 -I -S`
 (absolute paths, no PYTHON* variables, no site packages). Its program (the parts, the digest key,
@@ -14,12 +14,10 @@ environment (after their `~/.bashrc`) still reaches what a suite asks to run as 
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import secrets
 import shlex
-import zlib
 from collections.abc import Callable
 from importlib import resources
 
@@ -37,19 +35,19 @@ CLEAN_ENV = ("PATH=/usr/bin:/bin", "LANG=C.UTF-8")
 
 @functools.lru_cache(maxsize=1)
 def probe_command() -> str:
-    """The probe's command: `/usr/bin/python3 -c` with the kit compressed into the command
-    line, in a clean environment (the program comes on stdin; the kit must not write itself to
-    the machine's disk). The login shell saves its stdin (the program) as fd 4, pipes the
-    student's environment (`env -0`) to the kit as fd 3 and gives fd 4 back as its stdin:
+    """The probe's command: `/usr/bin/python3 -c <the kit's source>` in a clean environment
+    (the program comes on stdin; the kit must not write itself to the machine's disk). The
+    source itself is the `-c` program, as it is in the package (ASCII, about 25 KB: far below
+    Linux's 128 KiB for one argument and SSH's packet size), so a fresh interpreter only
+    compiles it, and an interpreter that keeps compiled programs (the local Azure's warm
+    python3) serves it compiled. The login shell saves its stdin (the program) as fd 4, pipes
+    the student's environment (`env -0`) to the kit as fd 3 and gives fd 4 back as its stdin:
     POSIX shell only."""
-    source = resources.files(__package__).joinpath("probe_kit.py").read_text()
-    packed = base64.b64encode(zlib.compress(source.encode(), 9)).decode()
-    loader = ("import base64,sys,zlib;sys.argv[0]='milab-probe';"
-              f"exec(compile(zlib.decompress(base64.b64decode('{packed}')),'milab-probe','exec'))")
+    source = resources.files(__package__).joinpath("probe_kit.py").read_text(encoding="ascii")
     # -I -S: the standard library only, untouched by PYTHON* variables, user or site packages
     # (and quicker to start).
     return ("exec 4<&0; /usr/bin/env -0 | /usr/bin/env -i " + " ".join(CLEAN_ENV)
-            + " /usr/bin/python3 -I -S -c " + shlex.quote(loader) + " 3<&0 0<&4 4<&-")
+            + " /usr/bin/python3 -I -S -c " + shlex.quote(source) + " 3<&0 0<&4 4<&-")
 
 
 def run_probe(conn: VmConnection, parts: list[dict], key: bytes,

@@ -73,6 +73,7 @@ _POOL = {}  # (host, port) -> idle HTTPS connections, kept alive between calls
 _SLOTS = {}
 _POOL_LOCK = threading.Lock()
 _CONTEXT = []
+WANTED_HEADERS = ("location", "retry-after", "www-authenticate")  # what the kit reads of answers
 
 
 def _proxy():
@@ -91,6 +92,57 @@ def _proxy():
     return parts.hostname, parts.port or 80, headers
 
 
+_HEADER_NAME = None
+
+
+def _parse_headers(fp, _class=None):
+    """http.client's parse_headers without the email package's feed parser (a third of the
+    probe's HTTP CPU): the same message (http.client.HTTPMessage, each header as the email
+    parser stores it) for well-formed header lines; anything else is handed to that parser."""
+    import http.client
+    import re
+
+    global _HEADER_NAME
+    lines = []
+    while True:
+        line = fp.readline(http.client._MAXLINE + 1)
+        if len(line) > http.client._MAXLINE:
+            raise http.client.LineTooLong("header line")
+        if line in (b"\r\n", b"\n", b""):
+            break
+        lines.append(line)
+        if len(lines) > http.client._MAXHEADERS:
+            raise http.client.HTTPException(f"got more than {http.client._MAXHEADERS} headers")
+    text = b"".join(lines).decode("iso-8859-1")
+    cls = _class or http.client.HTTPMessage
+    if _HEADER_NAME is None:
+        _HEADER_NAME = re.compile(r"[\041-\071\073-\176]*:")
+    headers = []  # [name, [first line's rest, continuation lines...]]
+    # The feed parser ends lines at CRLF, LF or a lone CR only (not str.splitlines' others).
+    plain = "\r" not in text.replace("\r\n", "")
+    for line in text.split("\n") if plain else ():
+        if not line:
+            continue  # after the last LF
+        line += "\n"
+        if line[:1] in (" ", "\t") and headers:
+            headers[-1][1].append(line)
+        elif line.startswith(("From ", ":")) or not _HEADER_NAME.match(line):
+            plain = False
+            break
+        else:
+            name, _, rest = line.partition(":")
+            headers.append([name, [rest.lstrip(" \t")]])
+    if not plain:
+        import email.parser
+
+        return email.parser.Parser(_class=cls).parsestr(text)
+    msg = cls()
+    for name, parts in headers:
+        msg.set_raw(name, "".join(parts).rstrip("\r\n"))
+    msg.set_payload("")  # as the feed parser leaves a message without a body
+    return msg
+
+
 def _connection(scheme, host, port, timeout):
     """A new connection, whether requests on it name the absolute URL (plain proxy), and the
     headers each request on it carries (the plain proxy's credentials)."""
@@ -98,9 +150,10 @@ def _connection(scheme, host, port, timeout):
 
     proxy = _proxy()
     if scheme == "https":
-        if not _CONTEXT:
-            import ssl
-            _CONTEXT.append(ssl.create_default_context(cafile=EGRESS.get("ca") or None))
+        with _POOL_LOCK:  # one context (its CA file read once) for every thread
+            if not _CONTEXT:
+                import ssl
+                _CONTEXT.append(ssl.create_default_context(cafile=EGRESS.get("ca") or None))
         if proxy:
             conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout,
                                                context=_CONTEXT[0])
@@ -159,7 +212,7 @@ def _once(method, url, headers, data, timeout):
                     _POOL.setdefault(key, []).append(conn)
             else:
                 conn.close()
-            return resp.status, dict(resp.headers), raw
+            return resp.status, {name: resp.headers.get(name) for name in WANTED_HEADERS}, raw
     finally:
         if pooled:
             slot.release()
@@ -189,13 +242,13 @@ def request(method, url, headers=None, body=None, timeout=20, attempts=4, redire
             if attempt + 1 < attempts:
                 time.sleep(min(2 ** attempt, 5))
             continue
-        location = hdrs.get("Location") or hdrs.get("location")
+        location = hdrs.get("location")
         if (status in (301, 302, 303, 307, 308) and location and method in ("GET", "HEAD")
                 and redirects > 0):
             return request(method, urllib.parse.urljoin(url, location), headers, body, timeout,
                            attempts, redirects - 1)
         if status in RETRY_STATUSES and attempt + 1 < attempts:
-            delay = hdrs.get("Retry-After") or hdrs.get("retry-after") or 2 ** attempt
+            delay = hdrs.get("retry-after") or 2 ** attempt
             try:
                 delay = float(delay)
             except ValueError:
@@ -292,7 +345,7 @@ def _himds_token(url):
     challenge = {"status": status}
     if status != 401:
         return status, raw, {"challenge": challenge}
-    header = hdrs.get("WWW-Authenticate") or hdrs.get("www-authenticate") or ""
+    header = hdrs.get("www-authenticate") or ""
     realm = header.partition("realm=")[2].strip().strip('"')
     challenge["realm"] = realm[:300]
     if not realm.endswith(".key"):
@@ -516,8 +569,8 @@ def op_command(p):
 
 def op_attested(p):
     """IMDS's attested document for the grader's nonce, returned as it came (the grader checks
-    its signature). IMDS may answer a cached document (“Azure Instance Metadata Service for
-    virtual machines”): one with another nonce is asked for once more."""
+    its signature). IMDS may answer a cached document ("Azure Instance Metadata Service for
+    virtual machines"): one with another nonce is asked for once more."""
     import base64
 
     query = urllib.parse.urlencode({"api-version": p.get("api_version", "2020-09-01"),
@@ -598,21 +651,44 @@ def run_part(results, events, part):
         events[part["name"]].set()
 
 
+def run_all(results, events, parts):
+    """Every part in a thread of its own, all at once; returns when each has its result. Bare
+    threads (the `_thread` module's): no handshake with each as it starts, no join of each,
+    one lock released by the last to finish."""
+    import _thread
+
+    if not parts:
+        return
+    left, count, done = [len(parts)], threading.Lock(), threading.Lock()
+    done.acquire()
+
+    def run(part):
+        try:
+            run_part(results, events, part)
+        finally:
+            with count:
+                left[0] -= 1
+                if not left[0]:
+                    done.release()
+
+    for part in parts:
+        _thread.start_new_thread(run, (part,))
+    done.acquire()
+
+
 def main():
     # One line, read up to its newline: no wait for the end of the input.
     program = json.loads(sys.stdin.buffer.readline().decode("utf-8"))
     KEY[0] = bytes.fromhex(program.get("key", ""))
     EGRESS.update(program.get("egress") or {})
+    import http.client
+
+    http.client.parse_headers = _parse_headers  # this process's own http.client only
     if EGRESS.get("path"):  # the machine's own tools (sudo), as the grader knows them
         os.environ["PATH"] = EGRESS["path"] + os.pathsep + os.environ.get("PATH", os.defpath)
     parts = program["parts"]
     results, events = {}, {part["name"]: threading.Event() for part in parts}
-    threads = [threading.Thread(target=run_part, args=(results, events, part), daemon=True)
-               for part in parts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(results, events, parts)
     print(MARK + program.get("nonce", "") + " " + json.dumps(results, separators=(",", ":")))
 
 

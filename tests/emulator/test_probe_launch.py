@@ -54,6 +54,21 @@ def test_the_program_travels_on_stdin_as_one_line():
     assert len(program["nonce"]) == 16
 
 
+def test_the_kit_s_source_is_the_c_program_itself():
+    """The kit travels as its own source (a warm interpreter's compile cache can serve it; a
+    fresh one only compiles it): ASCII, one argument well under Linux's 128 KiB."""
+    import shlex
+    from importlib import resources
+
+    command = probe_command()
+    words = shlex.split(command)
+    program = words[words.index("-c") + 1]
+    kit = resources.files("pytest_milab.vm").joinpath("probe_kit.py").read_text()
+    assert program == kit
+    assert command.isascii() and len(command.encode()) < 64 * 1024
+    compile(program, "<string>", "exec")
+
+
 @pytest.fixture(scope="module")
 def student_vm(local_azure, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("probe-key") / "id"
