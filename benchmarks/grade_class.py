@@ -159,21 +159,7 @@ class Emulator:
     def pin(self, cores: list[int]) -> None:
         """Every thread of the local Azure and of its descendants (the VMs' servers) on these
         cores; what they start later inherits it."""
-        pids, frontier = set(), [self.proc.pid]
-        parents: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                parents.setdefault(ppid, []).append(int(entry.name))
-        while frontier:
-            pid = frontier.pop()
-            if pid not in pids:
-                pids.add(pid)
-                frontier += parents.get(pid, [])
-        for pid in pids:
+        for pid in _process_tree(self.proc.pid):
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(int(task.name), cores)
@@ -315,25 +301,30 @@ def grade(env: dict[str, str], groups: list[str], key: Path, workdir: Path, args
             "cpu": usage.ru_utime + usage.ru_stime, "output": str(run)}
 
 
+def _process_tree(root: int) -> set[int]:
+    """`root` and its descendants now, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    pids, frontier = {root}, [root]
+    while frontier:
+        kids = children.get(frontier.pop(), [])
+        pids.update(kids)
+        frontier += kids
+    return pids
+
+
 def _watch_rss(proc: subprocess.Popen, peaks: dict[int, int]) -> None:
     """The high-water RSS (VmHWM, kB) of the grading process and its children (xdist workers),
     read from /proc until it ends. (wait4's ru_maxrss would count this script's own size,
     which the child had before it exec'd pytest.)"""
     while proc.returncode is None:
-        pids, frontier = {proc.pid}, [proc.pid]
-        children = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry.name))
-        while frontier:
-            kids = children.get(frontier.pop(), [])
-            pids.update(kids)
-            frontier += kids
-        for pid in pids:
+        for pid in _process_tree(proc.pid):
             with contextlib.suppress(OSError, ValueError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
