@@ -99,6 +99,17 @@ def send(transport, url: str):
                           connection_timeout=1, read_timeout=0.5)
 
 
+def raised_by_both(url: str, error: type[BaseException] = Exception) -> list[BaseException]:
+    """The error each transport (requests', then ours) raises for the same request, each
+    asserted to be an `error`."""
+    raised = []
+    for transport in (sdk_transport(10), shared_transport(10)):
+        with pytest.raises(error) as info:
+            send(transport, url)
+        raised.append(info.value)
+    return raised
+
+
 def both(behave, url: str | None = None):
     """(error type or answer) of each transport for the same request to the same server."""
     server = Server(behave)
@@ -156,11 +167,7 @@ def test_nothing_listening_is_a_request_error(no_proxy_env):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    results = []
-    for transport in (sdk_transport(10), shared_transport(10)):
-        with pytest.raises(ServiceRequestError) as info:
-            send(transport, f"http://127.0.0.1:{port}/")
-        results.append(type(info.value))
+    results = [type(e) for e in raised_by_both(f"http://127.0.0.1:{port}/", ServiceRequestError)]
     assert results[0] is results[1]
     assert not issubclass(results[1], ServiceRequestTimeoutError)
 
@@ -169,11 +176,7 @@ def test_tls_to_a_server_that_does_not_speak_it_is_a_request_error(no_proxy_env)
     server = Server(not_http, at_once=True)
     try:
         url = server.url.replace("http://", "https://")
-        results = []
-        for transport in (sdk_transport(10), shared_transport(10)):
-            with pytest.raises(ServiceRequestError) as info:
-                send(transport, url)
-            results.append(type(info.value))
+        results = [type(e) for e in raised_by_both(url, ServiceRequestError)]
         assert results[0] is results[1]
     finally:
         server.close()
@@ -208,11 +211,7 @@ def test_a_missing_ca_bundle_fails_each_request_as_before(monkeypatch, no_proxy_
     server = Server(answer())
     try:
         url = server.url.replace("http://", "https://")
-        errors = []
-        for transport in (sdk_transport(10), shared_transport(10)):
-            with pytest.raises(OSError) as info:
-                send(transport, url)
-            errors.append(str(info.value))
+        errors = [str(e) for e in raised_by_both(url, OSError)]
         assert errors[0] == errors[1] and "invalid path" in errors[1]
     finally:
         server.close()
@@ -236,9 +235,5 @@ def test_the_request_headers_replace_the_defaults_whatever_their_case(no_proxy_e
 
 @pytest.mark.parametrize("url", ["https://management.azure.com:port/x", "https:///x"])
 def test_a_malformed_url_is_the_same_error(no_proxy_env, url):
-    results = []
-    for transport in (sdk_transport(10), shared_transport(10)):
-        with pytest.raises(Exception) as info:  # noqa: PT011 - compared below
-            send(transport, url)
-        results.append(type(info.value))
+    results = [type(e) for e in raised_by_both(url)]
     assert results[0] is results[1], results
