@@ -468,7 +468,7 @@ class Gatherer:
         else:
             ev.ssh, ev.probe, ev.signed_parts = found.ssh, found.probe, found.signed_parts
             refused = early.refused
-            if early.probe_waits:  # the probe needed a read that was still in flight
+            if refused is None:  # the probe needed a read that was still in flight
                 refused = self._reach(ev, conn)
         if refused:
             self._explain_refusal(ev, machine, conn, clients)
@@ -580,8 +580,8 @@ class _EarlyReach:
         self.asked = False  # the machine was named (or will not be, early)
         self.found: LabEvidence | None = None  # what reaching it gave (ssh, probe)
         self.ssh_target: SshTarget | None = None
+        # `_reach`'s answer there: True refused, None the probe waits for a read in flight.
         self.refused: bool | None = None
-        self.probe_waits = False
         self._thread: threading.Thread | None = None
         self._reached = False
         self._taken = False
@@ -620,9 +620,7 @@ class _EarlyReach:
     def _reach(self) -> None:
         try:
             conn = self.gatherer.connections.get(self.ev.label, self.ssh_target)
-            refused = self.gatherer._reach(self.found, conn)
-            self.probe_waits = refused is None
-            self.refused = bool(refused)
+            self.refused = self.gatherer._reach(self.found, conn)
             self._reached = True
         except BaseException:  # noqa: BLE001 - then the machine is reached the usual way
             pass
