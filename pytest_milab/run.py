@@ -73,14 +73,15 @@ def grades_every_lab(config: pytest.Config) -> bool:
     """Whether this run is sure to grade every lab it was given, so that their evidence (the
     suite's reads and probe) may be gathered before pytest has collected the checks: one
     process (no pytest-xdist), nothing that deselects checks (-k, -m, --deselect, --lf, --sw,
-    a test id on the command line) and no run that grades nothing (--collect-only,
+    a test id on the command line), nothing that may stop the run early (-x, --maxfail: the
+    labs past the stop are not reached) and no run that grades nothing (--collect-only,
     --setup-only, --setup-plan)."""
     option = config.option
     if getattr(option, "numprocesses", None) or hasattr(config, "workerinput"):
         return False
     if any(getattr(option, name, None) for name in (
-            "keyword", "markexpr", "deselect", "lf", "stepwise", "collectonly", "setuponly",
-            "setupplan")):
+            "keyword", "markexpr", "deselect", "lf", "stepwise", "maxfail", "collectonly",
+            "setuponly", "setupplan")):
         return False
     return not any("::" in str(arg) for arg in config.args)
 

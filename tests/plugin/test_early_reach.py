@@ -295,7 +295,7 @@ def test_the_example_suite_names_the_vms_address_from_the_groups_public_ips():
 
 def _config(*args, **options):
     defaults = dict(numprocesses=None, keyword="", markexpr="", deselect=None, lf=False,
-                    stepwise=False, collectonly=False, setuponly=False, setupplan=False)
+                    stepwise=False, maxfail=0, collectonly=False, setuponly=False, setupplan=False)
     config = argparse.Namespace(option=argparse.Namespace(**{**defaults, **options}),
                                 args=list(args) or ["suite"])
     return config
@@ -309,6 +309,7 @@ def _config(*args, **options):
     ({"deselect": ["suite/test_a.py::test_x"]}, (), False),
     ({"lf": True}, (), False),
     ({"stepwise": True}, (), False),
+    ({"maxfail": 1}, (), False),  # -x
     ({"numprocesses": 2}, (), False),
     ({"collectonly": True}, (), False),
     ({"setupplan": True}, (), False),
