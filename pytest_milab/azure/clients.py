@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from concurrent.futures import Future
@@ -286,37 +287,34 @@ class ArmTransport:
             raise ServiceRequestError(err, error=err) from err
         finally:
             raw.release_conn()
-        return _arm_response(request, raw, content)
+        return _response_class()(request, raw, content)
 
 
-_RESPONSE = None
 _ARM_JSON = "application/json; charset=utf-8"  # ARM's content type
 
 
-def _arm_response(request, raw, content: bytes):
-    """azure-core's `rest` response for an answer read in full (its class made on first use:
-    azure-core is imported when the first read goes out, not with this module)."""
-    global _RESPONSE
-    if _RESPONSE is None:
-        from azure.core.rest._http_response_impl import HttpResponseImpl
+@functools.cache
+def _response_class():
+    """azure-core's `rest` response for an answer read in full (made on first use: azure-core
+    is imported when the first read goes out, not with this module)."""
+    from azure.core.rest._http_response_impl import HttpResponseImpl
 
-        class ArmResponse(HttpResponseImpl):
-            def __init__(self, request, raw, content: bytes) -> None:
-                # urllib3's headers: case-insensitive, a repeated header's values joined by
-                # ", " (as requests' copy of them had them).
-                headers = raw.headers
-                content_type = headers.get("content-type")
-                super().__init__(request=request, internal_response=raw,
-                                 status_code=raw.status, reason=raw.reason, headers=headers,
-                                 content_type=content_type, stream_download_generator=None)
-                self._content = content
-                self._is_stream_consumed = True
-                self._is_closed = True
-                if content_type is not None and content_type.lower() == _ARM_JSON:
-                    self._encoding = "utf-8"  # what azure-core makes of it, found faster
+    class ArmResponse(HttpResponseImpl):
+        def __init__(self, request, raw, content: bytes) -> None:
+            # urllib3's headers: case-insensitive, a repeated header's values joined by
+            # ", " (as requests' copy of them had them).
+            headers = raw.headers
+            content_type = headers.get("content-type")
+            super().__init__(request=request, internal_response=raw,
+                             status_code=raw.status, reason=raw.reason, headers=headers,
+                             content_type=content_type, stream_download_generator=None)
+            self._content = content
+            self._is_stream_consumed = True
+            self._is_closed = True
+            if content_type is not None and content_type.lower() == _ARM_JSON:
+                self._encoding = "utf-8"  # what azure-core makes of it, found faster
 
-        _RESPONSE = ArmResponse
-    return _RESPONSE(request, raw, content)
+    return ArmResponse
 
 
 def preconnect(transport, count: int, timeout: float = 10.0) -> int:
