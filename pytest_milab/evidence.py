@@ -23,6 +23,7 @@ from .vm.ssh import SshTarget, VmConnection
 
 if TYPE_CHECKING:
     from .azure.clients import ClientPool
+    from .azure.reads import LabReads
     from .suite import Suite
 
 
@@ -90,6 +91,8 @@ class LabEvidence:
     # The signed parts the grader asked the machine for in this run (None: not recorded, so
     # every declared one counts as asked). What the machine puts under another name is ignored.
     signed_parts: frozenset[str] | None = None
+    # The suite's `on_refusal` reads not made: the machine answered SSH, nothing to explain.
+    not_made: frozenset[str] = frozenset()
     digest_key: bytes = field(default=b"", repr=False)  # keys the probe's digests
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -110,7 +113,7 @@ class LabEvidence:
     def to_json(self) -> dict:
         out = asdict(self)
         out.pop("digest_key")
-        for name in ("declared_reads", "declared_parts", "signed_parts"):
+        for name in ("declared_reads", "declared_parts", "signed_parts", "not_made"):
             out[name] = sorted(out[name]) if out[name] is not None else None
         return out
 
@@ -267,7 +270,7 @@ class Gatherer:
     @property
     def _first_round(self) -> int:
         """How many reads a lab sends at once first: its group and the reads needing no other."""
-        return 1 + sum(not read.after for read in self.suite.reads)
+        return 1 + sum(not read.after and not read.on_refusal for read in self.suite.reads)
 
     def subscription_for(self, target: LabTarget) -> str:
         """The lab's subscription: the roster's, the option's, else the credential's only one
@@ -396,7 +399,9 @@ class Gatherer:
             if self._closed:  # the run ended (a usage error, Ctrl-C): no machine is reached
                 ev.problem = "not gathered: the run ended first"
             else:
-                self._probe(ev, target, clients, early)
+                self._probe(ev, target, clients, early, lab_reads)
+            # Said only now: the suite's machine hook saw them as None (nothing to explain).
+            ev.not_made = frozenset(lab_reads.on_refusal)
         finally:
             if early is not None:
                 early.drop()  # unless `_probe` took what it found
@@ -441,7 +446,7 @@ class Gatherer:
         return self.egress(conn.resolved_host) or self.egress(conn.target.host)
 
     def _probe(self, ev: LabEvidence, target: LabTarget, clients=None,
-               early: _EarlyReach | None = None) -> None:
+               early: _EarlyReach | None = None, lab_reads: LabReads | None = None) -> None:
         machine = self._machine(ev)
         if machine is None:
             if ev.ssh is None and ev.control.get("group") is None:
@@ -471,7 +476,23 @@ class Gatherer:
             if refused is None:  # the probe needed a read that was still in flight
                 refused = self._reach(ev, conn)
         if refused:
+            if lab_reads is not None and lab_reads.on_refusal:
+                # What explains a refusal is read now, and the suite asked again where its
+                # machine is with those reads in (its NSGs).
+                lab_reads.run_on_refusal()
+                machine = replace(machine, nsgs=self._nsgs_again(ev, machine))
             self._explain_refusal(ev, machine, conn, clients)
+
+    def _nsgs_again(self, ev: LabEvidence, machine: Machine):
+        """The suite's NSGs for its machine, asked again once every read is in (the machine
+        refused SSH); the ones it gave before if it cannot say now."""
+        from .lab import Lab
+
+        try:
+            again = self.suite.machine(Lab(ev, self.suite.spec))
+        except Exception:  # noqa: BLE001 - the machine was found before: its NSGs stand
+            return machine.nsgs
+        return again.nsgs if isinstance(again, Machine) else machine.nsgs
 
     def _reach(self, ev: LabEvidence, conn: VmConnection) -> bool | None:
         """Log in to the lab's machine and run the probe, into `ev.ssh` and `ev.probe`. True

@@ -41,7 +41,9 @@ def pytest_milab_spec(config):
 def pytest_milab_reads(spec):
     """Return the `Read`s the engine makes of each lab's control plane (besides the group
     itself, always read as "group"). Each is a GET through the engine's paced, retrying ARM
-    reader; one that could not be read ends the checks that use it `error`."""
+    reader; one that could not be read ends the checks that use it `error`. A read with
+    `on_refusal=True` (what explains a refused SSH, such as NSGs) is made only when the
+    machine refuses SSH: `pytest_milab_machine` sees it as None until then."""
 
 
 @pytest.hookspec(firstresult=True)

@@ -66,6 +66,10 @@ class Lab:
         if ev.declared_reads is not None and name not in ev.declared_reads:
             raise SuiteError(f"lab.read({name!r}): no read is named {name!r}; declare it in "
                              "pytest_milab_reads")
+        if name in ev.not_made:
+            raise SuiteError(f"lab.read({name!r}): that read is made only when the machine "
+                             "refuses SSH (on_refusal=True), and it did not: a check cannot "
+                             "rely on it")
         if name in ev.errors:
             raise CouldNotDecide(f"could not read the {name.replace('_', ' ')}: "
                                  f"{ev.errors[name]}")

@@ -113,9 +113,10 @@ READS = [
          list=True),
     Read("nic", _nic_id, NETWORK, after=("vm",)),
     Read("public_ip", _pip_outside_group, NETWORK, after=("nic", "public_ips")),
-    Read("vnet", _vnet_id, NETWORK, after=("nic",)),
-    Read("nic_nsg", _nic_nsg, NETWORK, after=("nic",)),
-    Read("subnet_nsg", _subnet_nsg, NETWORK, after=("nic", "vnet")),
+    # What keeps SSH out, read only if the VM refuses it (to tell the student why).
+    Read("vnet", _vnet_id, NETWORK, after=("nic",), on_refusal=True),
+    Read("nic_nsg", _nic_nsg, NETWORK, after=("nic",), on_refusal=True),
+    Read("subnet_nsg", _subnet_nsg, NETWORK, after=("nic", "vnet"), on_refusal=True),
 ]
 
 

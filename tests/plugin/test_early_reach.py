@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pytest_milab import Machine, Read
+from pytest_milab import Machine, Read, SuiteError
 from pytest_milab import evidence as evidence_module
 from pytest_milab.azure.reads import LabReads, check_reads
 from pytest_milab.errors import ReadPending
@@ -366,3 +367,49 @@ def test_no_early_gathering_after_a_failed_sign_in_or_once_closed():
     go.set()
     time.sleep(0.2)
     assert recorder.started == []
+
+
+def _gather_with_nsg(events, host: str) -> tuple[LabEvidence, SlowArm, list]:
+    """A lab whose NSG (no rule lets TCP 22 in) is an `on_refusal` read."""
+    seen = []
+
+    def machine_with_nsg(lab) -> Machine:
+        found = machine(lab)
+        nsg = lab.read("nsg")
+        seen.append(nsg)
+        return replace(found, nsgs=[nsg] if nsg else [])
+
+    answers = {GID: (200, {"id": GID, "name": "lab"}), f"{GID}/vm": (200, {"id": "vm"}),
+               f"{GID}/ips": (200, {"value": [{"address": host}]}),
+               f"{GID}/nic": (200, {"id": "nic", "address": host}),
+               f"{GID}/nsg": (200, {"id": f"{GID}/nsg", "name": "lab-nsg",
+                                    "properties": {"securityRules": []}})}
+    arm = SlowArm(answers, set(), events)
+    asked = []
+    get = arm.get
+    arm.get = lambda url, api_version=None: asked.append(url) or get(url, api_version)
+    reads = check_reads([Read("vm", "{group_id}/vm", "v"),
+                         Read("ips", "{group_id}/ips", "v", list=True),
+                         Read("nic", "{group_id}/nic", "v", after=("vm",)),
+                         Read("nsg", "{group_id}/nsg", "v", after=("nic",), on_refusal=True)])
+    gatherer = Gatherer(Settings(), Suite(reads=reads, machine=machine_with_nsg),
+                        Clients(arm), Connections(), lambda: SUB)
+    ev = gatherer.gather(LabTarget(group="lab", subscription=SUB, label="lab"))
+    return ev, asked, seen
+
+
+def test_a_machine_that_answers_costs_no_on_refusal_read(events):
+    ev, asked, seen = _gather_with_nsg(events, "10.0.0.1")
+    assert ev.ssh.ok and f"{GID}/nsg" not in asked and set(seen) == {None}
+    assert ev.not_made == frozenset({"nsg"}) and "nsg" not in ev.control
+    with pytest.raises(SuiteError, match=r"lab.read\('nsg'\): that read is made only when the "
+                                         "machine refuses SSH"):
+        Lab(ev).read("nsg")
+    assert ev.to_json()["not_made"] == ["nsg"]
+
+
+def test_a_refusal_is_explained_by_the_on_refusal_reads(events):
+    ev, asked, seen = _gather_with_nsg(events, "refusing")
+    assert asked.count(f"{GID}/nsg") == 1 and seen[-1]["name"] == "lab-nsg"
+    assert ev.ssh.refused and "lab-nsg" in ev.ssh.error and ev.not_made == frozenset()
+    assert Lab(ev).read("nsg")["name"] == "lab-nsg"

@@ -188,11 +188,55 @@ def test_the_managed_identity_suites_reads_fail_one_by_one(vm_props, role_assign
                    f"{gid}/providers/Microsoft.Authorization/roleAssignments":
                        (200, role_assignments),
                    "/nic": (200, {"id": "/nic", "properties": {}})})
-    lab = run(arm, READS, spec=spec)
+    lab = run(arm, READS, spec=spec, executor=False)
     assert lab.control["vault"] == {"id": "vault"} and lab.control["vm"]["id"] == "vm"
     if role_assignments["value"] == 5:
         assert set(lab.errors) == {"role_assignments"}
         assert lab.control["nic"] == {"id": "/nic", "properties": {}}
     else:
         assert lab.control["role_assignments"] == [{"id": "ra"}]
+        assert set(lab.errors) == {"nic", "public_ip"}
+        lab.run_on_refusal()  # what explains a refused SSH needs the NIC too
         assert set(lab.errors) == {"nic", "public_ip", "vnet", "nic_nsg", "subnet_nsg"}
+
+
+def test_on_refusal_reads_wait_until_asked_for():
+    """What only explains a refused SSH is not read with the lab: `run_on_refusal` reads it,
+    after the reads it needs, in the order its own `after` says."""
+    gid, body = group()
+    arm = FakeArm({gid: (200, body), f"{gid}/vm": (200, {"id": "vm", "nsg": "/nsg"}),
+                   "/nsg": (200, {"id": "/nsg", "rules": 1}),
+                   "/nsg/rules": (200, {"id": "/nsg/rules"})})
+    reads = [Read("vm", "{group_id}/vm", "v"),
+             Read("nsg", lambda r: r.got("vm")["nsg"], "v", after=("vm",), on_refusal=True),
+             Read("rules", lambda r: r.got("nsg")["id"] + "/rules", "v", after=("nsg",),
+                  on_refusal=True)]
+    pool = ThreadPoolExecutor(4)
+    try:
+        lab = LabReads(arm, SUB, "lab", check_reads(reads), None, pool)
+        lab.run()
+        assert sorted(lab.control) == ["group", "vm"] and not lab.errors
+        assert lab.pending() == frozenset() and set(lab.on_refusal) == {"nsg", "rules"}
+        assert [u for u in arm.asked if u.startswith("/nsg")] == []
+        lab.run_on_refusal()
+    finally:
+        pool.shutdown()
+    assert lab.control["nsg"] == {"id": "/nsg", "rules": 1}
+    assert lab.control["rules"] == {"id": "/nsg/rules"}
+    assert arm.asked[-2:] == ["/nsg", "/nsg/rules"] and not lab.on_refusal
+    lab.run_on_refusal()  # once only
+    assert arm.asked.count("/nsg") == 1
+
+
+def test_on_refusal_reads_of_a_lab_without_a_group_are_not_made():
+    arm = FakeArm({})
+    lab = run(arm, [Read("nsg", "{group_id}/nsg", "v", on_refusal=True)], executor=False)
+    lab.run_on_refusal()
+    assert arm.asked == [f"/subscriptions/{SUB}/resourceGroups/lab"]
+    assert "nsg" not in lab.control
+
+
+def test_a_read_after_an_on_refusal_read_must_be_one_too():
+    with pytest.raises(SuiteError, match="make 'rules' on_refusal=True too"):
+        check_reads([Read("nsg", "{group_id}/nsg", "v", on_refusal=True),
+                     Read("rules", "{group_id}/rules", "v", after=("nsg",))])
