@@ -29,7 +29,8 @@ What it does:
    (`grader_floor_seconds`: the largest of the critical path of dependent round trips at the
    configured latency, the grader's CPU over the cores, the throttle floor) and
    `seconds_over_grader_floor`; `machine_floor_seconds`, the larger of the grader's floor
-   and `cpu_floor_seconds` (here the local Azure and its VMs share the grader's cores), and
+   and `cpu_floor_seconds` (here the local Azure and its VMs share the grader's cores; with
+   `--pin`, also the local Azure's CPU over the core it is pinned to), and
    `seconds_over_machine_floor`; `startup_to_first_arm_read_seconds`, from starting the
    grading process to its first ARM request going out (`first_arm_read.py`, a plugin of this
    folder, notes the moment); `grader_cpu_per_extra_lab`, the grader's CPU past the one-lab
@@ -588,8 +589,11 @@ def main() -> None:
                         seconds_over_grader_floor=round(run["seconds"] / grader_floor, 2))
             # On this machine the local Azure and its VMs' commands share the cores too: no
             # run finishes before the larger of the grader's floor and all the CPU spread over
-            # the cores.
+            # the cores; pinned, before the local Azure's own CPU over the core it has.
             machine_floor = max(grader_floor, (run["cpu"] + emulator_cpu) / cores)
+            if args.pin:
+                azure_cores = max(1, len(_cores()) - grader_cores(args))
+                machine_floor = max(machine_floor, emulator_cpu / azure_cores)
             line.update(machine_floor_seconds=round(machine_floor, 2),
                         seconds_over_machine_floor=round(run["seconds"] / machine_floor, 2))
             # The grader's CPU for each lab past the first (against one lab, same workers).
