@@ -25,11 +25,14 @@ def subnet_id(nic) -> str | None:
     return (ip_config(nic).get("subnet") or {}).get("id")
 
 
-def _nic_id(r):
-    """The VM's first NIC (`r`: the reads so far, or a `Lab`)."""
-    vm = r.got("vm") if hasattr(r, "got") else r.read("vm")
+def first_nic_id(vm) -> str | None:
+    """The id of the VM's first NIC (None without one)."""
     nics = (shapes.props(vm).get("networkProfile") or {}).get("networkInterfaces") or []
     return nics[0].get("id") if nics else None
+
+
+def _nic_id(r):
+    return first_nic_id(r.got("vm"))
 
 
 def _vnet_id(r):
@@ -86,7 +89,7 @@ def attached_public_ip(lab) -> dict | None:
     if lab.arrived("nic"):
         pip = _pip_id(lab.read("nic"))
         return None if pip is None else _listed(listed, pip) or lab.read("public_ip")
-    nic = str(_nic_id(lab) or "").lower()
+    nic = str(first_nic_id(lab.read("vm")) or "").lower()
     held = [p for p in listed or () if nic and isinstance(p, dict) and str(
         (shapes.props(p).get("ipConfiguration") or {}).get("id", "")).lower().startswith(
         nic + "/ipconfigurations/")]
