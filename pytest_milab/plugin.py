@@ -4,6 +4,8 @@ this module only wires it into pytest."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import gc
 import inspect
 import os
@@ -88,6 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Registered before pytest's own clean-ups, so it runs after them: their final
         # collector passes still skip what `pytest_collection_finish` froze.
         config.add_cleanup(gc.unfreeze)
+        _freeze_at_exit()
         if run.settings.emulator and not _is_worker(config) and sys.stderr.isatty():
             # Before pytest prints anything: the few seconds this takes are not silent.
             print(f"milab: starting a local Azure and building "
@@ -102,6 +105,18 @@ def pytest_configure(config: pytest.Config) -> None:
         except MilabError as exc:
             run.stop()
             raise pytest.UsageError(f"milab: {exc}") from None
+
+
+@functools.cache
+def _freeze_at_exit() -> None:
+    """When the grading process exits, what is still alive is kept out of the collector's last
+    passes (the process's end frees it all): the interpreter's exit, with the Azure SDK,
+    paramiko and cryptography loaded, takes about half as long (one lab graded on a 2-core
+    machine: 0.07 s less of its 1.3 to 1.4). Registered once a run grades labs, so it runs after what is
+    registered later (a local Azure's stop). Finalizers of objects left in reference cycles
+    may then not run at exit, as Python never promised they would; what the plugin writes is
+    closed before."""
+    atexit.register(gc.freeze)
 
 
 def docs_wanted(config: pytest.Config, settings) -> bool:

@@ -345,3 +345,29 @@ def test_imds(lab):
     assert cases["test_group[lab]"]["milab_provenance"] == "control-plane"
     assert cases["test_imds[lab]"]["milab_provenance"] == "vm-reported"
     assert cases["test_imds[lab]"]["milab_outcome"] == "passed"
+
+
+AT_EXIT = """
+import atexit, gc, os
+
+def _seen():  # registered before the plugin's own: runs after it
+    with open(os.environ["MILAB_TEST_FROZEN"], "a") as f:
+        f.write(f"{gc.get_freeze_count()}\\n")
+
+atexit.register(_seen)
+"""
+
+
+@pytest.mark.parametrize("grading", [True, False])
+def test_a_grading_process_exits_with_what_is_alive_frozen(suite, monkeypatch, grading):
+    """Its interpreter's exit leaves the collector out (gc.freeze); a run that grades nothing
+    is left as it was."""
+    seen = suite.path / "frozen.txt"
+    monkeypatch.setenv("MILAB_TEST_FROZEN", str(seen))
+    suite.makepyfile(at_exit=AT_EXIT, test_plain="def test_plain():\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", str(suite.path))
+    args = ("--milab-group", "good") if grading else ("test_plain.py",)
+    result = suite.runpytest_subprocess("-p", "at_exit", *args)
+    result.stdout.fnmatch_lines(["* passed*"])
+    frozen = int(seen.read_text())
+    assert (frozen > 10_000) if grading else (frozen == 0), frozen
