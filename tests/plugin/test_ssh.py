@@ -14,7 +14,7 @@ import pytest
 
 from pytest_milab.errors import ConfigError, SshError
 from pytest_milab.vm.keys import generate_key_pair
-from pytest_milab.vm.ssh import OUTPUT_CAP, CommandResult, SshTarget, VmConnection
+from pytest_milab.vm.ssh import OUTPUT_CAP, CommandResult, SshTarget, VmConnection, _no_delay
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 from vmkit import make_vm, wait_until  # noqa: E402
@@ -88,6 +88,24 @@ def test_commands_run_on_one_connection(lab, no_known_hosts):
     assert not conn.is_connected
     assert conn.run("true").ok and conn.connections_opened == 2  # opened again on demand
     conn.close()
+
+
+def test_the_login_goes_over_tcp_without_nagle(lab, no_known_hosts):
+    """paramiko writes the handshake's messages one by one: with Nagle's algorithm on, the
+    second of two waits for the server's delayed acknowledgement of the first."""
+    vm, key = lab
+    conn = VmConnection(direct(vm, key))
+    try:
+        conn.connect()
+        sock = conn._fabric.client.get_transport().sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        conn.close()
+    # Not a TCP socket (a jump host's channel, a ProxyCommand, here a Unix pair): left alone.
+    a, b = socket.socketpair()
+    with a, b:
+        _no_delay(a)
+        _no_delay(object())
 
 
 def test_refusal_and_login_failure_are_told_apart(lab, no_known_hosts):
