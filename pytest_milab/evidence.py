@@ -176,18 +176,22 @@ def _close_quietly(conns: list[VmConnection]) -> None:
             pass
 
 
-def preload(probe) -> None:
+def preload(probe, logged_in: threading.Event | None = None) -> None:
     """Import what reaching a machine and checking its answer take (paramiko and Fabric for
     SSH; asn1crypto and cryptography, and the CA bundle, for an attested document): a tenth of
     a second of CPU or more, done while the first lab's ARM reads are in flight instead of
-    after them, on that lab's way to its SSH login. Best effort: whatever fails here is
-    imported, and fails, where it is used."""
+    after them, on that lab's way to its SSH login. What checks the answer waits for the first
+    login (`logged_in`, or 3 s) and is imported while the probe runs: sooner, it holds the GIL
+    in slices the SSH handshake's thread waits for (the first lab's login took 40 ms longer).
+    Best effort: whatever fails here is imported, and fails, where it is used."""
     import importlib
 
     try:
         for name in ("paramiko", "fabric", "pytest_milab.vm.probe"):
             importlib.import_module(name)
         if probe is not None and any(part.op == "attested" for part in probe.parts):
+            if logged_in is not None:
+                logged_in.wait(3)
             from asn1crypto import cms  # noqa: F401
 
             from .azure import attest
@@ -247,6 +251,7 @@ class Gatherer:
         self._ahead: int | None = None
         self._closed = False
         self._preloading = False
+        self._logged_in = threading.Event()  # a machine of this run was logged in to
 
     def prepare(self) -> None:
         """What gathering can do before the grader's sign-in is done: open the HTTPS
@@ -264,7 +269,8 @@ class Gatherer:
         if self._preloading or self.suite.machine is None:
             return
         self._preloading = True
-        threading.Thread(target=preload, args=(self.suite.probe,), name="milab-preload",
+        threading.Thread(target=preload, args=(self.suite.probe, self._logged_in),
+                         name="milab-preload",
                          daemon=True).start()
 
     @property
@@ -505,6 +511,7 @@ class Gatherer:
 
         try:
             conn.connect()
+            self._logged_in.set()
             # The machine's host key: known (listed in known_hosts) or first seen now.
             ev.ssh.ok, ev.ssh.host_key = True, conn.host_key
             if self.suite.probe is None:
