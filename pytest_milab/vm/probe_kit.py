@@ -70,8 +70,40 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 PER_HOST = 2  # HTTPS connections kept per host: a few TLS handshakes, not one per call
 IMDS_TIMEOUT, IMDS_ATTEMPTS = 5, 3  # IMDS is link-local: slower than this, it is in trouble
 _POOL = {}  # (host, port) -> idle HTTPS connections, kept alive between calls
-_SLOTS = {}
+_SLOTS = {}  # (host, port) -> _Slots
 _POOL_LOCK = threading.Lock()
+_PART = threading.local()  # the part this thread runs: `first` when another part waits for it
+
+
+class _Slots:
+    """At most PER_HOST calls at once to a host; a part that other parts wait for (`after`)
+    goes before the others, then first come first served. (A part whose answer feeds the next
+    call, say a secret its sign-in uses, is not left behind calls nothing waits for.)"""
+
+    def __init__(self, count):
+        self.free = count
+        self.waiting = []  # (not first, arrival) of the calls waiting, in that order
+        self.arrivals = 0
+        self.cond = threading.Condition()
+
+    def acquire(self):
+        import heapq
+
+        with self.cond:
+            self.arrivals += 1
+            ticket = (not getattr(_PART, "first", False), self.arrivals)
+            heapq.heappush(self.waiting, ticket)
+            while not (self.free and self.waiting[0] == ticket):
+                self.cond.wait()
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            if self.free:
+                self.cond.notify_all()  # the next in line may go too
+
+    def release(self):
+        with self.cond:
+            self.free += 1
+            self.cond.notify_all()
 _CONTEXT = []
 WANTED_HEADERS = ("location", "retry-after", "www-authenticate")  # what the kit reads of answers
 
@@ -179,7 +211,7 @@ def _once(method, url, headers, data, timeout):
     pooled = scheme == "https"
     if pooled:
         with _POOL_LOCK:
-            slot = _SLOTS.setdefault(key, threading.BoundedSemaphore(PER_HOST))
+            slot = _SLOTS.get(key) or _SLOTS.setdefault(key, _Slots(PER_HOST))
         slot.acquire()
     try:
         for fresh in (False, True):
@@ -637,7 +669,8 @@ OPS = {"imds": op_imds, "token": op_token, "http": op_http, "secret": op_secret,
        "signed_token": op_signed_token}
 
 
-def run_part(results, events, part):
+def run_part(results, events, part, first=False):
+    _PART.first = first
     for need in part.get("after") or ():
         if need in events:
             events[need].wait()
@@ -659,12 +692,13 @@ def run_all(results, events, parts):
 
     if not parts:
         return
+    awaited = {name for part in parts for name in part.get("after") or ()}
     left, count, done = [len(parts)], threading.Lock(), threading.Lock()
     done.acquire()
 
     def run(part):
         try:
-            run_part(results, events, part)
+            run_part(results, events, part, part["name"] in awaited)
         finally:
             with count:
                 left[0] -= 1

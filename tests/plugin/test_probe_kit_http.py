@@ -84,3 +84,47 @@ def test_the_kit_runs_every_part_at_once_and_waits_for_all(monkeypatch):
     assert results == {"a": {"ok": "a"}, "b": {"ok": "b"}, "c": {"error": "ValueError: nope"}}
     assert sorted(order) == ["a", "b"]
     probe_kit.run_all({}, {}, [])  # nothing to run: returns at once
+
+
+def test_a_part_others_wait_for_goes_first_to_a_busy_host(monkeypatch):
+    """Both slots to a host taken: of the calls waiting, the one for a part that another part
+    comes after goes first, whatever came before it."""
+    import threading
+    import time
+
+    slots, order = probe_kit._Slots(2), []
+    gates = {n: threading.Event() for n in ("early1", "early2", "secret", "sign-in")}
+    gates["sign-in"].set()
+    monkeypatch.setattr(probe_kit, "_SLOTS", {("host", 443): slots})
+
+    def call(p):
+        gates[p["name"]].wait(5)  # they queue in the order the test opens the gates
+        slots.acquire()
+        try:
+            order.append(p["name"])
+        finally:
+            slots.release()
+        return {}
+
+    monkeypatch.setitem(probe_kit.OPS, "milab-test-call", call)
+    parts = [{"name": n, "op": "milab-test-call"} for n in ("early1", "early2", "secret")]
+    parts.append({"name": "sign-in", "op": "milab-test-call", "after": ["secret"]})
+    results, events = {}, {p["name"]: threading.Event() for p in parts}
+    slots.acquire()
+    slots.acquire()  # the host is busy
+    runner = threading.Thread(target=probe_kit.run_all, args=(results, events, parts))
+    runner.start()
+    for queued, name in enumerate(("early1", "early2", "secret"), 1):
+        gates[name].set()
+        deadline = time.monotonic() + 5
+        while len(slots.waiting) < queued and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert len(slots.waiting) == 3 and order == []
+    slots.release()  # one slot: the secret's call
+    deadline = time.monotonic() + 5
+    while not order and time.monotonic() < deadline:
+        time.sleep(0.005)
+    slots.release()
+    runner.join(5)
+    assert order[0] == "secret" and sorted(order[1:3]) == ["early1", "early2"], order
+    assert len(results) == 4 and "sign-in" in order
