@@ -2,8 +2,9 @@
 
 Builds a VM through ARM's REST API (as the operator, through the local Azure's proxy), then
 prints the time from the VM's PUT, and from each `start` action, to the first SSH command
-returning; and the median round trip of the lab's IMDS curl run N times inside one SSH command.
-A plain script: `python benchmarks/vm_startup.py [--curls 50] [--cycles 5]`.
+returning; the median round trip of the lab's IMDS curl run N times inside one SSH command; and
+the median time of a command the VM spawns, plain and in its own mount namespace (as root).
+A plain script: `python benchmarks/vm_startup.py [--curls 50] [--cycles 5] [--spawns 40]`.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--curls", type=int, default=50)
     parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--spawns", type=int, default=40)
     args = parser.parse_args()
     key = asyncssh.generate_private_key("ssh-ed25519")
     pkey = paramiko.Ed25519Key(file_obj=io.StringIO(key.export_private_key().decode()))
@@ -117,7 +119,7 @@ def main() -> None:
         nic_id, address = build_network(arm)
         vm_path = "/providers/Microsoft.Compute/virtualMachines/bench"
         t0 = time.perf_counter()
-        arm.put(vm_path, vm_body(nic_id, key.export_public_key().decode()), "2024-07-01")
+        vm = arm.put(vm_path, vm_body(nic_id, key.export_public_key().decode()), "2024-07-01")
         created = until_ssh(address, port, pkey, t0)
         print(f"VM PUT to SSH ready: {created * 1000:.0f} ms")
         starts = []
@@ -138,6 +140,24 @@ def main() -> None:
         print(f"in-VM curl to IMDS: median {statistics.median(times) * 1000:.1f} ms, "
               f"max {max(times) * 1000:.1f} ms over {len(times)} calls "
               f"({wall / len(times) * 1000:.1f} ms each including curl's own start)")
+        live = azure.vms.live(vm["id"])
+        plain = azure.run(spawn(live, args.spawns, ["/bin/true"]))
+        inside = azure.run(spawn(live, args.spawns, live._in_namespace(["/bin/true"])))
+        print(f"a command spawned by the VM: median {plain:.2f} ms, {inside:.2f} ms in the VM's "
+              f"own mount namespace (entering it: {inside - plain:+.2f} ms; as root only)")
+
+
+async def spawn(live, n: int, argv: list[str]) -> float:
+    """The median time (ms) of spawning and waiting for a command on the VM's spawn path."""
+    import asyncio
+
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(*argv, cwd=live.home)
+        await proc.wait()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -86,9 +86,11 @@ def test_latency_is_added_per_service(azure_env, knobs, operator_credential, box
         knobs.latency.clear()
         knobs.latency[service] = 0.4
         assert timed(calls[service]) >= 0.4, service
-        assert timed(calls[other]) < 0.4, f"{other} slowed by {service}'s latency"
+        # The faster of two: a loaded machine may hold one call back, never both by 0.4 s.
+        assert min(timed(calls[other]) for _ in range(2)) < 0.4, \
+            f"{other} slowed by {service}'s latency"
     knobs.latency.clear()
-    assert timed(calls["arm"]) < 0.4
+    assert min(timed(calls["arm"]) for _ in range(2)) < 0.4
 
 
 def test_ssh_handshake_latency_delays_login_only(knobs, box):
