@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import keyvault, rbac
+from . import eventloop, keyvault, rbac
 from .arm import app as arm
 from .entra import graph, login, users
 from .entra.tokens import TokenIssuer
@@ -321,7 +321,7 @@ class LocalAzure:
     def start(self) -> LocalAzure:
         t0 = time.perf_counter()
         ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
 
         def serve() -> None:
             asyncio.set_event_loop(self._loop)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .. import faults
+from .. import eventloop, faults
 from ..entra.tokens import TokenIssuer
 from ..files import write_private
 from ..hosts import EMULATED_HOSTS, IMDS_HOST, VM_EXTRA_HOSTS
@@ -296,9 +297,17 @@ class LiveVm:
         with contextlib.suppress(Exception):
             process.exit(rc)
 
-    def _spawn_options(self, *, tty: bool) -> dict:
-        """Extra arguments for the session's process (a machine outside Azure drops privileges)."""
-        return {"preexec_fn": _take_controlling_tty} if tty else {}
+    def _spawn_options(self, *, tty: int | None) -> dict:
+        """How the session's process starts (a machine outside Azure drops privileges): in a
+        session of its own, whose controlling terminal is `tty` (the pty's slave) if given."""
+        steps = [] if eventloop.spawn_closes_fds(asyncio.get_running_loop()) \
+            else [eventloop.close_on_exec]
+        if tty is not None:
+            steps.append(functools.partial(_take_controlling_tty, tty))
+        options: dict = {} if tty is not None else {"start_new_session": True}
+        if steps:
+            options["preexec_fn"] = steps[0] if len(steps) == 1 else functools.partial(_run_all, steps)
+        return options
 
     def _in_namespace(self, argv: list[str]) -> list[str]:
         """The command as run in the VM's mount namespace, if it has one (nsenter: the spawn
@@ -309,8 +318,8 @@ class LiveVm:
     async def _run_pipes(self, process, argv: list[str], env: dict[str, str]) -> int:
         proc = await asyncio.create_subprocess_exec(
             *self._in_namespace(argv), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True,
-            **self._spawn_options(tty=False))
+            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env,
+            **self._spawn_options(tty=None))
         self._processes.add(proc)
         feeder = asyncio.ensure_future(_feed_stdin(process, proc))
         watcher = asyncio.ensure_future(_kill_when_closed(process, proc))
@@ -331,7 +340,7 @@ class LiveVm:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
         proc = await asyncio.create_subprocess_exec(
             *self._in_namespace(argv), stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
-            start_new_session=True, **self._spawn_options(tty=True))
+            **self._spawn_options(tty=slave))
         os.close(slave)
         self._processes.add(proc)
         loop = asyncio.get_running_loop()
@@ -372,8 +381,17 @@ class LiveVm:
             self._processes.discard(proc)
 
 
-def _take_controlling_tty() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _run_all(steps) -> None:
+    for step in steps:
+        step()
+
+
+def _take_controlling_tty(slave: int) -> None:
+    """In the child before exec: a new session whose controlling terminal is the pty `slave`.
+    By its descriptor, not by fd 0: asyncio's loop runs a preexec_fn after the child's fds are
+    set up and after start_new_session's setsid, uvloop's (libuv) right after fork, before both."""
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
 
 def _exit_code(returncode: int) -> int:
