@@ -5,6 +5,8 @@ request (the proxy's socket handed over to the TLS listener)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 
 import pytest
@@ -65,3 +67,38 @@ def test_an_unknown_switch_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(eventloop.ENV, "trio")
     with pytest.raises(ValueError, match="MILAB_EMULATOR_LOOP='trio'.*auto, uvloop, asyncio"):
         eventloop.new_event_loop()
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_a_vm_command_starts_alike_on_both_loops(kind, monkeypatch):
+    """machines/spawn.py: the command's output ends when it exits even if a process it left in
+    the background lives on (that process keeps no descriptor of the emulator but 0-2), and
+    its exit status and stdin arrive through the loop."""
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv(eventloop.ENV, kind)
+    from pytest_milab.emulator.machines import spawn
+
+    async def session() -> tuple[bytes, bytes, int]:
+        proc = await spawn.start(
+            ["/bin/sh", "-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!; cat; exit 3"],
+            stdin=spawn.PIPE, stdout=spawn.PIPE, stderr=spawn.PIPE, start_new_session=True)
+        proc.stdin.write(b"fed\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
+        out, err = await asyncio.wait_for(
+            asyncio.gather(proc.stdout.read(), proc.stderr.read()), 10)
+        return out, err, await asyncio.wait_for(proc.wait(), 10)
+
+    loop = eventloop.new_event_loop()
+    try:
+        out, err, rc = loop.run_until_complete(session())
+    finally:
+        loop.close()
+    pid_text, fed = out.decode().split("\n", 1)
+    background = int(pid_text)
+    try:
+        assert (fed, err, rc) == ("fed\n", b"", 3)
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{background}/fd")) == [0, 1, 2]
+    finally:
+        os.kill(background, signal.SIGKILL)

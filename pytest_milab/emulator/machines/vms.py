@@ -45,7 +45,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .. import eventloop, faults
+from .. import faults
 from ..entra.tokens import TokenIssuer
 from ..files import write_private
 from ..hosts import EMULATED_HOSTS, IMDS_HOST, VM_EXTRA_HOSTS
@@ -56,7 +56,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import namespace, reaper, topology, userland, warmpython
+from . import namespace, reaper, spawn, topology, userland, warmpython
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class LiveVm:
         self._acceptor = None
         self.powered_as: str | None = None  # the ARM JSON power_on last set the VM up for
         self._connections: set = set()
-        self._processes: set[asyncio.subprocess.Process] = set()
+        self._processes: set[spawn.Command] = set()
         self.namespace: namespace.VmNamespace | None = None  # its private /usr, /etc, /tmp
 
     # -- what the VM is now, read from ARM each time ------------------------------------------
@@ -300,14 +300,9 @@ class LiveVm:
     def _spawn_options(self, *, tty: int | None) -> dict:
         """How the session's process starts (a machine outside Azure drops privileges): in a
         session of its own, whose controlling terminal is `tty` (the pty's slave) if given."""
-        steps = [] if eventloop.spawn_closes_fds(asyncio.get_running_loop()) \
-            else [eventloop.close_on_exec]
-        if tty is not None:
-            steps.append(functools.partial(_take_controlling_tty, tty))
-        options: dict = {} if tty is not None else {"start_new_session": True}
-        if steps:
-            options["preexec_fn"] = steps[0] if len(steps) == 1 else functools.partial(_run_all, steps)
-        return options
+        if tty is None:
+            return {"start_new_session": True}
+        return {"preexec_fn": functools.partial(_take_controlling_tty, tty)}
 
     def _in_namespace(self, argv: list[str]) -> list[str]:
         """The command as run in the VM's mount namespace, if it has one (nsenter: the spawn
@@ -316,10 +311,9 @@ class LiveVm:
         return held.command(argv, str(self.home)) if held is not None else argv
 
     async def _run_pipes(self, process, argv: list[str], env: dict[str, str]) -> int:
-        proc = await asyncio.create_subprocess_exec(
-            *self._in_namespace(argv), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env,
-            **self._spawn_options(tty=None))
+        proc = await spawn.start(
+            self._in_namespace(argv), stdin=spawn.PIPE, stdout=spawn.PIPE, stderr=spawn.PIPE,
+            cwd=self.home, env=env, **self._spawn_options(tty=None))
         self._processes.add(proc)
         feeder = asyncio.ensure_future(_feed_stdin(process, proc))
         watcher = asyncio.ensure_future(_kill_when_closed(process, proc))
@@ -338,8 +332,8 @@ class LiveVm:
         width, height, _, _ = process.get_terminal_size()
         if width and height:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-        proc = await asyncio.create_subprocess_exec(
-            *self._in_namespace(argv), stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
+        proc = await spawn.start(
+            self._in_namespace(argv), stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
             **self._spawn_options(tty=slave))
         os.close(slave)
         self._processes.add(proc)
@@ -381,15 +375,8 @@ class LiveVm:
             self._processes.discard(proc)
 
 
-def _run_all(steps) -> None:
-    for step in steps:
-        step()
-
-
 def _take_controlling_tty(slave: int) -> None:
-    """In the child before exec: a new session whose controlling terminal is the pty `slave`.
-    By its descriptor, not by fd 0: asyncio's loop runs a preexec_fn after the child's fds are
-    set up and after start_new_session's setsid, uvloop's (libuv) right after fork, before both."""
+    """In the child before exec: a new session whose controlling terminal is the pty `slave`."""
     os.setsid()
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
@@ -398,7 +385,7 @@ def _exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode  # killed by a signal, as bash says
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+def _kill(proc: spawn.Command) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -414,7 +401,7 @@ async def _pump(reader: asyncio.StreamReader, writer) -> None:
             continue
 
 
-async def _feed_stdin(process, proc: asyncio.subprocess.Process) -> None:
+async def _feed_stdin(process, proc: spawn.Command) -> None:
     try:
         while data := await process.stdin.read(65536):
             proc.stdin.write(data)
@@ -426,7 +413,7 @@ async def _feed_stdin(process, proc: asyncio.subprocess.Process) -> None:
             proc.stdin.close()
 
 
-async def _kill_when_closed(process, proc: asyncio.subprocess.Process) -> None:
+async def _kill_when_closed(process, proc: spawn.Command) -> None:
     """A client that drops the channel takes its command down with it, as sshd does."""
     await process.wait_closed()
     _kill(proc)
