@@ -141,6 +141,7 @@ class LocalAzure:
         if unknown:
             raise ValueError(f"no latency knob for {', '.join(sorted(unknown))}; "
                              f"services: {', '.join(LATENCY_SERVICES)}")
+        eventloop.choice()  # MILAB_EMULATOR_LOOP names a loop (ValueError otherwise)
         self.knobs = Knobs(propagation_delay=propagation_delay, latency=dict(latency or {}),
                            throttle=throttle, quirks=Quirks(quirks))
         self.cloud = Cloud(tenant_id=tenant_id, knobs=self.knobs)

@@ -63,10 +63,12 @@ def test_without_uvloop_asyncio_s_loop_serves_unless_uvloop_is_insisted_on(monke
         eventloop.new_event_loop()
 
 
-def test_an_unknown_switch_is_refused_by_name(monkeypatch):
+def test_an_unknown_switch_is_refused_by_name_before_anything_starts(monkeypatch, tmp_path):
     monkeypatch.setenv(eventloop.ENV, "trio")
     with pytest.raises(ValueError, match="MILAB_EMULATOR_LOOP='trio'.*auto, uvloop, asyncio"):
         eventloop.new_event_loop()
+    with pytest.raises(ValueError, match="MILAB_EMULATOR_LOOP='trio'"):
+        LocalAzure(workdir=tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
