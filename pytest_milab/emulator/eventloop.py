@@ -1,12 +1,15 @@
-"""The event loop the local Azure runs on: uvloop's where it is installed, asyncio's otherwise.
+"""The event loop the local Azure runs on: asyncio's own unless MILAB_EMULATOR_LOOP says uvloop.
 
-uvloop (libuv under asyncio's API) is the `emulator` extra's; where it cannot be imported (it has
-no Windows build) the stdlib loop serves. `MILAB_EMULATOR_LOOP=asyncio` forces the stdlib loop
-(to compare the two, or to rule uvloop out of a problem), `uvloop` insists on uvloop (an error
-if it is missing), empty or `auto` takes uvloop when it can.
+`MILAB_EMULATOR_LOOP=uvloop` runs it on uvloop (libuv under asyncio's API; `pip install uvloop`,
+an error without it), `auto` on uvloop where it can be imported (it has no Windows build) and on
+asyncio's otherwise; empty or `asyncio` (the default) on the stdlib loop. uvloop is not the
+default: measured side by side on a grading benchmark (benchmarks/azure_cpu.py, 50 labs), it
+took about a tenth off the local Azure's request-handling CPU, too little for one more
+dependency (most of that CPU is TLS, HTTP parsing and the services' own Python, not the loop).
 
 Everything of the local Azure runs the same on both: it uses asyncio's public API only (transports,
-`connect_accepted_socket`, subprocesses, `add_reader`), never a loop's private attributes.
+`connect_accepted_socket`, `add_reader`, pipes), never a loop's private attributes, and starts
+its machines' commands itself rather than with the loop's own subprocesses (machines/spawn.py).
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import asyncio
 import os
 
 ENV = "MILAB_EMULATOR_LOOP"
-CHOICES = ("auto", "uvloop", "asyncio")
+CHOICES = ("asyncio", "uvloop", "auto")
 
 
 def choice() -> str:
-    """The loop asked for in the environment: auto, uvloop or asyncio."""
-    value = os.environ.get(ENV, "").strip().lower() or "auto"
+    """The loop asked for in the environment: asyncio (the default), uvloop or auto."""
+    value = os.environ.get(ENV, "").strip().lower() or "asyncio"
     if value not in CHOICES:
         raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(CHOICES)}")
     return value
@@ -38,5 +41,3 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
-
-

@@ -1,6 +1,7 @@
-"""The event loop the local Azure runs on (eventloop.py): uvloop's where it is installed, asyncio's
-where it is not or when MILAB_EMULATOR_LOOP=asyncio says so; either one serves a tunneled HTTPS
-request (the proxy's socket handed over to the TLS listener)."""
+"""The event loop the local Azure runs on (eventloop.py): asyncio's by default and with
+MILAB_EMULATOR_LOOP=asyncio, uvloop's with `uvloop` or `auto` where it is installed; either one
+serves a tunneled HTTPS request (the proxy's socket handed over to the TLS listener) and starts a
+VM's commands alike."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _serves_a_tunneled_request(azure: LocalAzure) -> None:
     assert azure.tls.adopted == before + 1
 
 
-@pytest.mark.parametrize("switch", ["", "auto", "uvloop"])
-def test_the_local_azure_runs_on_uvloop_where_installed(switch, tmp_path, monkeypatch):
+@pytest.mark.parametrize("switch", ["uvloop", "auto"])
+def test_the_switch_runs_the_local_azure_on_uvloop_where_installed(switch, tmp_path, monkeypatch):
     uvloop = pytest.importorskip("uvloop")
     monkeypatch.setenv(eventloop.ENV, switch)
     with LocalAzure(workdir=tmp_path) as azure:
@@ -41,8 +42,9 @@ def test_the_local_azure_runs_on_uvloop_where_installed(switch, tmp_path, monkey
         _serves_a_tunneled_request(azure)
 
 
-def test_the_switch_forces_asyncio_s_own_loop(tmp_path, monkeypatch):
-    monkeypatch.setenv(eventloop.ENV, "asyncio")
+@pytest.mark.parametrize("switch", ["", "asyncio"])
+def test_the_local_azure_runs_on_asyncio_s_own_loop_by_default(switch, tmp_path, monkeypatch):
+    monkeypatch.setenv(eventloop.ENV, switch)
     with LocalAzure(workdir=tmp_path) as azure:
         loop = azure.run(_running_loop())
         assert isinstance(loop, asyncio.BaseEventLoop)
@@ -65,7 +67,7 @@ def test_without_uvloop_asyncio_s_loop_serves_unless_uvloop_is_insisted_on(monke
 
 def test_an_unknown_switch_is_refused_by_name_before_anything_starts(monkeypatch, tmp_path):
     monkeypatch.setenv(eventloop.ENV, "trio")
-    with pytest.raises(ValueError, match="MILAB_EMULATOR_LOOP='trio'.*auto, uvloop, asyncio"):
+    with pytest.raises(ValueError, match="MILAB_EMULATOR_LOOP='trio'.*asyncio, uvloop, auto"):
         eventloop.new_event_loop()
     with pytest.raises(ValueError, match="MILAB_EMULATOR_LOOP='trio'"):
         LocalAzure(workdir=tmp_path)
