@@ -106,3 +106,26 @@ def test_a_vm_command_starts_alike_on_both_loops(kind, monkeypatch):
         assert sorted(int(fd) for fd in os.listdir(f"/proc/{background}/fd")) == [0, 1, 2]
     finally:
         os.kill(background, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_a_jump_host_passes_on_the_destination_s_first_words(kind, tmp_path, monkeypatch):
+    """A VM as a jump host (direct-tcpip): the destination's SSH banner, sent as soon as it
+    accepts and so before the channel is open, reaches the client on either loop."""
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    import paramiko
+    from vmkit import make_vm
+
+    monkeypatch.setenv(eventloop.ENV, kind)
+    with LocalAzure(workdir=tmp_path) as azure:
+        jump, target = make_vm(azure, name="jump"), make_vm(azure, name="target")
+        transport = paramiko.Transport((jump.address, jump.port))
+        try:
+            transport.connect(username=jump.user, pkey=jump.pkey)
+            channel = transport.open_channel("direct-tcpip", (target.address, target.port),
+                                             ("127.0.0.1", 0))
+            channel.settimeout(10)
+            assert channel.recv(100).startswith(b"SSH-2.0-")
+        finally:
+            transport.close()

@@ -452,11 +452,12 @@ class _SshServer(asyncssh.SSHServer):
         """A client using this VM as a jump host (ssh -J, ProxyJump: a direct-tcpip channel)
         may reach the SSH address of a VM of this local Azure, and nothing else. True lets
         asyncssh open that connection itself (asyncssh's SSHServer.connection_requested); a
-        VM's address that does not answer now (stopped, NSG closed) is refused as sshd would."""
+        VM's address that does not answer now (stopped, NSG closed) is refused as sshd would.
+        The connection is opened here rather than by asyncssh (`True`): see `_forward`."""
         fleet = self.vm.fleet
         if fleet.serves_ssh(dest_host, dest_port):
             fleet.forwarded.append((self.vm.address, dest_host, dest_port))
-            return True
+            return _forward(dest_host, dest_port)
         if fleet.serves_ssh(dest_host, dest_port, now=False):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused")
         # As sshd answers a destination its PermitOpen leaves out (asyncssh's plain False
@@ -473,6 +474,68 @@ class _SshServer(asyncssh.SSHServer):
                 if asyncssh.import_public_key(text).public_data == offered:
                     return True
         return False
+
+
+async def _forward(host: str, port: int) -> asyncssh.SSHForwarder:
+    """A jump host's direct-tcpip channel to host:port, as asyncssh's own forwarding does, except
+    that what the destination sends before the channel is open reaches the client. asyncssh
+    keeps such bytes (the destination's SSH banner, sent as soon as it accepts) where nothing
+    ever passes them on; whether any arrive that early depends on the loop's order of callbacks
+    (on uvloop's they do: it starts reading right after connection_made, paused or not)."""
+    try:
+        transport, held = await asyncio.get_running_loop().create_connection(
+            _HeldForwarder, host, port)
+    except OSError as exc:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+    transport.pause_reading()  # until the channel is open
+    return _ChannelForwarder(held)
+
+
+class _HeldForwarder(asyncssh.SSHForwarder):
+    """The destination's side of a jump: keeps what it reads until the channel is open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._early: list[bytes] | None = []  # None once the channel is open
+        self._early_eof = False
+        self._lost = False
+
+    def connection_lost(self, exc) -> None:
+        self._lost = True
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes, datatype=None) -> None:
+        if self._early is None:
+            super().data_received(data, datatype)
+        else:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        if self._early is None:
+            return super().eof_received()
+        self._early_eof = True
+        return True
+
+    def channel_open(self, channel: asyncssh.SSHForwarder) -> None:
+        early, self._early = self._early or [], None
+        for data in early:
+            channel.write(data)
+        if self._early_eof:
+            super().eof_received()
+        elif not self._lost:
+            self.resume_reading()
+
+
+class _ChannelForwarder(asyncssh.SSHForwarder):
+    """The channel's side of a jump: once open, gets what the destination said before."""
+
+    def __init__(self, held: _HeldForwarder) -> None:
+        super().__init__(held)
+        self._held = held
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._held.channel_open(self)
 
 
 class VmFleet:
