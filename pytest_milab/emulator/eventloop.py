@@ -4,8 +4,8 @@
 an error without it), `auto` on uvloop where it can be imported (it has no Windows build) and on
 asyncio's otherwise; empty or `asyncio` (the default) on the stdlib loop. uvloop is not the
 default: measured side by side on a grading benchmark (benchmarks/azure_cpu.py, 50 labs), it
-took about a tenth off the local Azure's request-handling CPU, too little for one more
-dependency (most of that CPU is TLS, HTTP parsing and the services' own Python, not the loop).
+took 11 to 16% off the local Azure's request-handling CPU, too little for one more dependency
+(it replaces only the loop's own share: TLS, HTTP parsing and the services stay as they are).
 
 Everything of the local Azure runs the same on both: it uses asyncio's public API only (transports,
 `connect_accepted_socket`, `add_reader`, pipes), never a loop's private attributes, and starts

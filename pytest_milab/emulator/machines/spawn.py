@@ -2,10 +2,11 @@
 
 `asyncio.create_subprocess_exec` is the loop's own: asyncio's starts the child with `subprocess`
 (a vfork, every descriptor but 0-2 closed, a preexec_fn run once the child's streams are set up),
-uvloop's with libuv's `uv_spawn`, which differs in all three: it forks the whole emulator (about
-5 ms more CPU per command for a process of this size), leaves open in the child every descriptor
-it passed as a standard stream (a command's `nohup … &` would then hold the session's output
-open) and runs a preexec_fn right after the fork, before the streams and the new session exist.
+uvloop's with libuv's `uv_spawn`, which differs in all three: it forks the whole emulator
+(about 2 ms more CPU in the emulator and 4 in the command, each time, at this process's size),
+leaves open in the child every descriptor it passed as a standard stream (a command's
+`nohup … &` would then hold the session's output open) and runs a preexec_fn right after the
+fork, before the streams and the new session exist.
 So the command starts here with `subprocess` on every loop, and only its pipes and its exit go
 through the running loop (`connect_read_pipe`, `connect_write_pipe`, a pidfd on Linux).
 """
