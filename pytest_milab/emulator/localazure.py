@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import keyvault, rbac
+from . import eventloop, keyvault, rbac
 from .arm import app as arm
 from .entra import graph, login, users
 from .entra.tokens import TokenIssuer
@@ -141,6 +141,7 @@ class LocalAzure:
         if unknown:
             raise ValueError(f"no latency knob for {', '.join(sorted(unknown))}; "
                              f"services: {', '.join(LATENCY_SERVICES)}")
+        eventloop.choice()  # MILAB_EMULATOR_LOOP names a loop (ValueError otherwise)
         self.knobs = Knobs(propagation_delay=propagation_delay, latency=dict(latency or {}),
                            throttle=throttle, quirks=Quirks(quirks))
         self.cloud = Cloud(tenant_id=tenant_id, knobs=self.knobs)
@@ -321,7 +322,7 @@ class LocalAzure:
     def start(self) -> LocalAzure:
         t0 = time.perf_counter()
         ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
 
         def serve() -> None:
             asyncio.set_event_loop(self._loop)

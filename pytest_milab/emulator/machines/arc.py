@@ -326,7 +326,7 @@ class ArcMachine(LiveVm):
     def _in_namespace(self, argv: list[str]) -> list[str]:
         return argv  # entered in preexec, before the privileges go (nsenter could not then)
 
-    def _spawn_options(self, *, tty: bool) -> dict:
+    def _spawn_options(self, *, tty: int | None) -> dict:
         options = super()._spawn_options(tty=tty)
         drop = self.fleet.drop_privileges
         held, home = self.namespace, str(self.home)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -55,7 +56,7 @@ from ..wire.network import (
     ForwardProxy,
     HttpListener,
 )
-from . import namespace, reaper, topology, userland, warmpython
+from . import namespace, reaper, spawn, topology, userland, warmpython
 from .imds import Imds
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class LiveVm:
         self._acceptor = None
         self.powered_as: str | None = None  # the ARM JSON power_on last set the VM up for
         self._connections: set = set()
-        self._processes: set[asyncio.subprocess.Process] = set()
+        self._processes: set[spawn.Command] = set()
         self.namespace: namespace.VmNamespace | None = None  # its private /usr, /etc, /tmp
 
     # -- what the VM is now, read from ARM each time ------------------------------------------
@@ -296,9 +297,12 @@ class LiveVm:
         with contextlib.suppress(Exception):
             process.exit(rc)
 
-    def _spawn_options(self, *, tty: bool) -> dict:
-        """Extra arguments for the session's process (a machine outside Azure drops privileges)."""
-        return {"preexec_fn": _take_controlling_tty} if tty else {}
+    def _spawn_options(self, *, tty: int | None) -> dict:
+        """How the session's process starts (a machine outside Azure drops privileges): in a
+        session of its own, whose controlling terminal is `tty` (the pty's slave) if given."""
+        if tty is None:
+            return {"start_new_session": True}
+        return {"preexec_fn": functools.partial(_take_controlling_tty, tty)}
 
     def _in_namespace(self, argv: list[str]) -> list[str]:
         """The command as run in the VM's mount namespace, if it has one (nsenter: the spawn
@@ -307,10 +311,9 @@ class LiveVm:
         return held.command(argv, str(self.home)) if held is not None else argv
 
     async def _run_pipes(self, process, argv: list[str], env: dict[str, str]) -> int:
-        proc = await asyncio.create_subprocess_exec(
-            *self._in_namespace(argv), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True,
-            **self._spawn_options(tty=False))
+        proc = await spawn.start(
+            self._in_namespace(argv), stdin=spawn.PIPE, stdout=spawn.PIPE, stderr=spawn.PIPE,
+            cwd=self.home, env=env, **self._spawn_options(tty=None))
         self._processes.add(proc)
         feeder = asyncio.ensure_future(_feed_stdin(process, proc))
         watcher = asyncio.ensure_future(_kill_when_closed(process, proc))
@@ -329,9 +332,9 @@ class LiveVm:
         width, height, _, _ = process.get_terminal_size()
         if width and height:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-        proc = await asyncio.create_subprocess_exec(
-            *self._in_namespace(argv), stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
-            start_new_session=True, **self._spawn_options(tty=True))
+        proc = await spawn.start(
+            self._in_namespace(argv), stdin=slave, stdout=slave, stderr=slave, cwd=self.home, env=env,
+            **self._spawn_options(tty=slave))
         os.close(slave)
         self._processes.add(proc)
         loop = asyncio.get_running_loop()
@@ -372,15 +375,17 @@ class LiveVm:
             self._processes.discard(proc)
 
 
-def _take_controlling_tty() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _take_controlling_tty(slave: int) -> None:
+    """In the child before exec: a new session whose controlling terminal is the pty `slave`."""
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
 
 def _exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode  # killed by a signal, as bash says
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+def _kill(proc: spawn.Command) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -396,7 +401,7 @@ async def _pump(reader: asyncio.StreamReader, writer) -> None:
             continue
 
 
-async def _feed_stdin(process, proc: asyncio.subprocess.Process) -> None:
+async def _feed_stdin(process, proc: spawn.Command) -> None:
     try:
         while data := await process.stdin.read(65536):
             proc.stdin.write(data)
@@ -408,7 +413,7 @@ async def _feed_stdin(process, proc: asyncio.subprocess.Process) -> None:
             proc.stdin.close()
 
 
-async def _kill_when_closed(process, proc: asyncio.subprocess.Process) -> None:
+async def _kill_when_closed(process, proc: spawn.Command) -> None:
     """A client that drops the channel takes its command down with it, as sshd does."""
     await process.wait_closed()
     _kill(proc)
@@ -447,11 +452,12 @@ class _SshServer(asyncssh.SSHServer):
         """A client using this VM as a jump host (ssh -J, ProxyJump: a direct-tcpip channel)
         may reach the SSH address of a VM of this local Azure, and nothing else. True lets
         asyncssh open that connection itself (asyncssh's SSHServer.connection_requested); a
-        VM's address that does not answer now (stopped, NSG closed) is refused as sshd would."""
+        VM's address that does not answer now (stopped, NSG closed) is refused as sshd would.
+        The connection is opened here rather than by asyncssh (`True`): see `_forward`."""
         fleet = self.vm.fleet
         if fleet.serves_ssh(dest_host, dest_port):
             fleet.forwarded.append((self.vm.address, dest_host, dest_port))
-            return True
+            return _forward(dest_host, dest_port)
         if fleet.serves_ssh(dest_host, dest_port, now=False):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused")
         # As sshd answers a destination its PermitOpen leaves out (asyncssh's plain False
@@ -468,6 +474,68 @@ class _SshServer(asyncssh.SSHServer):
                 if asyncssh.import_public_key(text).public_data == offered:
                     return True
         return False
+
+
+async def _forward(host: str, port: int) -> asyncssh.SSHForwarder:
+    """A jump host's direct-tcpip channel to host:port, as asyncssh's own forwarding does, except
+    that what the destination sends before the channel is open reaches the client. asyncssh
+    keeps such bytes (the destination's SSH banner, sent as soon as it accepts) where nothing
+    ever passes them on; whether any arrive that early depends on the loop's order of callbacks
+    (on uvloop's they do: it starts reading right after connection_made, paused or not)."""
+    try:
+        transport, held = await asyncio.get_running_loop().create_connection(
+            _HeldForwarder, host, port)
+    except OSError as exc:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+    transport.pause_reading()  # until the channel is open
+    return _ChannelForwarder(held)
+
+
+class _HeldForwarder(asyncssh.SSHForwarder):
+    """The destination's side of a jump: keeps what it reads until the channel is open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._early: list[bytes] | None = []  # None once the channel is open
+        self._early_eof = False
+        self._lost = False
+
+    def connection_lost(self, exc) -> None:
+        self._lost = True
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes, datatype=None) -> None:
+        if self._early is None:
+            super().data_received(data, datatype)
+        else:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        if self._early is None:
+            return super().eof_received()
+        self._early_eof = True
+        return True
+
+    def channel_open(self, channel: asyncssh.SSHForwarder) -> None:
+        early, self._early = self._early or [], None
+        for data in early:
+            channel.write(data)
+        if self._early_eof:
+            super().eof_received()
+        elif not self._lost:
+            self.resume_reading()
+
+
+class _ChannelForwarder(asyncssh.SSHForwarder):
+    """The channel's side of a jump: once open, gets what the destination said before."""
+
+    def __init__(self, held: _HeldForwarder) -> None:
+        super().__init__(held)
+        self._held = held
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._held.channel_open(self)
 
 
 class VmFleet:
