@@ -181,8 +181,8 @@ def preload(probe, logged_in: threading.Event | None = None) -> None:
     SSH; asn1crypto and cryptography, and the CA bundle, for an attested document): a tenth of
     a second of CPU or more, done while the first lab's ARM reads are in flight instead of
     after them, on that lab's way to its SSH login. What checks the answer waits for the first
-    login (`logged_in`, or 3 s) and is imported while the probe runs: sooner, it holds the GIL
-    in slices the SSH handshake's thread waits for (the first lab's login took 40 ms longer).
+    login (`logged_in`, or 3 s) and is imported while the probe runs: sooner, it would hold
+    the GIL in slices the SSH handshake's thread waits for.
     Best effort: whatever fails here is imported, and fails, where it is used."""
     import importlib
 
