@@ -482,12 +482,7 @@ class Gatherer:
             if refused is None:  # the probe needed a read that was still in flight
                 refused = self._reach(ev, conn)
         if refused:
-            if lab_reads is not None and lab_reads.on_refusal:
-                # What explains a refusal is read now, and the suite asked again where its
-                # machine is with those reads in (its NSGs).
-                lab_reads.run_on_refusal()
-                machine = replace(machine, nsgs=self._nsgs_again(ev, machine))
-            self._explain_refusal(ev, machine, conn, clients)
+            self._explain_refusal(ev, machine, conn, clients, lab_reads)
 
     def _nsgs_again(self, ev: LabEvidence, machine: Machine):
         """The suite's NSGs for its machine, asked again once every read is in (the machine
@@ -542,15 +537,21 @@ class Gatherer:
             ev.ssh.error = f"reading the machine failed: {type(exc).__name__}: {exc}"
         return False
 
-    def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients) -> None:
+    def _explain_refusal(self, ev: LabEvidence, machine, conn: VmConnection, clients,
+                         lab_reads: LabReads | None = None) -> None:
         """The machine did not answer SSH for as long as the grader waited. That is the
         student's doing only when the lab itself explains it: an NSG keeps TCP 22 out, or the
         VM is not running. Otherwise (running, port open, still refused: rebooting, sshd
         restarting, trouble between grader and machine) nobody can tell from outside, so the
-        in-machine steps end `error` rather than cost points; grading again decides them."""
+        in-machine steps end `error` rather than cost points; grading again decides them.
+        The suite's `on_refusal` reads are made now, and its machine asked again for its NSGs
+        with them in."""
         from .azure.builtins import API
         from .vm.reach import nsg_blocking_ssh, power_state
 
+        if lab_reads is not None and lab_reads.on_refusal:
+            lab_reads.run_on_refusal()
+            machine = replace(machine, nsgs=self._nsgs_again(ev, machine))
         blocked = nsg_blocking_ssh(machine.nsgs)
         if blocked:
             ev.ssh.refused, ev.ssh.error = True, f"{ev.ssh.error}; {blocked}"
@@ -596,10 +597,10 @@ class _EarlyReach:
     As the reads come in, the suite's machine is asked (`Lab.arrived`, `ReadPending`); once it
     names a host and a user, the grader logs in (and runs the probe, if its program needs no
     read still in flight) in a thread of its own, so the SSH handshake and the probe overlap
-    the reads that only explain a refusal. When all is read, `Gatherer._probe` asks the
-    machine again with every read and takes what was found here only for the very same SSH
-    target; otherwise it is dropped (the connection closed) and the machine is reached
-    as before."""
+    the lab's last reads (those that need others first). When all is read, `Gatherer._probe`
+    asks the machine again with every read and takes what was found here only for the very
+    same SSH target; otherwise it is dropped (the connection closed) and the machine is
+    reached as before."""
 
     def __init__(self, gatherer: Gatherer, ev: LabEvidence, target: LabTarget) -> None:
         self.gatherer = gatherer

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -112,10 +111,10 @@ def _freeze_at_exit() -> None:
     """When the grading process exits, what is still alive is kept out of the collector's last
     passes (the process's end frees it all): the interpreter's exit, with the Azure SDK,
     paramiko and cryptography loaded, takes about half as long (one lab graded on a 2-core
-    machine: 0.07 s less of its 1.3 to 1.4). Registered once a run grades labs, so it runs after what is
-    registered later (a local Azure's stop). Finalizers of objects left in reference cycles
-    may then not run at exit, as Python never promised they would; what the plugin writes is
-    closed before."""
+    machine: 0.07 s less of its 1.3 to 1.4). Registered once a run grades labs, so it runs
+    after what is registered later (a local Azure's stop). Finalizers of objects left in
+    reference cycles may then not run at exit, as Python never promised they would; what the
+    plugin writes is closed before."""
     atexit.register(gc.freeze)
 
 
@@ -212,8 +211,7 @@ def _check_suite(run: Run, items: list[pytest.Item]) -> None:
     suite = run.suite
     if suite.spec is None and not suite.reads and suite.probe is None:
         return  # no suite hooks: checks judge evidence a test made itself
-    paths = {item.path for item in items if item.stash.get(_STEP_KEY, None)}
-    modules = {Path(str(path)) for path in paths}
+    modules = {Path(str(item.path)) for item in items if item.stash.get(_STEP_KEY, None)}
     check_uses(suite_files(modules), suite.read_names, suite.part_names)
 
 
@@ -267,7 +265,8 @@ def _share_locations(items: list[pytest.Item]) -> None:
 
     pytest's `Item.location` is a cached property, which this fills in; with another pytest,
     or a test whose class reports its location its own way, pytest finds it as usual."""
-    if not isinstance(inspect.getattr_static(pytest.Item, "location", None), cached_property):
+    if not isinstance(inspect.getattr_static(pytest.Item, "location", None),
+                      functools.cached_property):
         return
     found: dict[object, tuple | None] = {}
     for item in items:

@@ -150,8 +150,8 @@ def test_a_machine_the_full_reads_do_not_name_is_dropped(events):
 def test_a_refusal_found_early_is_explained_from_the_full_reads(events, monkeypatch):
     explained = []
     monkeypatch.setattr(Gatherer, "_explain_refusal",
-                        lambda self, ev, machine, conn, clients: explained.append(
-                            (machine.host, sorted(ev.control))))
+                        lambda self, ev, machine, conn, clients, lab_reads=None:
+                        explained.append((machine.host, sorted(ev.control))))
     ev, _ = gather(events, nic_address="refusing", listed="refusing")
     assert len(FakeConn.made) == 1 and FakeConn.made[0].connects == 1
     assert not ev.ssh.ok and ev.ssh.error == "connection refused"
