@@ -211,7 +211,9 @@ def _once(method, url, headers, data, timeout):
     pooled = scheme == "https"
     if pooled:
         with _POOL_LOCK:
-            slot = _SLOTS.get(key) or _SLOTS.setdefault(key, _Slots(PER_HOST))
+            slot = _SLOTS.get(key)
+            if slot is None:
+                slot = _SLOTS[key] = _Slots(PER_HOST)
         slot.acquire()
     try:
         for fresh in (False, True):
