@@ -90,6 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # collector passes still skip what `pytest_collection_finish` froze.
         config.add_cleanup(gc.unfreeze)
         _freeze_at_exit()
+        _pause_collector(config)
         if run.settings.emulator and not _is_worker(config) and sys.stderr.isatty():
             # Before pytest prints anything: the few seconds this takes are not silent.
             print(f"milab: starting a local Azure and building "
@@ -116,6 +117,37 @@ def _freeze_at_exit() -> None:
     reference cycles may then not run at exit, as Python never promised they would; what the
     plugin writes is closed before."""
     atexit.register(gc.freeze)
+
+
+_GC_PAUSED = pytest.StashKey[bool]()
+
+
+def _pause_collector(config: pytest.Config) -> None:
+    """No automatic garbage collection from here (a grading run's configure) until the suite is
+    collected and what is alive then frozen (`pytest_collection_finish`): start-up (importing
+    azure-identity, msal and requests, the sign-in, the collection) allocates mostly objects
+    that live to the end, and the collector's fifty-odd passes over them took 30-40 ms of one
+    lab's start-up, holding the interpreter while the sign-in waited. What little garbage
+    start-up leaves (under a thousand objects for the example suite) is frozen with the rest.
+    Left alone when the collector is already off (the caller's choice)."""
+    if not gc.isenabled():
+        return
+    gc.disable()
+    config.stash[_GC_PAUSED] = True
+    config.add_cleanup(functools.partial(_resume_collector, config))
+
+
+def _resume_collector(config: pytest.Config) -> None:
+    """The collector back on, once (a run that stops before its collection ends, or an xdist
+    controller that collects nothing, resumes it in `pytest_runtestloop` or at its end)."""
+    if config.stash.get(_GC_PAUSED, False):
+        config.stash[_GC_PAUSED] = False
+        gc.enable()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    _resume_collector(session.config)
 
 
 def docs_wanted(config: pytest.Config, settings) -> bool:
@@ -308,6 +340,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # keep it out of the collector's full passes, which otherwise rescan it again and again
     # as a class's evidence and reports pile up (a second or more per 50 labs).
     gc.freeze()
+    _resume_collector(session.config)
 
 
 @pytest.fixture(scope="session")

@@ -358,6 +358,54 @@ atexit.register(_seen)
 """
 
 
+GC_SEEN = """
+import gc, pytest
+
+def _seen(when):
+    with open("gc_seen.txt", "a") as f:
+        f.write(f"{when} {gc.isenabled()}\\n")
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    _seen("configure")
+
+def pytest_collection_modifyitems(items):
+    _seen("collection")
+
+def pytest_runtest_call(item):
+    _seen("check")
+"""
+
+
+@pytest.mark.parametrize("how", ["grading", "collection error", "not grading"])
+def test_the_collector_rests_from_configure_to_the_end_of_collection(suite, how):
+    """A grading run leaves automatic garbage collection off while it starts (azure-identity's
+    import, the sign-in, the collection) and turns it back on once what is alive is frozen:
+    on for every check, and on again after a run that stops at its collection. A run that
+    grades nothing is left alone."""
+    import gc
+
+    suite.makepyfile(gc_seen=GC_SEEN, test_plain="def test_plain():\n    pass\n")
+    if how == "collection error":
+        suite.makepyfile(test_broken="def test_broken(:\n")
+    suite.syspathinsert()
+    args = ("test_plain.py",) if how == "not grading" else ("--milab-group", "good")
+    assert gc.isenabled()
+    result = suite.runpytest("-p", "gc_seen", *args)
+    assert gc.isenabled(), "the collector was left off"
+    seen = [(when, on == "True") for when, on in
+            (line.split() for line in (suite.path / "gc_seen.txt").read_text().splitlines())]
+    if how == "grading":
+        result.assert_outcomes(passed=3, errors=1)
+        assert seen == [("configure", False), ("collection", False)] + [("check", True)] * 4
+    elif how == "collection error":
+        result.stdout.fnmatch_lines(["*1 error during collection*"])
+        assert seen == [("configure", False), ("collection", False)]
+    else:
+        result.assert_outcomes(passed=1)
+        assert seen == [("configure", True), ("collection", True), ("check", True)]
+
+
 @pytest.mark.parametrize("grading", [True, False])
 def test_a_grading_process_exits_with_what_is_alive_frozen(suite, monkeypatch, grading):
     """Its interpreter's exit leaves the collector out (gc.freeze); a run that grades nothing
