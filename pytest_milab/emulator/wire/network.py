@@ -179,10 +179,14 @@ class HttpListener:
                 self._task.result()
             await asyncio.sleep(0.005)
         if self.server.config.ssl is not None:
-            # No TLS 1.3 session tickets: no client of the local Azure resumes a session
-            # (requests, the Azure SDKs, curl and the probe each start afresh), and making two
-            # per handshake is a third of the server's handshake CPU.
-            self.server.config.ssl.num_tickets = 0
+            # One TLS 1.3 session ticket per handshake, not Python's two (no client of the
+            # local Azure resumes a session; each ticket is a sixth of the server's handshake
+            # CPU), and not none: the ticket is what the server sends as the handshake ends, as
+            # Azure's front ends do, and it carries the TCP acknowledgement of the client's
+            # Finished. With none, a client that leaves Nagle's algorithm on (urllib3 through a
+            # proxy, http.client: the grader's sign-in, the Azure SDKs, the probe) held its first
+            # request back until the delayed acknowledgement came, 40 ms on every connection.
+            self.server.config.ssl.num_tickets = 1
         HttpListener._serving[self.port] = self
 
     async def stop(self) -> None:
