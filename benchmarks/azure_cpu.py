@@ -5,7 +5,8 @@
 Starts a local Azure with grade_class.py's latency, builds N labs, then grades them `--rounds`
 times with one pytest process each, and prints per round the CPU seconds per lab of the local
 Azure's own process (request handling), of the commands it reaped (the sessions' shells: bash,
-env, nsenter), and of each warm interpreter server with its children (the probe's python3).
+env, nsenter), and of each warm interpreter server with its children (the probe's python3); the `... sys` figures are the
+kernel's share of the same (forks, page faults, sockets), counted in the totals once.
 `--py-spy DIR` samples the local Azure's process during the last round (py-spy record, speedscope
 format), `--perf DIR` runs `perf record -g` on it and its children during the last round.
 """
@@ -45,7 +46,8 @@ def _comm(pid: int) -> str:
 def split(pid: int) -> dict[str, float]:
     own = _stat(pid)
     out = {"requests": (int(own[11]) + int(own[12])) / TICK,
-           "reaped": (int(own[13]) + int(own[14])) / TICK}
+           "reaped": (int(own[13]) + int(own[14])) / TICK,
+           "requests sys": int(own[12]) / TICK, "reaped sys": int(own[14]) / TICK}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -56,6 +58,7 @@ def split(pid: int) -> dict[str, float]:
         key = "warm-usr" if "warm-usr" in name else ("warm" if "warm" in name else "child")
         out[key + " own"] = out.get(key + " own", 0) + (int(child[11]) + int(child[12])) / TICK
         out[key + " kids"] = out.get(key + " kids", 0) + (int(child[13]) + int(child[14])) / TICK
+        out[key + " kids sys"] = out.get(key + " kids sys", 0) + int(child[14]) / TICK
     return out
 
 
@@ -112,7 +115,7 @@ def main() -> None:
                 sampler.wait(60)
             per_lab = {k: round((after.get(k, 0) - before.get(k, 0)) / args.n, 4)
                        for k in after}
-            per_lab["total"] = round(sum(per_lab.values()), 4)
+            per_lab["total"] = round(sum(v for k, v in per_lab.items() if not k.endswith(" sys")), 4)
             print(json.dumps({"round": r, "seconds": round(run["seconds"], 2),
                               "outcomes": run["outcomes"], "per_lab": per_lab,
                               "requests_per_lab": requests}), flush=True)
