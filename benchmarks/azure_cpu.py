@@ -5,8 +5,9 @@
 Starts a local Azure with grade_class.py's latency, builds N labs, then grades them `--rounds`
 times with one pytest process each, and prints per round the CPU seconds per lab of the local
 Azure's own process (request handling), of the commands it reaped (the sessions' shells: bash,
-env, nsenter), and of each warm interpreter server with its children (the probe's python3); the `... sys` figures are the
-kernel's share of the same (forks, page faults, sockets), counted in the totals once.
+env, nsenter), and of each warm interpreter server with its children (the probe's python3).
+The `... sys` figures are the kernel's part of these (forks, page faults, sockets): already in
+them, not added to `total` again.
 `--py-spy DIR` samples the local Azure's process during the last round (py-spy record, speedscope
 format), `--perf DIR` runs `perf record -g` on it and its children during the last round.
 """
@@ -115,7 +116,8 @@ def main() -> None:
                 sampler.wait(60)
             per_lab = {k: round((after.get(k, 0) - before.get(k, 0)) / args.n, 4)
                        for k in after}
-            per_lab["total"] = round(sum(v for k, v in per_lab.items() if not k.endswith(" sys")), 4)
+            per_lab["total"] = round(sum(v for k, v in per_lab.items()
+                                         if not k.endswith(" sys")), 4)
             print(json.dumps({"round": r, "seconds": round(run["seconds"], 2),
                               "outcomes": run["outcomes"], "per_lab": per_lab,
                               "requests_per_lab": requests}), flush=True)
