@@ -10,6 +10,7 @@ import gc
 import inspect
 import os
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(gc.unfreeze)
         _freeze_at_exit()
         _pause_collector(config)
+        _one_debug_writer_at_a_time(config)
         if run.settings.emulator and not _is_worker(config) and sys.stderr.isatty():
             # Before pytest prints anything: the few seconds this takes are not silent.
             print(f"milab: starting a local Azure and building "
@@ -117,6 +119,25 @@ def _freeze_at_exit() -> None:
     reference cycles may then not run at exit, as Python never promised they would; what the
     plugin writes is closed before."""
     atexit.register(gc.freeze)
+
+
+def _one_debug_writer_at_a_time(config: pytest.Config) -> None:
+    """Under `--debug`, pytest writes its trace (every hook call, every import its assertion
+    rewriter is asked about) to one text file, from whichever thread calls or imports; a text
+    stream written from two threads at once can interleave into bytes that are not UTF-8 at
+    all (seen: bytecode in the log). A grading run's threads import as they gather (SSH, the
+    attested document's parsers): the trace's writer takes a lock."""
+    root = getattr(getattr(config, "trace", None), "root", None)
+    write = getattr(root, "_writer", None)  # pluggy's TagTracer: set by pytest's --debug
+    if write is None:
+        return
+    lock = threading.Lock()
+
+    def one_at_a_time(text: str) -> None:
+        with lock:
+            write(text)
+
+    root.setwriter(one_at_a_time)
 
 
 _GC_PAUSED = pytest.StashKey[bool]()

@@ -206,8 +206,10 @@ class Run:
 
         # Signing in (importing azure-identity, a round trip or two to Entra) goes on while
         # pytest collects the suite; `signed_in()` waits for it before any lab is gathered.
-        # Under --debug pytest traces every import to its debug file from whichever thread
-        # imports, and that file is not written safely from two threads: sign in here then.
+        # Under --debug the sign-in is made here, and gathering begins after the collection
+        # (below): the debug log then traces the start-up in the order it happens. (The
+        # gathering threads' own imports are traced too, one writer at a time: see
+        # `plugin._one_debug_writer_at_a_time`.)
         self._sign_in = in_background(sign_in, "milab-sign-in",
                                       inline=bool(getattr(self.config.option, "debug", None)))
         pool = ClientPool(self._sign_in, self.settings.timeout, self.settings.concurrency * 2)
@@ -226,8 +228,7 @@ class Run:
         self.store = EvidenceStore(self.settings, gatherer, self.connections,
                                    provisioning=self.provisioning)
         # Gathering begins now, while pytest collects, when the suite has something to gather
-        # and every lab will be graded. Not under --debug: its import trace would then be
-        # written from two threads at once (see the sign-in above).
+        # and every lab will be graded. Not under --debug (see the sign-in above).
         suite = self.suite
         gathers = bool(suite.reads) or suite.machine is not None or suite.probe is not None
         if (gathers and not self.provisioning and grades_every_lab(self.config)

@@ -406,6 +406,37 @@ def test_the_collector_rests_from_configure_to_the_end_of_collection(suite, how)
         assert seen == [("configure", True), ("collection", True), ("check", True)]
 
 
+DEBUG_THREADS = """
+import threading
+
+def pytest_sessionstart(session):
+    trace = session.config.trace.root.get("threads")
+
+    def write(n):
+        for i in range(3000):
+            trace(f"thread {n} line {i} caf\u00e9 " + "x" * (i % 300))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+"""
+
+
+def test_the_debug_log_is_written_by_one_thread_at_a_time(suite):
+    """Under --debug a grading run's threads (they import as they gather) and pytest's own
+    trace share the debug log: every line arrives whole and the file stays UTF-8."""
+    suite.makepyfile(debug_threads=DEBUG_THREADS)
+    suite.syspathinsert()
+    result = suite.runpytest("-p", "debug_threads", "--milab-group", "good", "--debug")
+    result.assert_outcomes(passed=2, errors=1)
+    text = (suite.path / "pytestdebug.log").read_bytes().decode("utf-8")
+    lines = [line.strip() for line in text.splitlines() if "[threads]" in line]
+    assert len(lines) == 8 * 3000
+    assert all(line.startswith("thread ") and " café " in line for line in lines)
+
+
 @pytest.mark.parametrize("grading", [True, False])
 def test_a_grading_process_exits_with_what_is_alive_frozen(suite, monkeypatch, grading):
     """Its interpreter's exit leaves the collector out (gc.freeze); a run that grades nothing
