@@ -9,6 +9,8 @@ import asyncio
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -103,6 +105,12 @@ def test_a_vm_command_starts_alike_on_both_loops(kind, monkeypatch):
     background = int(pid_text)
     try:
         assert (fed, err, rc) == ("fed\n", b"", 3)
+        # Until it runs `sleep`, the background shell may still be setting up its redirections
+        # (/dev/null opened as fd 3, then moved to 0-2): its descriptors are those after exec.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{background}/comm").read_text().strip() != "sleep":
+            assert time.monotonic() < deadline, "the background command never ran"
+            time.sleep(0.01)
         assert sorted(int(fd) for fd in os.listdir(f"/proc/{background}/fd")) == [0, 1, 2]
     finally:
         os.kill(background, signal.SIGKILL)
