@@ -13,8 +13,10 @@ grader's CPU per check again and again without building the class each time.
 `grade.sh [missing] N [PYTEST ARGS]` runs the grading pytest of `grade_class.py` (same
 options, same latency) on the first N labs and prints its wall time and CPU (user + sys of
 the process and its children), and `loop_cpu.py` the main thread's CPU in pytest's test loop.
-Set PYTHONDONTWRITEBYTECODE off in the shell, as the benchmark does. The working directory
-holds the local Azure's env files: readable by you alone, removed when this script ends.
+It drops PYTHONDONTWRITEBYTECODE, as the benchmark does (bytecode kept, as on a grader's
+machine: otherwise every run compiles what changed since its bytecode was written). The
+working directory holds the local Azure's env files: readable by you alone, removed when this
+script ends.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import grade_class as gc  # noqa: E402
 SCRIPT = """#!/bin/sh
 # grade.sh [missing] N [PYTEST ARGS]: grade the first N labs (see grade_loop.py)
 set -e
+unset PYTHONDONTWRITEBYTECODE
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"  # python -m puts the working directory first on sys.path
 roster=complete
