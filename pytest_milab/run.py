@@ -51,9 +51,8 @@ def process_started() -> float:
         return time.monotonic()
 
 
-def in_background(fn, name: str, *, inline: bool = False) -> Future:
-    """Run `fn` in a daemon thread of its own (in this one if `inline`): its result (or
-    exception) as a Future."""
+def in_background(fn, name: str) -> Future:
+    """Run `fn` in a daemon thread of its own: its result (or exception) as a Future."""
     future: Future = Future()
 
     def run() -> None:
@@ -62,10 +61,7 @@ def in_background(fn, name: str, *, inline: bool = False) -> Future:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
             future.set_exception(exc)
 
-    if inline:
-        run()
-    else:
-        threading.Thread(target=run, name=name, daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return future
 
 
@@ -206,12 +202,9 @@ class Run:
 
         # Signing in (importing azure-identity, a round trip or two to Entra) goes on while
         # pytest collects the suite; `signed_in()` waits for it before any lab is gathered.
-        # Under --debug the sign-in is made here, and gathering begins after the collection
-        # (below): the debug log then traces the start-up in the order it happens. (The
-        # gathering threads' own imports are traced too, one writer at a time: see
-        # `plugin._one_debug_writer_at_a_time`.)
-        self._sign_in = in_background(sign_in, "milab-sign-in",
-                                      inline=bool(getattr(self.config.option, "debug", None)))
+        # (Under --debug, pytest's trace of these threads' imports is written one line at a
+        # time: `plugin._one_debug_writer_at_a_time`.)
+        self._sign_in = in_background(sign_in, "milab-sign-in")
         pool = ClientPool(self._sign_in, self.settings.timeout, self.settings.concurrency * 2)
         gatherer = Gatherer(self.settings, self.suite, pool, self.connections,
                             lambda: default_subscription(pool.credential, self.settings.timeout))
@@ -228,11 +221,10 @@ class Run:
         self.store = EvidenceStore(self.settings, gatherer, self.connections,
                                    provisioning=self.provisioning)
         # Gathering begins now, while pytest collects, when the suite has something to gather
-        # and every lab will be graded. Not under --debug (see the sign-in above).
+        # and every lab will be graded.
         suite = self.suite
         gathers = bool(suite.reads) or suite.machine is not None or suite.probe is not None
-        if (gathers and not self.provisioning and grades_every_lab(self.config)
-                and not getattr(self.config.option, "debug", None)):
+        if gathers and not self.provisioning and grades_every_lab(self.config):
             self.store.gather_early(self.signed_in)
 
     def signed_in(self):
